@@ -1,0 +1,186 @@
+"""Command-line interface: ``xhyp train | predict | evaluate | run | data``.
+
+Each verb parses its arguments and calls one public function (:mod:`xhyp.commands`,
+:mod:`xhyp.datasets.registry`); there is no logic here. Model and training options are generated
+from the :class:`xhyp.model.ModelConfig` and :class:`xhyp.train.TrainConfig` dataclasses, so
+every hyper-parameter has a flag (``--dim``, ``--alpha``, ``--lr-labels``...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+
+from .model import ModelConfig
+from .train import TrainConfig
+
+_SKIP = {"n_features", "n_labels"}
+
+
+def _add_dataclass_args(parser, cls, title):
+    g = parser.add_argument_group(title)
+    for f in fields(cls):
+        if f.name in _SKIP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        typ = type(default) if default is not None else str
+        g.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=typ, default=None,
+                       help=f"(default: {default})")
+
+
+def _collect(args, cls) -> dict:
+    prefix = cls.__name__ + "."
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+
+
+def _add_data_args(p, split_default=None):
+    p.add_argument("--dataset", help="registry dataset name (see `xhyp data list`)")
+    p.add_argument("--data-dir", help="data directory (default: $XHYP_DATA, else ./data)")
+    p.add_argument("--file", dest="path", help="an Extreme Classification Repository text file instead of --dataset")
+    if split_default is not None:
+        p.add_argument("--split", default=split_default, choices=("train", "test"))
+
+
+def _print_json(d):
+    print(json.dumps(d, indent=2, sort_keys=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="xhyp", description="Extreme multi-label classification with a joint "
+                                "hyperbolic embedding of examples and labels (Gerald & Baskiotis, CAp 2019).")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="verb")
+
+    t = sub.add_parser("train", help="train one learner and write a model directory")
+    _add_data_args(t)
+    t.add_argument("--out", required=True, help="model directory")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
+    t.add_argument("--no-progress", action="store_true")
+    _add_dataclass_args(t, ModelConfig, "model")
+    _add_dataclass_args(t, TrainConfig, "training")
+
+    pr = sub.add_parser("predict", help="score queries; saves a sparse (Q x L) score matrix (.npz)")
+    pr.add_argument("--model", nargs="+", required=True, help="model directory (several: an ensemble, summed votes)")
+    _add_data_args(pr, "test")
+    pr.add_argument("--out", required=True, help="output .npz")
+    pr.add_argument("--k", type=int, help="neighbours (default: the model's)")
+    pr.add_argument("--top-k", type=int, default=100, help="labels kept per query")
+    pr.add_argument("--index", default="exact", help="search backend")
+    pr.add_argument("--weighting", choices=("count", "distance"))
+    pr.add_argument("--nprobe", type=int, help="clusters probed (clustered/IVF indexes)")
+
+    e = sub.add_parser("evaluate", help="P@k, nDCG@k, PSP@k, PSnDCG@k of saved scores")
+    e.add_argument("--pred", required=True, help=".npz from `xhyp predict`")
+    _add_data_args(e, "test")
+    e.add_argument("--train-file", help="training XC file for propensities (with --file)")
+    e.add_argument("--k", type=int, nargs="+", default=[1, 3, 5])
+    e.add_argument("--A", type=float, help="propensity A (default: the dataset's)")
+    e.add_argument("--B", type=float, help="propensity B (default: the dataset's)")
+    e.add_argument("--out", help="write the metrics as JSON here")
+
+    r = sub.add_parser("run", help="train + predict + evaluate in one directory (the main job)")
+    r.add_argument("--dataset", default="synthetic-hier")
+    r.add_argument("--data-dir")
+    r.add_argument("--out", required=True)
+    r.add_argument("--index", default="exact")
+    r.add_argument("--no-progress", action="store_true")
+    _add_dataclass_args(r, ModelConfig, "model")
+    _add_dataclass_args(r, TrainConfig, "training")
+
+    d = sub.add_parser("data", help="dataset registry: list, info, fetch")
+    dsub = d.add_subparsers(dest="data_verb")
+    dsub.add_parser("list", help="registered datasets")
+    di = dsub.add_parser("info", help="a dataset's specification and whether it is present")
+    di.add_argument("name")
+    di.add_argument("--data-dir")
+    df = dsub.add_parser("fetch", help="download, unpack and verify a dataset")
+    df.add_argument("name")
+    df.add_argument("--data-dir")
+    df.add_argument("--url", help="mirror URL of the archive (overrides the registry's)")
+    return p
+
+
+def _run(args) -> int:
+    from . import commands
+
+    if args.verb in ("train", "run"):
+        model, train_cfg = {}, {}
+        if getattr(args, "config", None):
+            with open(args.config) as f:
+                cfg = json.load(f)
+            model, train_cfg = dict(cfg.get("model", {})), dict(cfg.get("train", {}))
+        model.update(_collect(args, ModelConfig))
+        train_cfg.update(_collect(args, TrainConfig))
+        if args.verb == "train":
+            _print_json(commands.train_model(args.out, args.dataset, args.path, args.data_dir, model,
+                                             train_cfg, resume=args.resume, progress=not args.no_progress))
+        else:
+            res = commands.run_pipeline(args.out, args.dataset, args.data_dir, model, train_cfg,
+                                        index=args.index, progress=not args.no_progress)
+            from xhyp.eval.metrics import format_table
+
+            print(format_table({args.dataset: res}))
+            _print_json({k: v for k, v in res.items()})
+        return 0
+    if args.verb == "predict":
+        params = {"nprobe": args.nprobe} if args.nprobe is not None else None
+        _print_json(commands.predict_model(args.model, args.out, args.dataset, args.path, args.split,
+                                           args.data_dir, args.k, args.top_k, args.index, args.weighting,
+                                           params))
+        return 0
+    if args.verb == "evaluate":
+        from xhyp.eval.metrics import format_table
+
+        m = commands.evaluate_predictions(args.pred, args.dataset, args.path, args.split, args.data_dir,
+                                          args.train_file, args.k, args.A, args.B, args.out)
+        print(format_table({str(args.pred): m}))
+        return 0
+    if args.verb == "data":
+        from xhyp.datasets import registry
+
+        if args.data_verb == "list":
+            for name in registry.DATASETS:
+                print(name)
+        elif args.data_verb == "info":
+            _print_json(registry.dataset_info(args.name, args.data_dir))
+        elif args.data_verb == "fetch":
+            print(registry.fetch(args.name, args.data_dir, url=args.url))
+        else:
+            print("usage: xhyp data {list,info,fetch} ...", file=sys.stderr)
+            return 2
+        return 0
+    build_parser().print_help()
+    return 2
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``xhyp`` command; returns the exit status.
+
+    Expected failures (bad input files, missing datasets, offline downloads, bad options) are
+    reported as one ``xhyp: error: ...`` line with exit status 2, never as a traceback.
+    """
+    args = build_parser().parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
+        print(f"xhyp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown names (datasets, options) carry their message as args[0]
+        print(f"xhyp: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xhyp: interrupted (model directory keeps the last finished epoch; use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""One public function per CLI verb (``xhyp train|predict|evaluate|run``).
+
+The CLI (:mod:`xhyp.cli`) only parses arguments and calls these, so everything it does can be
+done from Python too. Data is named either by a registry dataset (``dataset`` + ``split``) or by
+an Extreme Classification Repository text file (``path``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .model import ModelConfig
+from .predict import Predictor, predict_ensemble
+from .train import TrainConfig, train
+from .utils import atomic_save_json, atomic_save_sparse
+
+
+def load_split(dataset: str | None = None, split: str = "train", path: str | None = None,
+               data_dir: str | None = None):
+    """Read ``(X, Y)`` from a registry dataset split or from an XC-format file.
+
+    Args:
+        dataset: registry name (``xhyp data list``), or ``None`` when ``path`` is given.
+        split: ``"train"`` or ``"test"``.
+        path: an Extreme Classification Repository text file.
+        data_dir: data directory (default: ``$XHYP_DATA``, else ``./data``).
+
+    Returns:
+        ``(X (N, F) float32 CSR, Y (N, L) float32 CSR)``.
+
+    Raises:
+        ValueError: neither or both of ``dataset`` and ``path``.
+        xhyp.datasets.formats.DataFormatError: malformed file (names file and line).
+        xhyp.datasets.registry.DatasetNotFoundError: dataset files absent (says how to get them).
+    """
+    from xhyp.datasets.formats import read_xc
+    from xhyp.datasets.registry import load_dataset
+
+    if (dataset is None) == (path is None):
+        raise ValueError("give exactly one of a dataset name or a file path")
+    if path is not None:
+        return read_xc(path)
+    return load_dataset(dataset, split=split, data_dir=data_dir)
+
+
+def propensity_params(dataset: str | None) -> tuple[float, float]:
+    """Jain et al. (2016) propensity parameters ``(A, B)`` of a registry dataset (default 0.55, 1.5)."""
+    if dataset is None:
+        return 0.55, 1.5
+    from xhyp.datasets.registry import get_spec
+
+    spec = get_spec(dataset)
+    return spec.propensity_a, spec.propensity_b
+
+
+def train_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
+                data_dir: str | None = None, model: dict | None = None, train_cfg: dict | None = None,
+                resume: bool = False, progress: bool = True) -> dict:
+    """``xhyp train``: train one learner and write its model directory.
+
+    Args:
+        out_dir: model directory (see :mod:`xhyp.train` for its contents).
+        dataset, path, data_dir: training data, see :func:`load_split` (split ``"train"``).
+        model: :class:`xhyp.model.ModelConfig` fields. train_cfg: :class:`xhyp.train.TrainConfig` fields.
+        resume: continue from ``out_dir/checkpoint.pt``.
+        progress: tqdm bars.
+
+    Returns:
+        summary dict (best epoch, validation P@1, seconds), also written to ``out_dir/train_summary.json``.
+    """
+    X, Y = load_split(dataset, "train", path, data_dir)
+    t0 = time.time()
+    res = train(X, Y, model or {}, train_cfg or {}, out_dir=out_dir, resume=resume, progress=progress,
+                extra_config={"dataset": dataset or str(path)})
+    summary = {"dataset": dataset or str(path), "best_epoch": res.best_epoch,
+               "val_p1": res.best_val_p1, "epochs_run": len(res.history),
+               "train_seconds": round(time.time() - t0, 2)}
+    atomic_save_json(summary, Path(out_dir) / "train_summary.json")
+    return summary
+
+
+def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path: str | None = None,
+                  split: str = "test", data_dir: str | None = None, k: int | None = None,
+                  top_k: int = 100, index: str = "exact", weighting: str | None = None,
+                  index_params: dict | None = None) -> dict:
+    """``xhyp predict``: score a split with one model (or an ensemble) and save the scores.
+
+    Args:
+        model_dirs: one model directory, or a list of them (summed votes).
+        out: output ``.npz`` (a scipy sparse ``(Q, L)`` score matrix, written atomically).
+        dataset, path, split, data_dir: the queries, see :func:`load_split`.
+        k, top_k, index, weighting, index_params: see :meth:`xhyp.predict.Predictor.predict`.
+
+    Returns:
+        summary dict (rows, seconds, queries per second).
+    """
+    X, _ = load_split(dataset, split, path, data_dir)
+    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
+    t0 = time.time()
+    kw = dict(k=k, top_k=top_k, index=index, weighting=weighting, index_params=index_params)
+    if len(dirs) == 1:
+        S = Predictor.load(dirs[0]).predict(X, **kw)
+    else:
+        S = predict_ensemble(dirs, X, **kw)
+    secs = time.time() - t0
+    atomic_save_sparse(out, S)
+    return {"rows": int(X.shape[0]), "models": [str(d) for d in dirs], "seconds": round(secs, 3),
+            "queries_per_second": round(X.shape[0] / max(secs, 1e-9), 1), "out": str(out)}
+
+
+def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str | None = None,
+                         split: str = "test", data_dir: str | None = None,
+                         train_path: str | None = None, ks=(1, 3, 5), A: float | None = None,
+                         B: float | None = None, out: str | Path | None = None) -> dict:
+    """``xhyp evaluate``: P@k, nDCG@k, PSP@k and PSnDCG@k of saved scores.
+
+    Propensities (Jain et al. 2016) are computed from the training labels of the same dataset
+    (``dataset``'s train split, or ``train_path``); without them the PS metrics are omitted.
+
+    Args:
+        pred: ``.npz`` score matrix from :func:`predict_model`.
+        dataset, path, split, data_dir: the true labels, see :func:`load_split`.
+        train_path: XC file of the training split when ``path`` is used.
+        ks: cut-offs. A, B: propensity parameters (default: the dataset's).
+        out: JSON file for the metrics (written atomically).
+
+    Returns:
+        dict metric name -> value (fractions in [0, 1]).
+
+    Raises:
+        ValueError: the score matrix does not match the labels' shape.
+    """
+    from xhyp.eval.metrics import evaluate, inv_propensity
+
+    S = sp.load_npz(pred).tocsr()
+    _, Y = load_split(dataset, split, path, data_dir)
+    if S.shape != Y.shape:
+        raise ValueError(f"{pred}: score matrix is {S.shape[0]} x {S.shape[1]} but the labels are "
+                         f"{Y.shape[0]} x {Y.shape[1]}")
+    inv_p = None
+    if dataset is not None or train_path is not None:
+        _, Ytr = load_split(dataset, "train", train_path, data_dir)
+        a, b = propensity_params(dataset)
+        inv_p = inv_propensity(Ytr, A if A is not None else a, B if B is not None else b)
+    metrics = evaluate(Y, S, ks=tuple(ks), inv_prop=inv_p)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    if out is not None:
+        atomic_save_json(metrics, out)
+    return metrics
+
+
+def run_pipeline(out_dir: str | Path, dataset: str = "synthetic-hier", data_dir: str | None = None,
+                 model: dict | None = None, train_cfg: dict | None = None, k: int | None = None,
+                 index: str = "exact", progress: bool = True) -> dict:
+    """``xhyp run``: train, predict the test split, evaluate; everything under ``out_dir``.
+
+    Writes ``out_dir/model/`` (the model directory), ``out_dir/test_scores.npz`` and
+    ``out_dir/metrics.json`` (metrics plus train/predict wall times).
+
+    Returns:
+        the metrics dict.
+    """
+    out_dir = Path(out_dir)
+    s_train = train_model(out_dir / "model", dataset=dataset, data_dir=data_dir, model=model,
+                          train_cfg=train_cfg, progress=progress)
+    s_pred = predict_model(out_dir / "model", out_dir / "test_scores.npz", dataset=dataset,
+                           split="test", data_dir=data_dir, k=k, index=index)
+    metrics = evaluate_predictions(out_dir / "test_scores.npz", dataset=dataset, split="test",
+                                   data_dir=data_dir)
+    result = dict(metrics, train_seconds=s_train["train_seconds"], predict_seconds=s_pred["seconds"],
+                  best_epoch=s_train["best_epoch"], val_p1=s_train["val_p1"], dataset=dataset)
+    atomic_save_json(result, out_dir / "metrics.json")
+    return result

@@ -1,0 +1,239 @@
+"""Poincaré-ball geometry (curvature -1) used by every other module.
+
+All functions take torch tensors whose last dimension is the embedding dimension ``n`` and work
+in float32 or float64. Points live in the open unit ball ``{x : |x| < 1}``.
+
+Numerics (measured and recorded in ``../shared/DESIGN.md``):
+
+* Distances use ``d(x, y) = 2 asinh(sqrt(s))`` with
+  ``s = |x - y|^2 / ((1 - |x|^2) (1 - |y|^2))``; the textbook ``arccosh(1 + 2 s)`` loses 2-9 %
+  relative accuracy in float32 for nearby pairs.
+* :data:`MAX_NORM` keeps float32 points away from the boundary: ``1 - 1e-5`` allows a
+  hyperbolic radius of ``ln((1 + r) / (1 - r)) ~= 12.2`` around the origin (geoopt's float32
+  default, 0.996, allows only 6.2, which crowds rare labels). ``1 - |x|^2`` is computed as
+  ``(1 - |x|) (1 + |x|)`` so it stays accurate near the boundary.
+
+Sources: Nickel & Kiela, *Poincaré Embeddings for Learning Hierarchical Representations*,
+NIPS 2017 (eq. 1 distance, eq. 4 inverse metric); Gerald & Baskiotis, *Joint Label/Example
+Hyperbolic Representation for Extreme Classification*, CAp 2019 (projection p, section 2).
+"""
+from __future__ import annotations
+
+import geoopt
+import torch
+
+MAX_NORM = 1.0 - 1e-5
+"""Default max-norm guard: every point the library stores is clipped to ``|x| <= MAX_NORM``."""
+
+_SQRT_EPS = {torch.float16: 1e-6, torch.bfloat16: 1e-6, torch.float32: 1e-14, torch.float64: 1e-30}
+
+
+def _one_minus_sq(norm: torch.Tensor) -> torch.Tensor:
+    """``1 - |x|^2`` computed as ``(1 - |x|)(1 + |x|)`` (accurate near the boundary)."""
+    return (1.0 - norm) * (1.0 + norm)
+
+
+def project(x: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
+    """Clip points to the ball of radius ``max_norm`` (the max-norm guard).
+
+    Args:
+        x: ``(..., n)`` float tensor.
+        max_norm: radius in (0, 1); rows with a larger Euclidean norm are rescaled onto it.
+
+    Returns:
+        ``(..., n)`` tensor of the same dtype, every row with norm ``<= max_norm``.
+
+    Raises:
+        ValueError: if ``max_norm`` is not in (0, 1).
+    """
+    if not 0.0 < max_norm < 1.0:
+        raise ValueError(f"max_norm must be in (0, 1), got {max_norm}")
+    norm = x.norm(dim=-1, keepdim=True)
+    scale = torch.where(norm > max_norm, max_norm / norm.clamp_min(1e-30), torch.ones_like(norm))
+    return x * scale
+
+
+def to_ball(u: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
+    """The projection ``p(u) = u / (1 + sqrt(1 + |u|^2))`` from R^n onto the open unit ball.
+
+    This is Gerald & Baskiotis (CAp 2019)'s map from the projector's Euclidean output to the
+    Poincaré ball: the Poincaré image of the hyperboloid point whose spatial part is ``u``, so
+    it is smooth, bijective onto the open ball and ``d(0, p(u)) = asinh(|u|)``.
+    The max-norm guard is applied afterwards.
+
+    Args:
+        u: ``(..., n)`` float tensor (any norm).
+        max_norm: max-norm guard, see :func:`project`.
+
+    Returns:
+        ``(..., n)`` tensor in the ball.
+    """
+    sq = (u * u).sum(dim=-1, keepdim=True)
+    return project(u / (1.0 + torch.sqrt(1.0 + sq)), max_norm)
+
+
+def from_ball(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_ball` (without the guard): ``u = 2 x / (1 - |x|^2)``.
+
+    Args:
+        x: ``(..., n)`` points in the ball.
+
+    Returns:
+        ``(..., n)`` Euclidean vectors ``u`` with ``to_ball(u) == x``.
+    """
+    return 2.0 * x / _one_minus_sq(x.norm(dim=-1, keepdim=True))
+
+
+def conformal_factor(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Conformal factor ``lambda_x = 2 / (1 - |x|^2)`` of the Poincaré metric at ``x``.
+
+    The Riemannian metric is ``g_x = lambda_x^2 g_E``, so the Riemannian gradient is the
+    Euclidean one times ``(1 / lambda_x)^2 = ((1 - |x|^2) / 2)^2`` (Nickel & Kiela 2017, eq. 4).
+
+    Args:
+        x: ``(..., n)`` points in the ball.
+        keepdim: keep the reduced last dimension.
+
+    Returns:
+        ``(...)`` (or ``(..., 1)``) tensor, ``>= 2``.
+    """
+    return 2.0 / _one_minus_sq(x.norm(dim=-1, keepdim=keepdim))
+
+
+def _dist_from_s(s: torch.Tensor) -> torch.Tensor:
+    eps = _SQRT_EPS.get(s.dtype, 1e-14)
+    return 2.0 * torch.asinh(torch.sqrt(s.clamp_min(eps)))
+
+
+def dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Poincaré distance between broadcastable point sets (Nickel & Kiela 2017, eq. 1).
+
+    ``d(x, y) = arccosh(1 + 2 s) = 2 asinh(sqrt(s))``,
+    ``s = |x - y|^2 / ((1 - |x|^2)(1 - |y|^2))``; the asinh form is used (accurate in float32).
+    The gradient is finite everywhere; at ``x == y`` it is 0 (``s`` is clamped at 1e-14 in
+    float32, so identical points are reported at distance ~2e-7 rather than 0).
+
+    Args:
+        x: ``(..., n)`` points in the ball.
+        y: ``(..., n)`` points in the ball, broadcastable with ``x``.
+
+    Returns:
+        ``(...)`` distances (hyperbolic units), same dtype as the inputs.
+    """
+    diff = ((x - y) ** 2).sum(dim=-1)
+    denom = _one_minus_sq(x.norm(dim=-1)) * _one_minus_sq(y.norm(dim=-1))
+    return _dist_from_s(diff / denom)
+
+
+def pairwise_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """All-pairs Poincaré distance, ``(Q, n) x (M, n) -> (Q, M)``, via one matrix product.
+
+    ``|x - y|^2`` is expanded as ``|x|^2 + |y|^2 - 2 <x, y>`` (a GEMM), which cancels for very
+    close pairs; use it to shortlist, then :func:`dist` to score the shortlist exactly.
+
+    Args:
+        x: ``(Q, n)`` points in the ball.
+        y: ``(M, n)`` points in the ball.
+
+    Returns:
+        ``(Q, M)`` distances, dtype of the inputs.
+    """
+    xn = (x * x).sum(-1)
+    yn = (y * y).sum(-1)
+    sq = (xn[:, None] + yn[None, :] - 2.0 * (x @ y.T)).clamp_min(0.0)
+    denom = _one_minus_sq(xn.sqrt())[:, None] * _one_minus_sq(yn.sqrt())[None, :]
+    return _dist_from_s(sq / denom)
+
+
+def dist0(x: torch.Tensor) -> torch.Tensor:
+    """Distance from the origin, ``d(0, x) = 2 artanh(|x|)``.
+
+    Args:
+        x: ``(..., n)`` points in the ball.
+
+    Returns:
+        ``(...)`` distances.
+    """
+    return 2.0 * torch.atanh(x.norm(dim=-1))
+
+
+def expmap0(v: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
+    """Exponential map at the origin, ``exp_0(v) = tanh(|v|) v / |v|`` (curvature -1).
+
+    Args:
+        v: ``(..., n)`` tangent vectors at 0.
+        max_norm: max-norm guard applied to the result.
+
+    Returns:
+        ``(..., n)`` points in the ball.
+    """
+    norm = v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return project(torch.tanh(norm) * v / norm, max_norm)
+
+
+def logmap0(x: torch.Tensor) -> torch.Tensor:
+    """Logarithmic map at the origin, ``log_0(x) = artanh(|x|) x / |x|`` (inverse of expmap0).
+
+    Args:
+        x: ``(..., n)`` points in the ball.
+
+    Returns:
+        ``(..., n)`` tangent vectors at 0.
+    """
+    norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return torch.atanh(norm) * x / norm
+
+
+def lift_hyperboloid(x: torch.Tensor) -> torch.Tensor:
+    """Map ball points to the hyperboloid model, ``h(x) = ((1+|x|^2), 2x) / (1-|x|^2)``.
+
+    For two points, ``h0(x) h0(y) - <h1..n(x), h1..n(y)> = cosh d(x, y)``, so a query
+    ``(-h0(x), h1..n(x))`` ranks database points ``h(y)`` by inner product exactly as by
+    Poincaré distance (largest inner product = nearest). ``|h(x)|`` grows like
+    ``2 / (1 - |x|)``, so float32 inner products lose the small distances near the boundary.
+
+    Args:
+        x: ``(..., n)`` points in the ball.
+
+    Returns:
+        ``(..., n + 1)`` points on the hyperboloid, time coordinate first.
+    """
+    sq = (x * x).sum(-1, keepdim=True)
+    denom = _one_minus_sq(sq.sqrt())
+    return torch.cat([(1.0 + sq) / denom, 2.0 * x / denom], dim=-1)
+
+
+def hyperboloid_query(x: torch.Tensor) -> torch.Tensor:
+    """Query vector ``(-h0(x), h1..n(x))`` whose inner product with ``h(y)`` is ``-cosh d(x,y)``.
+
+    Args:
+        x: ``(..., n)`` points in the ball.
+
+    Returns:
+        ``(..., n + 1)`` query vectors.
+    """
+    h = lift_hyperboloid(x)
+    return torch.cat([-h[..., :1], h[..., 1:]], dim=-1)
+
+
+class PoincareBall(geoopt.PoincareBall):
+    """geoopt's Poincaré ball (curvature -1) with our max-norm guard instead of eps=4e-3.
+
+    Used as the manifold of the label-embedding :class:`geoopt.ManifoldParameter` so that
+    :class:`geoopt.optim.RiemannianAdam` (Bécigneul & Ganea, ICLR 2019) retracts onto
+    ``|x| <= max_norm``.
+    """
+
+    def __init__(self, max_norm: float = MAX_NORM):
+        super().__init__(c=1.0)
+        if not 0.0 < max_norm < 1.0:
+            raise ValueError(f"max_norm must be in (0, 1), got {max_norm}")
+        self.max_norm = float(max_norm)
+
+    def projx(self, x: torch.Tensor, *, dim: int = -1) -> torch.Tensor:  # noqa: D102
+        assert dim == -1
+        return project(x, self.max_norm)
+
+    def retr(self, x: torch.Tensor, u: torch.Tensor, *, dim: int = -1) -> torch.Tensor:  # noqa: D102
+        assert dim == -1
+        return project(x + u, self.max_norm)

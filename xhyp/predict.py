@@ -1,0 +1,124 @@
+"""Prediction: embed queries, find their nearest training examples in the ball, vote labels.
+
+Gerald & Baskiotis, CAp 2019, section 2.5 (kNN voting) and 2.6 (ensembles of learners).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .features import FeaturePipeline
+from .index import make_index
+from .model import HyperbolicXMC
+from .vote import aggregate, vote
+
+
+class Predictor:
+    """A trained learner ready to answer queries: model, feature pipeline and kNN database.
+
+    Args:
+        model: trained :class:`xhyp.model.HyperbolicXMC`.
+        pipeline: the :class:`xhyp.features.FeaturePipeline` fitted at training time.
+        train_emb: ``(N, n)`` float32 embeddings of the training examples (the kNN database).
+        train_labels: ``(N, L)`` CSR labels of those examples.
+        config: the model directory's ``config.json`` contents (defaults for ``k``, weighting).
+    """
+
+    def __init__(self, model: HyperbolicXMC, pipeline: FeaturePipeline, train_emb: torch.Tensor,
+                 train_labels: sp.csr_matrix, config: dict | None = None):
+        self.model = model.eval()
+        self.pipeline = pipeline
+        self.train_emb = train_emb
+        self.train_labels = sp.csr_matrix(train_labels)
+        self.config = config or {}
+        self._index = None
+        self._index_key = None
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Predictor":
+        """Load a model directory written by :func:`xhyp.train.train`.
+
+        Raises:
+            FileNotFoundError: a required file is missing (the message names it).
+        """
+        d = Path(directory)
+        for name in ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz"):
+            if not (d / name).exists():
+                raise FileNotFoundError(f"{d / name} is missing: {d} is not a complete xhyp model "
+                                        "directory (was training interrupted? rerun `xhyp train ... --resume`)")
+        model = HyperbolicXMC.load(d)
+        return cls(model, FeaturePipeline.load(d / "features.npz"),
+                   torch.load(d / "train_emb.pt", weights_only=True), sp.load_npz(d / "train_labels.npz"),
+                   json.loads((d / "config.json").read_text()))
+
+    @classmethod
+    def from_train_result(cls, result) -> "Predictor":
+        """Wrap the in-memory result of :func:`xhyp.train.train`."""
+        m = result.model
+        return cls(m, m.pipeline, m.train_emb, m.train_labels, {"train": {}})
+
+    def embed(self, X: sp.csr_matrix, batch_size: int = 4096) -> torch.Tensor:
+        """``(Q, F)`` raw CSR features -> ``(Q, n)`` float32 embeddings."""
+        if X.shape[1] != self.model.config.n_features:
+            raise ValueError(f"queries have {X.shape[1]} features, the model was trained on "
+                             f"{self.model.config.n_features}")
+        return self.model.embed(self.pipeline.transform(X), batch_size=batch_size)
+
+    def index(self, kind: str = "exact", **params):
+        """The kNN index over the training embeddings (built once per kind/params, then cached)."""
+        key = (kind, tuple(sorted(params.items())))
+        if self._index_key != key:
+            self._index = make_index(kind, geometry=self.model.config.geometry, **params).add(self.train_emb)
+            self._index_key = key
+        return self._index
+
+    def predict(self, X: sp.csr_matrix, k: int | None = None, top_k: int = 100, index: str = "exact",
+                weighting: str | None = None, batch_size: int = 16384, index_params: dict | None = None
+                ) -> sp.csr_matrix:
+        """Top-``top_k`` label scores for each query.
+
+        Args:
+            X: ``(Q, F)`` CSR raw features (the training preprocessing is applied here).
+            k: neighbours (default: the training config's ``knn``, else 10).
+            top_k: labels kept per query.
+            index: index kind (see :func:`xhyp.index.make_index`).
+            weighting: ``"count"`` or ``"distance"`` (default: the training config's); the
+                distance weighting uses the training ``alpha``.
+            batch_size: queries per chunk (bounds memory).
+            index_params: extra index constructor arguments (e.g. ``nprobe``).
+
+        Returns:
+            ``(Q, L)`` float32 CSR score matrix, at most ``top_k`` entries a row.
+        """
+        tc = self.config.get("train", {})
+        k = k or tc.get("knn", 10)
+        weighting = weighting or tc.get("weighting", "count")
+        idx = self.index(index, **(index_params or {}))
+        parts = []
+        for s in range(0, X.shape[0], batch_size):
+            q = self.embed(X[s:s + batch_size])
+            D, I = idx.search(q, k)
+            parts.append(vote(I, D, self.train_labels, top_k=top_k, weighting=weighting,
+                              alpha=tc.get("alpha", 1.0)))
+        if not parts:
+            return sp.csr_matrix((0, self.train_labels.shape[1]), dtype=np.float32)
+        return sp.vstack(parts).tocsr()
+
+
+def predict_ensemble(model_dirs, X: sp.csr_matrix, top_k: int = 100, **predict_kw) -> sp.csr_matrix:
+    """Sum the label votes of several learners (Gerald & Baskiotis 2019, section 2.6).
+
+    Args:
+        model_dirs: model directories of the ensemble members.
+        X: ``(Q, F)`` CSR raw features.
+        top_k: labels kept per query after aggregation.
+        **predict_kw: passed to :meth:`Predictor.predict` for every member.
+
+    Returns:
+        ``(Q, L)`` float32 CSR summed scores.
+    """
+    return aggregate((Predictor.load(d).predict(X, top_k=top_k, **predict_kw) for d in model_dirs), top_k)
