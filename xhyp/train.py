@@ -295,7 +295,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     if resume:
         if out is None or not (out / "checkpoint.pt").exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {out}/checkpoint.pt")
-        ck = torch.load(out / "checkpoint.pt", map_location=device, weights_only=False)
+        ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
         if ck["config"]["data"] != config["data"] or ck["config"]["model"] != config["model"]:
             raise ValueError(f"{out}/checkpoint.pt was written for other data or another model "
                              f"configuration: {ck['config']['data']} / {ck['config']['model']}")
