@@ -13,7 +13,7 @@ def test_run_synthetic_end_to_end(tmp_path, capsys):
     rc = main(["run", "--dataset", "synthetic-hier", "--out", str(out), "--epochs", "3", "--no-progress"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["P@1"] > 0.5  # generated data is learnable; chance is far below
+    assert metrics["metrics"]["P@1"] > 0.5  # generated data is learnable; chance is far below
     for name in ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz", "history.json"):
         assert (out / "model" / name).exists(), name
     assert "P@1" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Command-line interface: ``xhyp train | predict | evaluate | run | data``.
+"""Command-line interface: ``xhyp train | ensemble | predict | aggregate | evaluate | run | plot | data``.
 
 Each verb parses its arguments and calls one public function (:mod:`xhyp.commands`,
 :mod:`xhyp.datasets.registry`); there is no logic here. Model and training options are generated
@@ -63,8 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_args(t, ModelConfig, "model")
     _add_dataclass_args(t, TrainConfig, "training")
 
+    en = sub.add_parser("ensemble", help="train M learners (seeds seed, seed+1, ...) into OUT/learner_XX "
+                        "plus OUT/ensemble.json; rerunning skips complete learners")
+    _add_data_args(en)
+    en.add_argument("--out", required=True, help="ensemble directory")
+    en.add_argument("--learners", "-M", type=int, default=3, help="number of learners M (default: 3)")
+    en.add_argument("--jobs", type=int, default=1, help="learners trained at once, one process each (default: 1)")
+    en.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
+    en.add_argument("--no-progress", action="store_true")
+    _add_dataclass_args(en, ModelConfig, "model")
+    _add_dataclass_args(en, TrainConfig, "training")
+
     pr = sub.add_parser("predict", help="score queries; saves a sparse (Q x L) score matrix (.npz)")
-    pr.add_argument("--model", nargs="+", required=True, help="model directory (several: an ensemble, summed votes)")
+    pr.add_argument("--model", nargs="+", required=True, help="model directory, or ensemble directory "
+                    "(several, or an ensemble: summed votes)")
     _add_data_args(pr, "test")
     pr.add_argument("--out", required=True, help="output .npz")
     pr.add_argument("--k", type=int, help="neighbours (default: the model's)")
@@ -72,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--index", default="exact", help="search backend")
     pr.add_argument("--weighting", choices=("count", "distance"))
     pr.add_argument("--nprobe", type=int, help="clusters probed (clustered/IVF indexes)")
+
+    ag = sub.add_parser("aggregate", help="sum saved score matrices (.npz) of several learners (summed votes)")
+    ag.add_argument("--pred", nargs="+", required=True, help=".npz files from `xhyp predict`")
+    ag.add_argument("--out", required=True, help="output .npz")
+    ag.add_argument("--top-k", type=int, default=100, help="labels kept per query after summing")
+
+    pl = sub.add_parser("plot", help="draw a saved model's label embeddings in 2-D (PNG)")
+    pl.add_argument("--model", required=True, help="model directory (an ensemble directory: its first learner)")
+    pl.add_argument("--out", required=True, help="output .png")
+    pl.add_argument("--examples", type=int, default=0, help="also draw up to this many training examples")
+    pl.add_argument("--title", help="first title line")
 
     e = sub.add_parser("evaluate", help="P@k, nDCG@k, PSP@k, PSnDCG@k of saved scores")
     e.add_argument("--pred", required=True, help=".npz from `xhyp predict`")
@@ -107,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> int:
     from . import commands
 
-    if args.verb in ("train", "run"):
+    if args.verb in ("train", "run", "ensemble"):
         model, train_cfg = {}, {}
         if getattr(args, "config", None):
             with open(args.config) as f:
@@ -115,7 +138,11 @@ def _run(args) -> int:
             model, train_cfg = dict(cfg.get("model", {})), dict(cfg.get("train", {}))
         model.update(_collect(args, ModelConfig))
         train_cfg.update(_collect(args, TrainConfig))
-        if args.verb == "train":
+        if args.verb == "ensemble":
+            _print_json(commands.ensemble_model(args.out, args.dataset, args.path, args.data_dir, model, train_cfg,
+                                                n_learners=args.learners, jobs=args.jobs,
+                                                progress=not args.no_progress))
+        elif args.verb == "train":
             _print_json(commands.train_model(args.out, args.dataset, args.path, args.data_dir, model,
                                              train_cfg, resume=args.resume, progress=not args.no_progress))
         else:
@@ -123,14 +150,20 @@ def _run(args) -> int:
                                         index=args.index, progress=not args.no_progress)
             from xhyp.eval.metrics import format_table
 
-            print(format_table({args.dataset: res}))
-            _print_json({k: v for k, v in res.items()})
+            print(format_table({args.dataset: res["metrics"]}))
+            _print_json(res)
         return 0
     if args.verb == "predict":
         params = {"nprobe": args.nprobe} if args.nprobe is not None else None
         _print_json(commands.predict_model(args.model, args.out, args.dataset, args.path, args.split,
                                            args.data_dir, args.k, args.top_k, args.index, args.weighting,
                                            params))
+        return 0
+    if args.verb == "aggregate":
+        _print_json(commands.aggregate_predictions(args.pred, args.out, args.top_k))
+        return 0
+    if args.verb == "plot":
+        _print_json(commands.plot_model(args.model, args.out, args.examples, args.title))
         return 0
     if args.verb == "evaluate":
         from xhyp.eval.metrics import format_table

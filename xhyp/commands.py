@@ -1,4 +1,4 @@
-"""One public function per CLI verb (``xhyp train|predict|evaluate|run``).
+"""One public function per CLI verb (``xhyp train|ensemble|predict|aggregate|evaluate|run|plot``).
 
 The CLI (:mod:`xhyp.cli`) only parses arguments and calls these, so everything it does can be
 done from Python too. Data is named either by a registry dataset (``dataset`` + ``split``) or by
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from .ensemble import Ensemble, aggregate_files, expand_model_dirs, is_ensemble_dir, train_ensemble
 from .model import ModelConfig
 from .predict import Predictor, predict_ensemble
 from .train import TrainConfig, train
@@ -91,7 +92,9 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
     """``xhyp predict``: score a split with one model (or an ensemble) and save the scores.
 
     Args:
-        model_dirs: one model directory, or a list of them (summed votes).
+        model_dirs: one model directory, or a list of them (summed votes); an ensemble
+            directory (written by :func:`ensemble_model`, holds ``ensemble.json``) stands for all
+            its members.
         out: output ``.npz`` (a scipy sparse ``(Q, L)`` score matrix, written atomically).
         dataset, path, split, data_dir: the queries, see :func:`load_split`.
         k, top_k, index, weighting, index_params: see :meth:`xhyp.predict.Predictor.predict`.
@@ -103,14 +106,80 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
     dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
     t0 = time.time()
     kw = dict(k=k, top_k=top_k, index=index, weighting=weighting, index_params=index_params)
-    if len(dirs) == 1:
+    if len(dirs) == 1 and is_ensemble_dir(dirs[0]):
+        S = Ensemble.load(dirs[0]).predict(X, **kw)
+    elif len(dirs) == 1:
         S = Predictor.load(dirs[0]).predict(X, **kw)
     else:
-        S = predict_ensemble(dirs, X, **kw)
+        S = predict_ensemble(expand_model_dirs(dirs), X, **kw)
     secs = time.time() - t0
     atomic_save_sparse(out, S)
     return {"rows": int(X.shape[0]), "models": [str(d) for d in dirs], "seconds": round(secs, 3),
             "queries_per_second": round(X.shape[0] / max(secs, 1e-9), 1), "out": str(out)}
+
+
+def ensemble_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
+                   data_dir: str | None = None, model: dict | None = None, train_cfg: dict | None = None,
+                   n_learners: int = 3, jobs: int = 1, progress: bool = True) -> dict:
+    """``xhyp ensemble``: train ``n_learners`` learners (seeds ``seed, seed+1, ...``) into ``out_dir``.
+
+    ``out_dir/learner_XX`` are ordinary model directories and ``out_dir/ensemble.json`` lists them
+    (see :mod:`xhyp.ensemble`); ``xhyp predict --model out_dir`` then sums their votes. Running the
+    same command again skips complete learners and resumes interrupted ones.
+
+    Args:
+        out_dir: ensemble directory.
+        dataset, path, data_dir: training data, see :func:`load_split` (split ``"train"``).
+        model, train_cfg: shared :class:`ModelConfig` / :class:`TrainConfig` fields.
+        n_learners: ``M``. jobs: learners trained at once, each in its own process.
+        progress: progress output.
+
+    Returns:
+        summary dict (members, per-learner summaries, trained/skipped counts, seconds), also
+        written to ``out_dir/ensemble_summary.json``.
+    """
+    X, Y = load_split(dataset, "train", path, data_dir)
+    res = train_ensemble(X, Y, out_dir, n_learners=n_learners, model_config=model or {},
+                         train_config=train_cfg or {}, jobs=jobs, progress=progress,
+                         extra_config={"dataset": dataset or str(path)})
+    atomic_save_json(res, Path(out_dir) / "ensemble_summary.json")
+    return res
+
+
+def aggregate_predictions(preds, out: str | Path, top_k: int = 100) -> dict:
+    """``xhyp aggregate``: sum saved score matrices (summed votes of learners predicted separately).
+
+    Args:
+        preds: ``.npz`` files from ``xhyp predict`` (same queries, same label space).
+        out: output ``.npz``.
+        top_k: labels kept per query after summing.
+
+    Returns:
+        summary dict (inputs, shape, output path).
+    """
+    S = aggregate_files(preds, out, top_k=top_k)
+    return {"inputs": [str(p) for p in preds], "rows": int(S.shape[0]), "labels": int(S.shape[1]),
+            "out": str(out)}
+
+
+def plot_model(model_dir: str | Path, out: str | Path, examples: int = 0, title: str | None = None) -> dict:
+    """``xhyp plot``: draw a saved model's label embeddings in 2-D (see :mod:`xhyp.plot`).
+
+    Args:
+        model_dir: a model directory (an ensemble directory: its first member).
+        out: output PNG.
+        examples: also draw up to this many training examples (grey), 0 for none.
+        title: figure title (default: model, projection and Spearman correlation).
+
+    Returns:
+        summary dict (projection used, label count, Spearman's rho of frequency vs distance to the origin).
+    """
+    from .plot import plot_model_labels
+
+    d = Path(model_dir)
+    if is_ensemble_dir(d):
+        d = Ensemble.load(d).member_dirs[0]
+    return plot_model_labels(d, out, examples=examples, title=title)
 
 
 def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str | None = None,
@@ -163,7 +232,8 @@ def run_pipeline(out_dir: str | Path, dataset: str = "synthetic-hier", data_dir:
     ``out_dir/metrics.json`` (metrics plus train/predict wall times).
 
     Returns:
-        the metrics dict.
+        ``{"dataset", "metrics": {name: value}, "train_seconds", "predict_seconds", "best_epoch",
+        "val_p1"}``.
     """
     out_dir = Path(out_dir)
     s_train = train_model(out_dir / "model", dataset=dataset, data_dir=data_dir, model=model,
@@ -172,7 +242,8 @@ def run_pipeline(out_dir: str | Path, dataset: str = "synthetic-hier", data_dir:
                            split="test", data_dir=data_dir, k=k, index=index)
     metrics = evaluate_predictions(out_dir / "test_scores.npz", dataset=dataset, split="test",
                                    data_dir=data_dir)
-    result = dict(metrics, train_seconds=s_train["train_seconds"], predict_seconds=s_pred["seconds"],
-                  best_epoch=s_train["best_epoch"], val_p1=s_train["val_p1"], dataset=dataset)
+    result = {"dataset": dataset, "metrics": metrics, "train_seconds": s_train["train_seconds"],
+              "predict_seconds": s_pred["seconds"], "best_epoch": s_train["best_epoch"],
+              "val_p1": s_train["val_p1"]}
     atomic_save_json(result, out_dir / "metrics.json")
     return result
