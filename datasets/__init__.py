@@ -1,0 +1,17 @@
+"""xhyp.datasets: data files -> ``X`` (CSR ``N x F``, float32) and ``Y`` (CSR ``N x L``, binary).
+
+* :mod:`~xhyp.datasets.formats`: Extreme Classification Repository text files, Mulan and
+  Clus-HMC ARFF files (``DataFormatError`` names the file and line of any problem);
+* :mod:`~xhyp.datasets.registry`: named datasets, where their files live, ``fetch`` (download);
+* :mod:`~xhyp.datasets.synthetic`: generated data (the ``synthetic-hier`` toy problem, and
+  large look-alikes of real datasets for benchmarks).
+
+Feature preprocessing (L2, tf-idf) is part of a model: :mod:`xhyp.features`.
+"""
+from .formats import DataFormatError, read_hmc_arff, read_mulan_arff, read_xc, read_xc_header, write_xc
+from .registry import (DATASETS, DatasetNotFoundError, DatasetSpec, FetchError, dataset_info, fetch, get_spec,
+                       load_dataset, resolve_data_dir)
+
+__all__ = ["DataFormatError", "read_xc", "read_xc_header", "write_xc", "read_mulan_arff", "read_hmc_arff",
+           "DATASETS", "DatasetSpec", "DatasetNotFoundError", "FetchError", "get_spec", "resolve_data_dir",
+           "load_dataset", "fetch", "dataset_info"]

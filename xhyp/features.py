@@ -54,7 +54,7 @@ class FeaturePipeline:
             if X.shape[1] != self.idf.shape[0]:
                 raise ValueError(f"features have {X.shape[1]} columns, the model expects {self.idf.shape[0]}")
             X = X @ sp.diags(self.idf)
-        return normalize(X, norm="l2", axis=1, copy=False).astype(np.float32).tocsr()
+        return normalize(X, norm="l2", axis=1, copy=True).astype(np.float32, copy=False).tocsr()
 
     def save(self, path: str | Path) -> None:
         """Write the pipeline (kind and idf) to an ``.npz`` file atomically."""
