@@ -2,26 +2,111 @@
 
 All indexes share faiss's interface: ``index.add(db)`` then ``index.search(q, k) -> (D, I)``
 with ``D`` the ``(Q, k)`` float32 distances (ascending) and ``I`` the ``(Q, k)`` int64 row ids of
-the database (``-1`` where the database has fewer than ``k`` points). :func:`make_index` builds
-one from a name, as the CLI's ``--index`` does.
+the database (``-1`` / ``inf`` where fewer than ``k`` points are found). :func:`make_index`
+builds one from a name, as the CLI's ``--index`` does (``--nprobe`` arrives as ``nprobe=``):
+
+==============  ===========================================================================
+kind            search
+==============  ===========================================================================
+``exact``       exact brute force with the fused C++/CUDA kernel (:func:`xhyp.kernels.knn`);
+                falls back to ``torch`` when the extension is missing
+``torch``       exact brute force in pure torch (chunked GEMM + top-k + exact re-scoring),
+                the reference implementation
+``clustered``   Gerald & Baskiotis (CAp 2019), section 2.6: random training points as
+                centroids (default ``N / 3000``), exact search in the ``nprobe`` nearest
+                clusters (``n_clusters``, ``nprobe``, ``seed``)
+``faiss-flat``  faiss ``IndexFlatIP`` on the hyperboloid lift (exact up to float32), re-ranked
+``faiss-ivf``   faiss ``IndexIVFFlat`` on the lift with the inner product (``nlist``,
+                ``nprobe``), re-ranked
+``faiss-hnsw``  faiss ``IndexHNSWFlat`` (``M``, ``efSearch``, ``efConstruction``) with the L2
+                metric on the lift's spatial coordinates (``space="spatial"``, default), or
+                with the inner product on the lift (``space="lift"``), re-ranked
+==============  ===========================================================================
+
+Hyperboloid lift (``xhyp.manifold.lift_hyperboloid``, ``hyperboloid_query``): with
+``h(y) = ((1 + |y|^2), 2y) / (1 - |y|^2)`` and the query ``(-h0(x), h1..n(x))``, the inner
+product is ``-cosh d(x, y)``, so Poincaré kNN is maximum-inner-product search. The faiss
+indexes take ``space=``:
+
+* ``"lift"``: inner product on the lift, the exact reduction above (default of flat and IVF);
+* ``"spatial"``: L2 on ``u = h1..n(y) = 2y / (1 - |y|^2)`` (:func:`xhyp.manifold.from_ball`), a
+  proxy: along the sphere of radius ``|u|`` the hyperboloid's metric is the Euclidean one in
+  ``u`` and radial steps are stretched by ``cosh r``; on clustered data the 40 nearest points in
+  ``u`` contained 99.9 % of the 10 hyperbolic nearest (``bench/bench_knn.py``);
+* ``"ball"``: L2 on the raw ball coordinates (a poorer proxy: 94.5 % in the same test).
+
+Euclidean geometry uses faiss's L2 indexes on the raw vectors (``space`` is ignored).
+
+Why HNSW defaults to ``space="spatial"``: faiss builds the HNSW graph by searching each new
+database vector among the stored ones, i.e. with the *Euclidean* inner product
+``<h(y), h(z)>`` between lifted database points, not the Lorentzian one ``-cosh d(y, z)`` (which
+needs the query-side sign flip). The graph therefore links points with large lifted norms
+instead of hyperbolic neighbours, and recall@10 stays around 0.3-0.55 even with large
+``efSearch`` (``tests/test_faiss_index.py``, ``bench/bench_knn.py``). An L2 graph is consistent
+between construction and search.
+
+**Float32 limit of the lift.** ``|h(y)| ~ 2 / (1 - |y|)``: at ``|y| = 1 - 1e-4`` the lifted
+coordinates are ~2e4, their products ~4e8, and float32 rounds an inner product to a few units,
+while close neighbours differ in ``cosh d`` by ~``d^2 / 2``. So near the boundary the faiss
+scores cannot order close neighbours (or even separate them from farther ones); every faiss
+index therefore returns a candidate list of ``rerank * k`` points (``rerank`` default 4) that is
+re-ranked with the exact Poincaré distance computed in float64 from the float32 coordinates.
+The re-rank fixes the order among the candidates; it cannot bring back a neighbour that the
+float32 scores pushed out of the list (tested in ``tests/test_faiss_index.py``). The spatial
+coordinates have an absolute float32 resolution of ~``|u| 6e-8`` (6e-3 at ``|y| = 1 - 1e-5``),
+far better than the lift's ``|h|^2 6e-8``. The ``exact`` kernel has no such limit.
+
+faiss is imported lazily (``pip install faiss-cpu``; ``faiss-gpu`` is used when importable, the
+database is on a CUDA device and the index type has a GPU version).
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
-from . import manifold
+from . import kernels, manifold
 
-INDEX_KINDS = ("exact",)
+INDEX_KINDS = ("exact", "torch", "clustered", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 
 
-class ExactIndex:
-    """Exact brute-force kNN in the Poincaré ball (or Euclidean space), batched in pure torch.
+def _check_geometry(geometry: str) -> None:
+    if geometry not in ("poincare", "euclidean"):
+        raise ValueError(f"unknown geometry {geometry!r}")
+
+
+class _Base:
+    """Shared checks of ``add`` / ``search``."""
+
+    geometry = "poincare"
+    db = None
+
+    def _check_db(self, db: torch.Tensor) -> None:
+        if db.dim() != 2:
+            raise ValueError(f"database must be (M, n), got shape {tuple(db.shape)}")
+
+    def _check_search(self, q: torch.Tensor, k: int) -> None:
+        if self.db is None:
+            raise RuntimeError("search() before add()")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if q.dim() != 2 or q.shape[-1] != self.db.shape[1]:
+            raise ValueError(f"query dimension {q.shape[-1]} != database dimension {self.db.shape[1]}")
+
+    @property
+    def ntotal(self) -> int:
+        """Number of database points."""
+        return 0 if self.db is None else int(self.db.shape[0])
+
+
+class TorchIndex(_Base):
+    """Exact brute-force kNN in pure torch (the reference backend, any dtype, any device).
 
     Distances for a ``(query chunk x database chunk)`` block come from one GEMM
     (:func:`xhyp.manifold.pairwise_dist`), a running top-``k'`` is kept per query, and the final
-    shortlist (``k' = min(M, 2k)``) is re-scored with the exact :func:`xhyp.manifold.dist`, so
-    the GEMM's cancellation for very close pairs cannot reorder the returned neighbours.
-    Memory is bounded by ``query_batch x db_batch`` floats.
+    shortlist (``k' = min(M, 2k)``) is re-scored with the exact :func:`xhyp.manifold.dist`.
+    Memory is bounded by ``query_batch x db_batch`` floats. See :func:`xhyp.kernels.torch_knn`.
 
     Args:
         geometry: ``"poincare"`` or ``"euclidean"``.
@@ -32,32 +117,16 @@ class ExactIndex:
 
     def __init__(self, geometry: str = "poincare", query_batch: int = 1024, db_batch: int = 65536,
                  device=None):
-        if geometry not in ("poincare", "euclidean"):
-            raise ValueError(f"unknown geometry {geometry!r}")
+        _check_geometry(geometry)
         self.geometry = geometry
         self.query_batch = query_batch
         self.db_batch = db_batch
         self.device = device
         self.db = None
 
-    def _pair(self, q, d):
-        if self.geometry == "poincare":
-            return manifold.pairwise_dist(q, d)
-        return torch.cdist(q, d)
-
-    def _exact(self, q, d):
-        if self.geometry == "poincare":
-            return manifold.dist(q, d)
-        return (q - d).pow(2).sum(-1).sqrt()
-
-    def add(self, db: torch.Tensor) -> "ExactIndex":
-        """Set the database.
-
-        Args:
-            db: ``(M, n)`` float tensor of points (in the ball for Poincaré geometry).
-        """
-        if db.dim() != 2:
-            raise ValueError(f"database must be (M, n), got shape {tuple(db.shape)}")
+    def add(self, db: torch.Tensor) -> "TorchIndex":
+        """Set the database: ``(M, n)`` float tensor (in the ball for Poincaré geometry)."""
+        self._check_db(db)
         self.db = db.to(self.device) if self.device is not None else db
         return self
 
@@ -66,54 +135,316 @@ class ExactIndex:
         """k nearest database points of each query.
 
         Args:
-            q: ``(Q, n)`` queries, same dtype as the database.
+            q: ``(Q, n)`` queries (converted to the database's dtype and device).
             k: neighbours per query (``>= 1``).
 
         Returns:
-            ``(D, I)``: ``(Q, k)`` float distances ascending, ``(Q, k)`` int64 ids (``-1`` and
-            ``inf`` beyond the database size).
+            ``(D, I)`` on the CPU: ``(Q, k)`` distances ascending, ``(Q, k)`` int64 ids.
 
         Raises:
             RuntimeError: if :meth:`add` was not called. ValueError: bad ``k`` or dimension.
         """
-        if self.db is None:
-            raise RuntimeError("search() before add()")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if q.shape[-1] != self.db.shape[1]:
-            raise ValueError(f"query dimension {q.shape[-1]} != database dimension {self.db.shape[1]}")
-        db = self.db
-        q = q.to(db.device, db.dtype)
-        M = db.shape[0]
-        kk = min(M, 2 * k)
-        Ds, Is = [], []
-        for qs in range(0, q.shape[0], self.query_batch):
-            qc = q[qs:qs + self.query_batch]
-            best_d = torch.empty(qc.shape[0], 0, dtype=db.dtype, device=db.device)
-            best_i = torch.empty(qc.shape[0], 0, dtype=torch.long, device=db.device)
-            for ds in range(0, M, self.db_batch):
-                dd = self._pair(qc, db[ds:ds + self.db_batch])
-                kc = min(kk, dd.shape[1])
-                v, i = torch.topk(dd, kc, dim=1, largest=False)
-                best_d = torch.cat([best_d, v], 1)
-                best_i = torch.cat([best_i, i + ds], 1)
-                if best_d.shape[1] > kk:
-                    best_d, sel = torch.topk(best_d, kk, dim=1, largest=False)
-                    best_i = torch.gather(best_i, 1, sel)
-            # exact re-scoring of the shortlist
-            exact = self._exact(qc[:, None, :], db[best_i])
-            kc = min(k, exact.shape[1])
-            v, sel = torch.topk(exact, kc, dim=1, largest=False)
-            i = torch.gather(best_i, 1, sel)
-            Ds.append(v)
-            Is.append(i)
-        D = torch.cat(Ds) if Ds else torch.empty(0, min(k, M), dtype=db.dtype)
-        I = torch.cat(Is) if Is else torch.empty(0, min(k, M), dtype=torch.long)
-        if k > M:
-            pad = k - M
-            D = torch.cat([D, torch.full((D.shape[0], pad), float("inf"), dtype=D.dtype, device=D.device)], 1)
-            I = torch.cat([I, torch.full((I.shape[0], pad), -1, dtype=torch.long, device=I.device)], 1)
+        self._check_search(q, k)
+        D, I = kernels.torch_knn(q, self.db, k, self.geometry, self.query_batch, self.db_batch)
         return D.cpu(), I.cpu()
+
+
+class ExactIndex(_Base):
+    """Exact brute-force kNN with the fused kernel (:func:`xhyp.kernels.knn`).
+
+    The database's per-row precomputation is done once in :meth:`add`; queries are searched in
+    chunks of ``query_batch``. float32 data on a device the extension supports goes through the
+    kernel (exact top-k of the float32 inputs, also near the boundary); anything else (float64
+    data, no extension) through :class:`TorchIndex`.
+
+    Args:
+        geometry: ``"poincare"`` or ``"euclidean"``.
+        query_batch: queries per kernel call (bounds the output and heap memory).
+        db_batch: database rows per block of the pure-torch fallback.
+        device: where to compute (``None``: where the database is).
+    """
+
+    def __init__(self, geometry: str = "poincare", query_batch: int = 65536, db_batch: int = 65536,
+                 device=None):
+        _check_geometry(geometry)
+        self.geometry = geometry
+        self.query_batch = query_batch
+        self.db_batch = db_batch
+        self.device = device
+        self.db = None
+        self.aug = None
+
+    def add(self, db: torch.Tensor) -> "ExactIndex":
+        """Set the database: ``(M, n)`` float tensor (in the ball for Poincaré geometry)."""
+        self._check_db(db)
+        db = db.to(self.device) if self.device is not None else db
+        self.db = db.contiguous()
+        self.aug = kernels.knn_prepare(self.db, self.geometry) if self.db.dtype == torch.float32 else None
+        return self
+
+    @torch.no_grad()
+    def search(self, q: torch.Tensor, k: int):
+        """k nearest database points of each query; see :meth:`TorchIndex.search`."""
+        self._check_search(q, k)
+        if self.aug is None:
+            D, I = kernels.torch_knn(q, self.db, k, self.geometry, min(self.query_batch, 1024), self.db_batch)
+            return D.cpu(), I.cpu()
+        q = q.to(self.db.device, self.db.dtype)
+        Ds, Is = [], []
+        for s in range(0, q.shape[0], self.query_batch):
+            D, I = kernels.knn(q[s:s + self.query_batch], self.db, k, self.geometry, self.aug)
+            Ds.append(D.cpu())
+            Is.append(I.cpu())
+        if not Ds:
+            return torch.empty(0, k, dtype=self.db.dtype), torch.empty(0, k, dtype=torch.long)
+        return torch.cat(Ds), torch.cat(Is)
+
+
+class ClusteredIndex(_Base):
+    """Centroid-clustered approximate kNN (Gerald & Baskiotis, CAp 2019, section 2.6).
+
+    :meth:`add` draws ``n_clusters`` centroids at random among the database points (default
+    ``max(1, N // 3000)``), puts every point in the cluster of its nearest centroid (by the
+    geometry's distance, exact kernel) and stores the points sorted by cluster. :meth:`search`
+    finds each query's ``nprobe`` nearest centroids and searches those clusters exactly
+    (:func:`xhyp.kernels.clustered_knn`). Recall grows with ``nprobe``; ``nprobe >= n_clusters``
+    is exact search.
+
+    Args:
+        geometry: ``"poincare"`` or ``"euclidean"``.
+        nprobe: clusters searched per query.
+        n_clusters: number of centroids (``None``: ``max(1, N // points_per_cluster)``).
+        points_per_cluster: the paper's default cluster size, 3000.
+        seed: seeds the choice of centroids.
+        query_batch: queries per kernel call.
+        device: where to compute (``None``: where the database is).
+    """
+
+    def __init__(self, geometry: str = "poincare", nprobe: int = 8, n_clusters: int | None = None,
+                 points_per_cluster: int = 3000, seed: int = 0, query_batch: int = 65536, device=None):
+        _check_geometry(geometry)
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        if n_clusters is not None and n_clusters < 1:
+            raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+        self.geometry = geometry
+        self.nprobe = int(nprobe)
+        self.n_clusters = n_clusters
+        self.points_per_cluster = int(points_per_cluster)
+        self.seed = int(seed)
+        self.query_batch = query_batch
+        self.device = device
+        self.db = None
+
+    @torch.no_grad()
+    def add(self, db: torch.Tensor) -> "ClusteredIndex":
+        """Cluster and store the database: ``(M, n)`` float tensor."""
+        self._check_db(db)
+        db = db.to(self.device) if self.device is not None else db
+        db = db.contiguous()
+        N = db.shape[0]
+        C = self.n_clusters or max(1, N // self.points_per_cluster)
+        C = max(1, min(C, N)) if N > 0 else 0
+        gen = torch.Generator().manual_seed(self.seed)
+        cid = torch.randperm(N, generator=gen)[:C].sort().values.to(db.device)
+        self.centroids = db[cid].contiguous()
+        if C > 0:  # nearest centroid of every point (exact; ties: lower centroid index)
+            assign = kernels.knn(db, self.centroids, 1, self.geometry)[1][:, 0].to(db.device)
+        else:
+            assign = torch.zeros(0, dtype=torch.long, device=db.device)
+        order = torch.argsort(assign, stable=True)
+        self.ids = order.to(torch.long)
+        self.offsets = torch.zeros(C + 1, dtype=torch.long)
+        self.offsets[1:] = torch.cumsum(torch.bincount(assign.cpu(), minlength=C), 0)
+        self.db_sorted = db[order].contiguous()
+        self.aug = kernels.knn_prepare(self.db_sorted, self.geometry)
+        self.db = db
+        return self
+
+    @property
+    def cluster_sizes(self) -> torch.Tensor:
+        """``(C,)`` number of points per cluster."""
+        return torch.diff(self.offsets)
+
+    @torch.no_grad()
+    def search(self, q: torch.Tensor, k: int, nprobe: int | None = None):
+        """Approximate k nearest neighbours; see :meth:`TorchIndex.search` for the output.
+
+        Args:
+            nprobe: overrides the constructor's ``nprobe`` for this call.
+        """
+        self._check_search(q, k)
+        nprobe = int(nprobe or self.nprobe)
+        q = q.to(self.db.device, self.db.dtype)
+        Ds, Is = [], []
+        for s in range(0, q.shape[0], self.query_batch):
+            D, I = kernels.clustered_knn(q[s:s + self.query_batch], self.db_sorted, self.ids, self.offsets,
+                                         self.centroids, k, nprobe, self.geometry, self.aug)
+            Ds.append(D.cpu())
+            Is.append(I.cpu())
+        if not Ds:
+            return torch.empty(0, k, dtype=self.db.dtype), torch.empty(0, k, dtype=torch.long)
+        return torch.cat(Ds), torch.cat(Is)
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the faiss-* indexes need faiss: `pip install faiss-cpu` (or faiss-gpu with CUDA); "
+                          "the exact and clustered indexes work without it") from e
+    return faiss
+
+
+class FaissIndex(_Base):
+    """faiss search on the hyperboloid lift (Poincaré) or the raw vectors (Euclidean), re-ranked.
+
+    The faiss index proposes ``max(k, rerank * k)`` candidates per query (maximum inner product
+    ``<(-h0(x), h(x)), h(y)> = -cosh d(x, y)``), which are re-ranked by the exact distance
+    computed in float64 from the float32 coordinates. See the module docstring for the float32
+    limit of the lift near the boundary.
+
+    Args:
+        kind: ``"flat"``, ``"ivf"`` or ``"hnsw"``.
+        geometry: ``"poincare"`` or ``"euclidean"``.
+        rerank: candidates per requested neighbour.
+        nlist: IVF lists (default ``4 sqrt(N)``, at least 1, at most ``N / 39``); nprobe: IVF lists
+            visited per query (default 16).
+        M: HNSW graph degree (default 32); efSearch: HNSW search breadth (default 128, raised to
+            the number of candidates); efConstruction: HNSW build breadth (default 80).
+        space: ``"lift"`` (inner product on the hyperboloid lift), ``"spatial"`` (L2 on the lift's
+            spatial coordinates) or ``"ball"`` (L2 on the ball coordinates); default ``"lift"``
+            for flat and IVF, ``"spatial"`` for HNSW (see the module docstring).
+        gpu: use faiss-gpu when available and the data is on CUDA (flat and IVF only).
+        threads: faiss OpenMP threads (``None``: faiss's default).
+        seed: seeds the IVF k-means.
+    """
+
+    SPACES = ("lift", "spatial", "ball")
+    RERANK_CHUNK = 4096
+
+    def __init__(self, kind: str = "flat", geometry: str = "poincare", rerank: int = 4,
+                 nlist: int | None = None, nprobe: int = 16, M: int = 32, efSearch: int = 128,
+                 efConstruction: int = 80, space: str | None = None, gpu: bool = True,
+                 threads: int | None = None, seed: int = 0):
+        _check_geometry(geometry)
+        if kind not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"unknown faiss index kind {kind!r}")
+        space = space or ("spatial" if kind == "hnsw" else "lift")
+        if space not in self.SPACES:
+            raise ValueError(f"space must be one of {self.SPACES}, got {space!r}")
+        if rerank < 1 or nprobe < 1 or M < 2 or efSearch < 1:
+            raise ValueError("rerank, nprobe, efSearch must be >= 1 and M >= 2")
+        self.faiss = _import_faiss()
+        self.kind = kind
+        self.geometry = geometry
+        self.rerank = int(rerank)
+        self.nlist = nlist
+        self.nprobe = int(nprobe)
+        self.M = int(M)
+        self.efSearch = int(efSearch)
+        self.efConstruction = int(efConstruction)
+        self.space = "ball" if geometry == "euclidean" else space
+        self.gpu = gpu
+        self.threads = threads
+        self.seed = seed
+        self.db = None
+        self.index = None
+
+    def _vectors(self, x: torch.Tensor, query: bool) -> np.ndarray:
+        """float32 vectors given to faiss: lift / query lift, spatial coordinates or raw."""
+        x = x.detach().cpu().double()
+        if self.space == "lift":
+            v = manifold.hyperboloid_query(x) if query else manifold.lift_hyperboloid(x)
+        elif self.space == "spatial":
+            v = manifold.from_ball(x)
+        else:
+            v = x
+        return np.ascontiguousarray(v.float().numpy())
+
+    @torch.no_grad()
+    def add(self, db: torch.Tensor) -> "FaissIndex":
+        """Build the faiss index over the (lifted) database: ``(M, n)`` float tensor."""
+        self._check_db(db)
+        faiss = self.faiss
+        if self.threads is not None:
+            faiss.omp_set_num_threads(int(self.threads))
+        self.db = db
+        self._db_cpu = db.detach().cpu().float().contiguous()
+        x = self._vectors(db, query=False)
+        N, d = x.shape
+        ip = self.space == "lift"
+        metric = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
+        if self.kind == "flat":
+            index = faiss.IndexFlatIP(d) if ip else faiss.IndexFlatL2(d)
+        elif self.kind == "ivf":
+            nlist = self.nlist or int(round(4 * math.sqrt(max(N, 1))))
+            nlist = max(1, min(nlist, max(1, N // 39)))
+            self.nlist_used = nlist
+            quantizer = faiss.IndexFlatIP(d) if ip else faiss.IndexFlatL2(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
+            index.cp.seed = int(self.seed)
+            if N > 0:
+                index.train(x)
+            index.nprobe = min(self.nprobe, nlist)
+            self._quantizer = quantizer  # keep it alive (faiss holds a raw pointer)
+        else:
+            index = faiss.IndexHNSWFlat(d, self.M, metric)
+            index.hnsw.efConstruction = self.efConstruction
+        if self.gpu and self.kind != "hnsw" and db.is_cuda and hasattr(faiss, "StandardGpuResources"):
+            self._res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._res, db.device.index or 0, index)
+        if N > 0:
+            index.add(x)
+        self.index = index
+        return self
+
+    @torch.no_grad()
+    def search(self, q: torch.Tensor, k: int):
+        """Approximate k nearest neighbours (exact distances); see :meth:`TorchIndex.search`."""
+        self._check_search(q, k)
+        faiss = self.faiss
+        if self.threads is not None:
+            faiss.omp_set_num_threads(int(self.threads))
+        N = self.db.shape[0]
+        kc = min(max(k, self.rerank * k), N) if N > 0 else 0
+        Q = q.shape[0]
+        if kc == 0 or Q == 0:
+            return (torch.full((Q, k), float("inf")), torch.full((Q, k), -1, dtype=torch.long))
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = max(self.efSearch, kc)
+        elif self.kind == "ivf":
+            self.index.nprobe = min(self.nprobe, self.nlist_used)
+        _, cand = self.index.search(self._vectors(q, query=True), kc)
+        cand = torch.from_numpy(cand).long()
+        qc = q.detach().cpu().float()
+        Ds, Is = [], []
+        for s in range(0, Q, self.RERANK_CHUNK):  # chunks bound the (chunk, kc, n) float64 buffers
+            c = cand[s:s + self.RERANK_CHUNK]
+            valid = c >= 0
+            x, y = qc[s:s + self.RERANK_CHUNK].double(), self._db_cpu[c.clamp_min(0)].double()
+            sq = (x[:, None, :] - y).pow(2).sum(-1)
+            if self.geometry == "euclidean":
+                d = sq.sqrt()
+            else:
+                s_ = sq * kernels._inv_one_minus_sq64(x)[:, None] * kernels._inv_one_minus_sq64(y)
+                d = 2.0 * torch.asinh(s_.clamp_min(0.0).sqrt())
+            d = torch.where(valid, d, torch.full_like(d, float("inf")))
+            key = torch.where(valid, c, torch.full_like(c, torch.iinfo(torch.long).max))
+            D, I = kernels._sorted_topk(d, key, k)
+            Ds.append(D.float())
+            Is.append(I)
+        return torch.cat(Ds), torch.cat(Is)
+
+
+_PARAMS = {
+    "exact": ("query_batch", "db_batch", "device"),
+    "torch": ("query_batch", "db_batch", "device"),
+    "clustered": ("nprobe", "n_clusters", "points_per_cluster", "seed", "query_batch", "device"),
+    "faiss-flat": ("rerank", "space", "gpu", "threads"),
+    "faiss-ivf": ("rerank", "nlist", "nprobe", "space", "gpu", "threads", "seed"),
+    "faiss-hnsw": ("rerank", "M", "efSearch", "efConstruction", "space", "threads"),
+}
 
 
 def make_index(kind: str = "exact", geometry: str = "poincare", **params):
@@ -122,11 +453,27 @@ def make_index(kind: str = "exact", geometry: str = "poincare", **params):
     Args:
         kind: one of :data:`INDEX_KINDS`.
         geometry: ``"poincare"`` or ``"euclidean"``.
-        **params: passed to the index constructor.
+        **params: passed to the index constructor; ``None`` values are dropped (so the CLI can
+            pass ``nprobe=None``).
 
     Raises:
-        ValueError: unknown ``kind``.
+        ValueError: unknown ``kind`` or a parameter the kind does not take.
+        ImportError: a faiss kind without faiss installed.
+
+    Example:
+        >>> idx = make_index("clustered", nprobe=4).add(torch.rand(100, 5) * 0.1)
+        >>> D, I = idx.search(torch.rand(3, 5) * 0.1, 10)
     """
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index {kind!r}; choose from {INDEX_KINDS}")
+    params = {k: v for k, v in params.items() if v is not None}
+    bad = sorted(set(params) - set(_PARAMS[kind]))
+    if bad:
+        raise ValueError(f"index {kind!r} does not take {bad}; it takes {list(_PARAMS[kind])}")
     if kind == "exact":
         return ExactIndex(geometry=geometry, **params)
-    raise ValueError(f"unknown index {kind!r}; choose from {INDEX_KINDS}")
+    if kind == "torch":
+        return TorchIndex(geometry=geometry, **params)
+    if kind == "clustered":
+        return ClusteredIndex(geometry=geometry, **params)
+    return FaissIndex(kind[len("faiss-"):], geometry=geometry, **params)

@@ -2,6 +2,12 @@
 
 Gerald & Baskiotis (CAp 2019), section 2.5: a query's labels are ranked by how many of its k
 nearest training examples carry them; an ensemble of learners sums those votes (section 2.6).
+
+The scipy code below is the reference implementation. :func:`vote` and :func:`vote_ensemble`
+dispatch to the compiled kernel (:func:`xhyp.kernels.vote_topk`, C++/OpenMP) when it is available
+(``backend="auto"``): the weights are still computed here with numpy, and the kernel repeats
+scipy's arithmetic in the same order, so both backends return identical matrices (same entries,
+same float32 values, tested in ``tests/test_kernels.py``).
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import scipy.sparse as sp
 import torch
 
 WEIGHTINGS = ("count", "distance")
+BACKENDS = ("auto", "kernel", "scipy")
 
 
 def neighbour_weights(dist_qk: np.ndarray, weighting: str = "count", alpha: float = 1.0) -> np.ndarray:
@@ -90,8 +97,50 @@ def top_k_rows(S: sp.csr_matrix, top_k: int) -> sp.csr_matrix:
     return out
 
 
+def _use_kernel(backend: str) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if backend == "scipy":
+        return False
+    from . import kernels
+
+    if kernels.ext_available("cpu"):
+        return True
+    if backend == "kernel":
+        raise RuntimeError(f"backend='kernel' but the compiled kernels are not available: {kernels.ext_error()}")
+    return False
+
+
+def _as_numpy(a, dtype):
+    return np.asarray(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a, dtype=dtype)
+
+
+def _kernel_vote(ids_list, weights_list, Y_list, top_k: int) -> sp.csr_matrix:
+    """Run :func:`xhyp.kernels.vote_topk` on precomputed weights and build scipy's CSR result."""
+    from . import kernels
+
+    n_labels = Y_list[0].shape[1]
+    indptr, indices = [], []
+    for Y in Y_list:
+        Y = Y.tocsr()
+        indptr.append(torch.from_numpy(Y.indptr.astype(np.int64)))
+        indices.append(torch.from_numpy(Y.indices.astype(np.int64)))
+    ids = [torch.from_numpy(np.ascontiguousarray(_as_numpy(i, np.int64))) for i in ids_list]
+    w = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)) for x in weights_list]
+    labels, scores, n_scored = kernels.vote_topk(ids, w, indptr, indices, n_labels, top_k, "weight")
+    labels, scores, n_scored = labels.numpy(), scores.numpy(), n_scored.numpy()
+    Q = labels.shape[0]
+    keep = labels >= 0
+    if n_scored.max(initial=0) <= top_k:
+        keep &= scores != 0  # top_k_rows' first branch: astype(float32) + eliminate_zeros
+    rows = np.repeat(np.arange(Q), top_k).reshape(Q, top_k)
+    out = sp.csr_matrix((scores[keep], (rows[keep], labels[keep])), shape=(Q, n_labels), dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
 def vote(ids_qk, dist_qk, Y_train: sp.csr_matrix, top_k: int = 100,
-         weighting: str = "count", alpha: float = 1.0) -> sp.csr_matrix:
+         weighting: str = "count", alpha: float = 1.0, backend: str = "auto") -> sp.csr_matrix:
     """Rank labels for each query by the (weighted) votes of its nearest training examples.
 
     ``score[q, l] = sum_{j in kNN(q)} w(q, j) * Y_train[j, l]``.
@@ -103,15 +152,60 @@ def vote(ids_qk, dist_qk, Y_train: sp.csr_matrix, top_k: int = 100,
         top_k: labels kept per query.
         weighting: see :func:`neighbour_weights`.
         alpha: softmax scale of the ``"distance"`` weighting.
+        backend: ``"auto"`` (the compiled kernel when available, else scipy), ``"kernel"`` or
+            ``"scipy"``; all give the same result.
 
     Returns:
         ``(Q, L)`` float32 CSR score matrix with at most ``top_k`` entries per row.
     """
-    d = dist_qk.numpy() if isinstance(dist_qk, torch.Tensor) else dist_qk
-    A = vote_matrix(ids_qk, neighbour_weights(d, weighting, alpha), Y_train.shape[0])
+    d = dist_qk.detach().cpu().numpy() if isinstance(dist_qk, torch.Tensor) else dist_qk
+    w = neighbour_weights(d, weighting, alpha)
+    if _use_kernel(backend):
+        return _kernel_vote([ids_qk], [w], [Y_train], top_k)
+    A = vote_matrix(ids_qk, w, Y_train.shape[0])
     Yb = Y_train.tocsr().astype(np.float64)
     Yb.data[:] = 1.0
     return top_k_rows(A @ Yb, top_k)
+
+
+def vote_ensemble(ids_list, dist_list, Y_train, top_k: int = 100, weighting: str = "count",
+                  alpha: float = 1.0, backend: str = "auto") -> sp.csr_matrix:
+    """Sum the full votes of M learners, then keep the top ``top_k`` labels (section 2.6).
+
+    Unlike :func:`aggregate` (which sums score matrices already cut to their top ``top_k``),
+    every label voted by any member keeps its whole score until the final cut.
+
+    Args:
+        ids_list: M ``(Q, k_m)`` neighbour id arrays, one per learner (same queries).
+        dist_list: M ``(Q, k_m)`` distance arrays.
+        Y_train: one ``(N, L)`` CSR label matrix shared by all learners, or a list of M (same
+            ``L``; row ``j`` of matrix ``m`` belongs to learner ``m``'s database point ``j``).
+        top_k, weighting, alpha, backend: see :func:`vote`.
+
+    Returns:
+        ``(Q, L)`` float32 CSR.
+
+    Raises:
+        ValueError: empty or mismatching lists.
+    """
+    ids_list, dist_list = list(ids_list), list(dist_list)
+    if not ids_list or len(ids_list) != len(dist_list):
+        raise ValueError("vote_ensemble() needs as many id arrays as distance arrays (at least one)")
+    Ys = list(Y_train) if isinstance(Y_train, (list, tuple)) else [Y_train]
+    if len(Ys) not in (1, len(ids_list)) or len({Y.shape[1] for Y in Ys}) != 1:
+        raise ValueError("Y_train: one label matrix, or one per learner with the same number of labels")
+    ws = [neighbour_weights(d.detach().cpu().numpy() if isinstance(d, torch.Tensor) else d, weighting, alpha)
+          for d in dist_list]
+    if _use_kernel(backend):
+        return _kernel_vote(ids_list, ws, Ys, top_k)
+    total = None
+    for m, (ids, w) in enumerate(zip(ids_list, ws)):
+        Y = Ys[0] if len(Ys) == 1 else Ys[m]
+        Yb = Y.tocsr().astype(np.float64)
+        Yb.data[:] = 1.0
+        S = vote_matrix(ids, w, Y.shape[0]) @ Yb
+        total = S if total is None else total + S
+    return top_k_rows(total.tocsr(), top_k)
 
 
 def aggregate(score_list, top_k: int = 100) -> sp.csr_matrix:

@@ -1,0 +1,216 @@
+// torch glue of the CUDA kernels: checks, allocations, current stream; registered for the CUDA
+// dispatch key of the xhyp_ext operators (schemas in xhyp_ext.cpp). Built only by a CUDA torch
+// (setup.py: CUDAExtension); the kernels themselves are in kernels.cu (plain CUDA C++).
+//
+// NOTE: developed without a GPU; compile-checked through kernels.cu only (this file needs the
+// CUDA build of torch's headers). Run-time tests: tests/test_kernels.py, ``ext-cuda`` cases.
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "xhyp_cuda.h"
+
+namespace xhyp {
+namespace cuda {
+namespace {
+
+void check(int err, const char* what) {
+  TORCH_CHECK(err == 0, "xhyp CUDA kernel ", what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+
+void check_points(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D (rows, dim)");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void* stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
+
+at::Tensor inv_factor(const at::Tensor& x, bool euclidean) {
+  at::Tensor c = at::empty({x.size(0)}, x.options().dtype(at::kDouble));
+  check(launch_inv_factor(x.data_ptr<float>(), x.size(0), x.size(1), euclidean, c.data_ptr<double>(), stream()),
+        "inv_factor");
+  return c;
+}
+
+at::Tensor pairwise_dist_cuda(const at::Tensor& x, const at::Tensor& y, bool euclidean) {
+  check_points(x, "x");
+  check_points(y, "y");
+  TORCH_CHECK(x.size(1) == y.size(1), "x and y differ in dimension");
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty({x.size(0), y.size(0)}, x.options());
+  at::Tensor cx = inv_factor(x, euclidean), cy = inv_factor(y, euclidean);
+  check(launch_pairwise(x.data_ptr<float>(), y.data_ptr<float>(), cx.data_ptr<double>(), cy.data_ptr<double>(),
+                        x.size(0), y.size(0), x.size(1), euclidean, out.data_ptr<float>(), stream()),
+        "pairwise_dist");
+  return out;
+}
+
+// On CUDA the "prepared" database is just c(y) (M,) float64: the GPU kernel uses direct differences.
+at::Tensor knn_prepare_cuda(const at::Tensor& db, bool euclidean) {
+  check_points(db, "db");
+  c10::cuda::CUDAGuard guard(db.device());
+  return inv_factor(db, euclidean);
+}
+
+at::Tensor prepared(const at::Tensor& db, const at::Tensor& db_aug, bool euclidean) {
+  if (db_aug.defined() && db_aug.dim() == 1 && db_aug.scalar_type() == at::kDouble && db_aug.size(0) == db.size(0) &&
+      db_aug.is_cuda())
+    return db_aug.contiguous();
+  return inv_factor(db, euclidean);
+}
+
+std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& q, const at::Tensor& db, const at::Tensor& db_aug,
+                                            int64_t k, bool euclidean) {
+  check_points(q, "q");
+  check_points(db, "db");
+  TORCH_CHECK(k >= 1 && k <= kMaxK, "the CUDA knn kernel supports 1 <= k <= ", kMaxK, ", got ", k);
+  TORCH_CHECK(q.size(1) == db.size(1), "query and database dimensions differ");
+  TORCH_CHECK(q.device() == db.device(), "q and db must be on the same device");
+  c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor cx = inv_factor(q, euclidean), cy = prepared(db, db_aug, euclidean);
+  at::Tensor D = at::empty({q.size(0), k}, q.options());
+  at::Tensor I = at::empty({q.size(0), k}, q.options().dtype(at::kLong));
+  check(launch_knn(q.data_ptr<float>(), db.data_ptr<float>(), cx.data_ptr<double>(), cy.data_ptr<double>(), nullptr,
+                   nullptr, nullptr, 1, q.size(0), db.size(0), q.size(1), k, euclidean, D.data_ptr<float>(),
+                   I.data_ptr<int64_t>(), stream()),
+        "knn");
+  return {D, I};
+}
+
+std::tuple<at::Tensor, at::Tensor> clustered_knn_cuda(const at::Tensor& q, const at::Tensor& db,
+                                                      const at::Tensor& db_aug, const at::Tensor& ids,
+                                                      const at::Tensor& offsets, const at::Tensor& centroids,
+                                                      int64_t k, int64_t nprobe, bool euclidean) {
+  check_points(q, "q");
+  check_points(db, "db");
+  check_points(centroids, "centroids");
+  TORCH_CHECK(k >= 1 && k <= kMaxK, "the CUDA clustered_knn kernel supports 1 <= k <= ", kMaxK, ", got ", k);
+  TORCH_CHECK(nprobe >= 1, "nprobe must be >= 1");
+  const int64_t C = centroids.size(0);
+  TORCH_CHECK(ids.is_cuda() && ids.scalar_type() == at::kLong && ids.dim() == 1 && ids.size(0) == db.size(0),
+              "ids must be a (M,) int64 CUDA tensor");
+  TORCH_CHECK(offsets.is_cuda() && offsets.scalar_type() == at::kLong && offsets.dim() == 1 &&
+                  offsets.size(0) == C + 1, "offsets must be a (n_clusters + 1,) int64 CUDA tensor");
+  c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor D = at::full({q.size(0), k}, INFINITY, q.options());
+  at::Tensor I = at::full({q.size(0), k}, -1, q.options().dtype(at::kLong));
+  if (C == 0 || q.size(0) == 0) return {D, I};
+  const int64_t P = std::min(nprobe, C);
+  at::Tensor cx = inv_factor(q, euclidean), cy = prepared(db, db_aug, euclidean), cc = inv_factor(centroids, euclidean);
+  at::Tensor probe = at::empty({q.size(0), P}, q.options().dtype(at::kLong));
+  at::Tensor scratch = at::empty({q.size(0), P}, q.options());
+  check(launch_probe(q.data_ptr<float>(), centroids.data_ptr<float>(), cc.data_ptr<double>(), q.size(0), C, q.size(1),
+                     P, euclidean, probe.data_ptr<int64_t>(), scratch.data_ptr<float>(), stream()),
+        "clustered_knn (probe)");
+  at::Tensor ids_c = ids.contiguous(), off_c = offsets.contiguous();
+  check(launch_knn(q.data_ptr<float>(), db.data_ptr<float>(), cx.data_ptr<double>(), cy.data_ptr<double>(),
+                   ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(), probe.data_ptr<int64_t>(), P, q.size(0),
+                   db.size(0), q.size(1), k, euclidean, D.data_ptr<float>(), I.data_ptr<int64_t>(), stream()),
+        "clustered_knn (scan)");
+  return {D, I};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cuda(at::TensorList ids, at::TensorList dists,
+                                                              at::TensorList indptr, at::TensorList indices,
+                                                              int64_t n_labels, int64_t top_k,
+                                                              c10::string_view weighting, double alpha) {
+  const std::string wmode(weighting);
+  TORCH_CHECK(wmode == "count" || wmode == "distance" || wmode == "weight", "unknown weighting '", wmode, "'");
+  const size_t M = ids.size();
+  TORCH_CHECK(M >= 1 && dists.size() == M, "ids and dists must be lists of the same non-zero length");
+  TORCH_CHECK(indptr.size() == indices.size() && (indptr.size() == M || indptr.size() == 1),
+              "indptr/indices: one label matrix per member, or one shared by all");
+  TORCH_CHECK(top_k >= 1, "top_k must be >= 1");
+  c10::cuda::CUDAGuard guard(ids[0].device());
+  const int64_t Q = ids[0].size(0);
+  std::vector<at::Tensor> id_cols, w_cols, member_cols, ip_parts, ix_parts;
+  const bool own = indptr.size() == M;  // one label matrix per member: concatenate them
+  int64_t rows_so_far = 0, nnz_so_far = 0;
+  for (size_t m = 0; m < M; ++m) {
+    TORCH_CHECK(ids[m].is_cuda() && ids[m].dim() == 2 && ids[m].size(0) == Q && dists[m].sizes() == ids[m].sizes(),
+                "member ", m, ": ids and dists must be (Q, k) CUDA tensors");
+    at::Tensor I = ids[m].to(at::kLong);
+    int64_t row_off = 0;
+    if (own || m == 0) {
+      at::Tensor ip = indptr[m].to(ids[m].device(), at::kLong);
+      at::Tensor ix = indices[m].to(ids[m].device(), at::kLong);
+      const int64_t N = ip.size(0) - 1;
+      if (I.numel() > 0) TORCH_CHECK(I.max().item<int64_t>() < N, "member ", m, ": neighbour id >= training rows");
+      if (ix.numel() > 0)
+        TORCH_CHECK(ix.min().item<int64_t>() >= 0 && ix.max().item<int64_t>() < n_labels, "label id out of range");
+      ip_parts.push_back(m == 0 ? ip : ip.slice(0, 1) + nnz_so_far);
+      ix_parts.push_back(ix);
+      row_off = rows_so_far;
+      rows_so_far += N;
+      nnz_so_far += ix.size(0);
+    } else if (I.numel() > 0) {
+      TORCH_CHECK(I.max().item<int64_t>() < rows_so_far, "member ", m, ": neighbour id >= training rows");
+    }
+    id_cols.push_back(at::where(I >= 0, I + row_off, at::full_like(I, -1)));
+    at::Tensor d = dists[m].to(at::kDouble);
+    at::Tensor w;
+    if (wmode == "weight") {
+      w = d;
+    } else {
+      at::Tensor d1 = d.slice(1, 0, 1);
+      d1 = at::where(at::isfinite(d1), d1, at::zeros_like(d1));
+      w = wmode == "count" ? at::where(at::isfinite(d), 1.0 + 1e-3 * at::exp(-(d - d1)), at::zeros_like(d))
+                           : at::exp(-alpha * (d - d1));
+    }
+    w_cols.push_back(w);
+    member_cols.push_back(at::full({I.size(1)}, static_cast<int>(m), I.options().dtype(at::kInt)));
+  }
+  at::Tensor I = at::cat(id_cols, 1).contiguous(), W = at::cat(w_cols, 1).contiguous();
+  at::Tensor member = at::cat(member_cols, 0).contiguous();
+  at::Tensor ip = at::cat(ip_parts, 0).contiguous(), ix = at::cat(ix_parts, 0).contiguous();
+  const int64_t K = I.size(1);
+  at::Tensor counts = at::empty({Q}, I.options());
+  check(launch_vote_count(I.data_ptr<int64_t>(), Q, K, ip.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), stream()),
+        "vote_topk (count)");
+  at::Tensor pair_off = at::zeros({Q + 1}, I.options());
+  if (Q > 0) pair_off.slice(0, 1).copy_(at::cumsum(counts, 0));
+  const int64_t total = Q > 0 ? pair_off[Q].item<int64_t>() : 0;
+  at::Tensor keys = at::empty({std::max<int64_t>(total, 1)}, I.options());
+  at::Tensor vals = at::empty({std::max<int64_t>(total, 1)}, W.options());
+  at::Tensor labels = at::empty({Q, top_k}, I.options());
+  at::Tensor scores = at::empty({Q, top_k}, W.options().dtype(at::kFloat));
+  at::Tensor n_scored = at::empty({Q}, I.options());
+  check(launch_vote(I.data_ptr<int64_t>(), W.data_ptr<double>(), member.data_ptr<int32_t>(), Q, K,
+                    ip.data_ptr<int64_t>(), ix.data_ptr<int64_t>(), pair_off.data_ptr<int64_t>(),
+                    keys.data_ptr<int64_t>(), vals.data_ptr<double>(), top_k, labels.data_ptr<int64_t>(),
+                    scores.data_ptr<float>(), n_scored.data_ptr<int64_t>(), stream()),
+        "vote_topk");
+  return {labels, scores, n_scored};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace xhyp
+
+TORCH_LIBRARY_IMPL(xhyp_ext, CUDA, m) {
+  m.impl("pairwise_dist", &xhyp::cuda::pairwise_dist_cuda);
+  m.impl("knn_prepare", &xhyp::cuda::knn_prepare_cuda);
+  m.impl("knn", &xhyp::cuda::knn_cuda);
+  m.impl("clustered_knn", &xhyp::cuda::clustered_knn_cuda);
+  m.impl("vote_topk", &xhyp::cuda::vote_topk_cuda);
+}

@@ -1,0 +1,44 @@
+// Operator registration for the xhyp extension (imported from Python as ``xhyp._C``).
+//
+// Layout, in the style of pytorch_cluster / pytorch_scatter:
+//   xhyp_ext.cpp          this file: the operator schemas (one name per op, shared by all devices)
+//                         and the Python module stub, nothing else;
+//   cpu/knn_cpu.cpp       CPU kernels: pairwise_dist, knn_prepare, knn, clustered_knn;
+//   cpu/vote_cpu.cpp      CPU kernel: vote_topk;
+//   cuda/kernels.cu       CUDA kernels and their launchers, plain CUDA C++ (no torch headers), so
+//                         they compile with ``nvcc -c`` against include/xhyp_cuda.h only;
+//   cuda/ops_cuda.cpp     torch glue for CUDA tensors (allocations, checks, stream), calling the
+//                         launchers; only built by a CUDA-enabled torch.
+// Each source file registers its implementations with TORCH_LIBRARY_IMPL(xhyp_ext, <device>, m),
+// so ``torch.ops.xhyp_ext.knn`` dispatches on the device of its tensor arguments.
+// The Python wrappers with docstrings (shapes, dtypes, examples) are in xhyp/kernels.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// ``import xhyp._C`` loads this shared object (and so registers the operators); the Python
+// module itself is empty: the operators live in ``torch.ops.xhyp_ext``.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "xhyp C++/CUDA kernels "
+                                          "(registered as torch.ops.xhyp_ext.*)", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(xhyp_ext, m) {
+  // (Q, n) x (M, n) float32 -> (Q, M) float32 Poincaré (or Euclidean) distances.
+  m.def("pairwise_dist(Tensor x, Tensor y, bool euclidean=False) -> Tensor");
+  // (M, n) float32 database -> (M, n + 2) float32 augmented rows used by knn / clustered_knn.
+  m.def("knn_prepare(Tensor db, bool euclidean=False) -> Tensor");
+  // exact k nearest neighbours: (Q, k) float32 distances ascending, (Q, k) int64 ids (-1 pad).
+  m.def("knn(Tensor q, Tensor db, Tensor db_aug, int k, bool euclidean=False) -> (Tensor, Tensor)");
+  // search restricted to the nprobe clusters whose centroids are nearest to each query; db rows
+  // sorted by cluster (cluster c = rows offsets[c]:offsets[c+1]), ids = original row ids.
+  m.def("clustered_knn(Tensor q, Tensor db, Tensor db_aug, Tensor ids, Tensor offsets, "
+        "Tensor centroids, int k, int nprobe, bool euclidean=False) -> (Tensor, Tensor)");
+  // label voting over the neighbours of M ensemble members (lists of length M, or label
+  // matrices of length 1 shared by all members): (Q, top_k) int64 labels (-1 pad),
+  // (Q, top_k) float32 scores, (Q,) int64 number of labels with a non-zero score.
+  m.def("vote_topk(Tensor[] ids, Tensor[] dists, Tensor[] indptr, Tensor[] indices, int n_labels, "
+        "int top_k, str weighting, float alpha) -> (Tensor, Tensor, Tensor)");
+}
