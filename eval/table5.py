@@ -1,0 +1,103 @@
+"""Table 5 of Gerald & Baskiotis (CAp 2019): P@k against the number of learners (1..15) at n=50.
+
+Uses the same cache as :mod:`xhyp.eval.table4` (``--cache``), so after a Table-4 sweep this
+only re-aggregates the saved per-learner test scores; missing learners are trained.
+
+The *plateau* of a metric is the smallest ensemble size ``M`` whose score is within
+``--tolerance`` points (default 0.25) of the best score over all sizes: adding learners beyond it
+gains less than that.
+
+Example::
+
+    python -m xhyp.eval.table5 --datasets bibtex delicious --data-dir ../shared/data \\
+        --cache runs/table4/cache --out runs/table5
+
+Writes ``OUT/table5.md`` and ``OUT/table5.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from xhyp.eval.common import add_common_args, environment, pct, write_outputs
+from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, KS, parse_overrides, sweep
+
+
+def plateau(curve: dict, tolerance: float = 0.25) -> int:
+    """Smallest ensemble size whose score is within ``tolerance`` points (percent) of the best.
+
+    Args:
+        curve: ``{M: score as a fraction}``.
+        tolerance: in percentage points.
+    """
+    best = max(curve.values())
+    return min(m for m, v in curve.items() if 100.0 * (best - v) <= tolerance + 1e-12)
+
+
+def markdown(data: dict) -> str:
+    lines = []
+    tol = data["settings"]["tolerance"]
+    for ds, by_geom in data["results"].items():
+        for geometry, cells in by_geom.items():
+            cell = cells[str(data["settings"]["dim"])]
+            ms = sorted(int(m) for m in cell["prefix"])
+            lines.append(f"**{ds}: {GEOMETRY_NAMES.get(geometry, geometry)}, n={data['settings']['dim']}, "
+                         "P@k (%) against the number of learners**")
+            lines.append("")
+            lines.append("| learners | " + " | ".join(f"P@{k}" for k in KS) + " |")
+            lines.append("|---:|" + "---:|" * len(KS))
+            for m in ms:
+                lines.append(f"| {m} | " + " | ".join(pct(cell["prefix"][str(m)][f"P@{k}"]) for k in KS) + " |")
+            p = data["plateau"][ds][geometry]
+            lines.append("")
+            lines.append(f"Plateau (first size within {tol} points of the best): "
+                         + ", ".join(f"P@{k} at {p[f'P@{k}']} learners" for k in KS) + ".")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m xhyp.eval.table5", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--cache", help="learner cache shared with table4 (default: OUT/cache)")
+    p.add_argument("--dim", type=int, default=50)
+    p.add_argument("--max-learners", type=int, default=15)
+    p.add_argument("--geometries", nargs="+", default=["poincare"], choices=GEOMETRIES)
+    p.add_argument("--epochs", type=int, help="cap on training epochs (must match table4's to reuse its cache)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other TrainConfig overrides")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--member-top-k", type=int, default=100)
+    p.add_argument("--tolerance", type=float, default=0.25, help="plateau tolerance in points")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = parse_overrides(args.set)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    cache = args.cache or str(Path(args.out) / "cache")
+    t0 = time.time()
+    learners = list(range(1, args.max_learners + 1))
+    data = sweep(args.datasets, args.data_dir, cache, [args.dim], learners, args.geometries, overrides,
+                 args.seed, args.jobs, args.member_top_k, log=lambda m: print(m, file=sys.stderr, flush=True))
+    data["plateau"] = {
+        ds: {g: {f"P@{k}": plateau({int(m): v[f"P@{k}"] for m, v in cells[str(args.dim)]["prefix"].items()},
+                                   args.tolerance) for k in KS}
+             for g, cells in by_geom.items()}
+        for ds, by_geom in data["results"].items()}
+    data["settings"] = {"dim": args.dim, "learners": learners, "geometries": args.geometries,
+                        "overrides": overrides, "seed": args.seed, "cache": cache, "tolerance": args.tolerance,
+                        "command": "python -m xhyp.eval.table5 " + " ".join(argv if argv is not None else sys.argv[1:])}
+    data["wall_seconds"] = round(time.time() - t0, 1)
+    data["environment"] = environment()
+    md, _ = write_outputs(args.out, "table5", markdown(data), data)
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
