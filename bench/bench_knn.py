@@ -27,7 +27,8 @@ What is measured, per contender (index kind + parameters):
   contender in its own subprocess (tracemalloc does not see torch's allocations); settings that
   share one built index (e.g. several ``nprobe``) share that number;
 * on Delicious: **P@1/3/5** of the kNN vote (``xhyp.vote.vote``, the model's ``knn`` and
-  ``weighting``) from each contender's neighbours, and the same with exact search.
+  ``weighting``) from each contender's neighbours, and the same with exact search; there every
+  contender searches ``max(k, knn)`` neighbours (recall is still measured on the first ``k``).
 
 Every contender runs with the same thread count (``--threads``, default: all cores), set through
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` before importing torch, ``torch.set_num_threads`` and
@@ -339,9 +340,11 @@ def bench_dataset(name, db, q, args, work: Path, extra=None, geometry="poincare"
     n_sample = min(args.sample, q.shape[0])
     sample = np.sort(rng.choice(q.shape[0], size=n_sample, replace=False))
     np.save(work / f"{name}_sample.npy", sample)
-    base = {"work": str(work), "dataset": name, "k": args.k, "threads": args.threads, "repeats": args.repeats}
+    # on Delicious the vote uses the model's knn neighbours: search max(k, knn), recall at k
+    k_search = max(args.k, extra[2]["knn"]) if extra is not None else args.k
+    base = {"work": str(work), "dataset": name, "k": k_search, "threads": args.threads, "repeats": args.repeats}
     print(f"\n## {name}: database {db.shape[0]:,} x {db.shape[1]}, queries {q.shape[0]:,} "
-          f"(sample {n_sample:,}), k={args.k}, threads={args.threads}", flush=True)
+          f"(sample {n_sample:,}), k={k_search}, recall@{args.k}, threads={args.threads}", flush=True)
 
     # ground truth: the fused exact kernel on all queries (also a contender row)
     gt_spec = dict(base, tag="exact_all", kind="exact", params={}, settings=[{}], sample=None, save_ids=True,

@@ -153,5 +153,6 @@ def test_float32_lift_cannot_separate_close_neighbours_near_boundary(radius, exp
         assert max(agreements) < 0.8  # close to a coin flip (0.5): float32 cannot separate them
         assert not all(short_list_ok)  # so a short candidate list misses true neighbours
         # while the fused exact kernel, which never forms the lift, is exact there
-        D, I = make_index("exact").add(db).search(q, 5)
-        assert I[0].tolist() == torch.argsort(true, stable=True)[:5].tolist()
+        if K.ext_available("cpu"):
+            D, I = make_index("exact").add(db).search(q, 5)
+            assert I[0].tolist() == torch.argsort(true, stable=True)[:5].tolist()

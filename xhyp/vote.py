@@ -133,9 +133,15 @@ def _kernel_vote(ids_list, weights_list, Y_list, top_k: int) -> sp.csr_matrix:
     keep = labels >= 0
     if n_scored.max(initial=0) <= top_k:
         keep &= scores != 0  # top_k_rows' first branch: astype(float32) + eliminate_zeros
-    rows = np.repeat(np.arange(Q), top_k).reshape(Q, top_k)
-    out = sp.csr_matrix((scores[keep], (rows[keep], labels[keep])), shape=(Q, n_labels), dtype=np.float32)
-    out.sort_indices()
+    # CSR with sorted column indices, built directly (rows of the kernel output are by score)
+    order = np.argsort(np.where(keep, labels, np.iinfo(np.int64).max), axis=1, kind="stable")
+    keep = np.take_along_axis(keep, order, 1)
+    cols = np.take_along_axis(labels, order, 1)[keep].astype(np.int32)
+    vals = np.take_along_axis(scores, order, 1)[keep]
+    indptr = np.zeros(Q + 1, dtype=np.int32)
+    np.cumsum(keep.sum(1), out=indptr[1:])
+    out = sp.csr_matrix((vals.astype(np.float32), cols, indptr), shape=(Q, n_labels))
+    out.has_sorted_indices = True
     return out
 
 

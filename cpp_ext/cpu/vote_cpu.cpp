@@ -139,10 +139,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cpu(
           const int64_t id = M.ids[q * k + j];
           if (id >= 0) nb.emplace_back(id, w[j]);
         }
-        std::stable_sort(nb.begin(), nb.end(),
-                         [](const std::pair<int64_t, double>& x, const std::pair<int64_t, double>& y) {
-                           return x.first < y.first;
-                         });
+        // stable insertion sort by neighbour id (k is small; no allocation)
+        for (size_t a = 1; a < nb.size(); ++a) {
+          const std::pair<int64_t, double> v = nb[a];
+          size_t c = a;
+          for (; c > 0 && nb[c - 1].first > v.first; --c) nb[c] = nb[c - 1];
+          nb[c] = v;
+        }
         touched_m.clear();
         for (size_t a = 0; a < nb.size();) {
           const int64_t id = nb[a].first;
@@ -178,10 +181,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cpu(
         if (total[l] != 0.0) ranked.emplace_back(total[l], l);
       }
       const int64_t m = std::min<int64_t>(top_k, static_cast<int64_t>(ranked.size()));
-      std::partial_sort(ranked.begin(), ranked.begin() + m, ranked.end(),
-                        [](const std::pair<double, int64_t>& x, const std::pair<double, int64_t>& y) {
-                          return x.first > y.first || (x.first == y.first && x.second < y.second);
-                        });
+      auto better = [](const std::pair<double, int64_t>& x, const std::pair<double, int64_t>& y) {
+        return x.first > y.first || (x.first == y.first && x.second < y.second);
+      };
+      if (m > 0 && m < static_cast<int64_t>(ranked.size()))
+        std::nth_element(ranked.begin(), ranked.begin() + (m - 1), ranked.end(), better);
+      std::sort(ranked.begin(), ranked.begin() + m, better);
       for (int64_t r = 0; r < top_k; ++r) {
         lp[q * top_k + r] = r < m ? ranked[r].second : -1;
         sp[q * top_k + r] = r < m ? static_cast<float>(ranked[r].first) : 0.0f;
