@@ -45,3 +45,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     rc = main(["data", "info", "no-such-dataset"])
     assert rc == 2
     assert "no-such-dataset" in capsys.readouterr().err
+
+
+def test_hyperparameter_flags_are_documented_from_the_dataclasses():
+    from xhyp.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    # every training/model flag carries its dataclass attribute's description and its default
+    assert "softmax scale on distances. (default: 30.0)" in " ".join(text.split())
+    assert "embedding dimension n. (default: 50)" in " ".join(text.split())
+    assert "--input-dropout FLOAT" in text and "--seed INT" in text
+    assert ":class:" not in text and "``" not in text

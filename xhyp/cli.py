@@ -8,7 +8,9 @@ every hyper-parameter has a flag (``--dim``, ``--alpha``, ``--lr-labels``...).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import re
 import sys
 from dataclasses import MISSING, fields
 
@@ -18,16 +20,39 @@ from .train import TrainConfig
 _SKIP = {"n_features", "n_labels"}
 
 
+def _attribute_docs(cls) -> dict:
+    """``{name: text}`` from the ``Attributes:`` section of a dataclass docstring (Google style)."""
+    docs, name, in_attrs = {}, None, False
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Attributes:":
+            in_attrs = True
+            continue
+        if not in_attrs:
+            continue
+        m = re.match(r"^\s{4}(\w+):\s*(.*)$", line)
+        if m:
+            name = m.group(1)
+            docs[name] = m.group(2)
+        elif stripped and name and line.startswith(" " * 8):
+            docs[name] += " " + stripped
+        elif stripped:
+            break
+    return docs
+
+
 def _add_dataclass_args(parser, cls, title):
     g = parser.add_argument_group(title)
+    docs = _attribute_docs(cls)
     for f in fields(cls):
         if f.name in _SKIP:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         typ = type(default) if default is not None else str
+        text = re.sub(r":\w+:`([^`]*)`", r"\1", docs.get(f.name, "")).replace("``", "").replace("%", "%%")
         g.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=typ, default=None,
-                       help=f"(default: {default})")
+                       metavar=typ.__name__.upper(), help=f"{text} (default: {default})".strip())
 
 
 def _collect(args, cls) -> dict:
