@@ -88,6 +88,12 @@ def contenders(dataset: str, n_db: int, quick: bool):
     fine = 64 if dataset == "delicious" else (256 if quick else 1024)
     c.append((f"clustered C={fine}", "clustered", {"n_clusters": fine},
               [{"nprobe": p} for p in ((2, 4, 8, 16) if dataset == "delicious" else (4, 8, 16, 32))], False))
+    c.append((f"clustered kmeans C={fine}", "clustered", {"n_clusters": fine, "centroids": "kmeans"},
+              [{"nprobe": p} for p in ((2, 4, 8, 16) if dataset == "delicious" else (4, 8, 16, 32))], False))
+    if dataset != "delicious":
+        big = 256 if quick else 4096
+        c.append((f"clustered kmeans C={big}", "clustered", {"n_clusters": big, "centroids": "kmeans"},
+                  [{"nprobe": p} for p in (16, 32, 64, 128)], False))
     c.append(("faiss-ivf", "faiss-ivf", {}, [{"nprobe": p} for p in (4, 16, 64)], False))
     c.append(("faiss-ivf spatial", "faiss-ivf", {"space": "spatial"}, [{"nprobe": p} for p in (4, 16, 64)], False))
     c.append(("faiss-hnsw", "faiss-hnsw", {}, [{"efSearch": e} for e in (32, 64, 128)], False))

@@ -247,6 +247,30 @@ def test_clustered_index_default_clusters_and_seed():
     assert ClusteredIndex().add(db[:10]).centroids.shape[0] == 1
 
 
+@pytest.mark.parametrize("geometry", ["poincare", "euclidean"])
+def test_clustered_index_kmeans_centroids(geometry):
+    # points spread over the ball, some near the boundary: k-means centroids stay inside the ball
+    # and give more even clusters than random centroids (fewer points scanned per probe: the
+    # expected cluster size of a database point is sum(size^2) / N)
+    rng = np.random.default_rng(9)
+    db = torch.from_numpy(ball(4000, 6, rng))
+    q = torch.from_numpy(ball(50, 6, rng))
+    km = ClusteredIndex(geometry, n_clusters=32, nprobe=2, centroids="kmeans", seed=0).add(db)
+    rnd = ClusteredIndex(geometry, n_clusters=32, nprobe=2, seed=0).add(db)
+    assert km.centroids.dtype == torch.float32 and km.centroids.shape == (32, 6)
+    assert torch.isfinite(km.centroids).all() and (km.centroids.norm(dim=1) < 1).all()
+    assert int(km.cluster_sizes.sum()) == db.shape[0]
+    sq = lambda idx: float((idx.cluster_sizes.double() ** 2).sum())
+    assert sq(km) < 0.8 * sq(rnd)
+    # probing every cluster is exact search; results reproducible for a seed
+    D, I = km.search(q, 5, nprobe=32)
+    check_knn(D, I, q, db, 5, geometry)
+    km2 = ClusteredIndex(geometry, n_clusters=32, nprobe=2, centroids="kmeans", seed=0).add(db)
+    assert torch.equal(km.centroids, km2.centroids)
+    with pytest.raises(ValueError, match="centroids"):
+        ClusteredIndex(centroids="kmeans++")
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. voting
 
