@@ -134,6 +134,9 @@ def test_cli_ensemble_predict_aggregate(tmp_path, data, capsys):
     E, A = sp.load_npz(tmp_path / "ens.npz"), sp.load_npz(tmp_path / "sum.npz")
     assert E.shape == (60, L)
     np.testing.assert_allclose(E.toarray(), A.toarray(), rtol=1e-6)
+    # `--ensemble DIR` is the same as `--model DIR` for an ensemble directory
+    assert main(["predict", "--ensemble", str(out), *test, "--out", str(tmp_path / "ens2.npz")]) == 0
+    np.testing.assert_array_equal(sp.load_npz(tmp_path / "ens2.npz").toarray(), E.toarray())
     # rerun: nothing retrained
     capsys.readouterr()
     assert main(["ensemble", "--file", str(tmp_path / "train.txt"), "--out", str(out), "--learners", "2",

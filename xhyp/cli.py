@@ -100,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_args(en, TrainConfig, "training")
 
     pr = sub.add_parser("predict", help="score queries; saves a sparse (Q x L) score matrix (.npz)")
-    pr.add_argument("--model", nargs="+", required=True, help="model directory, or ensemble directory "
-                    "(several, or an ensemble: summed votes)")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", nargs="+", help="model directory, or ensemble directory "
+                     "(several, or an ensemble: summed votes)")
+    src.add_argument("--ensemble", dest="model", metavar="DIR", help="ensemble directory from `xhyp ensemble` "
+                     "(its learners' votes are summed, as in Gerald & Baskiotis 2019)")
     _add_data_args(pr, "test")
     pr.add_argument("--out", required=True, help="output .npz")
     pr.add_argument("--k", type=int, help="neighbours (default: the model's)")
