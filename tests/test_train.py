@@ -109,9 +109,10 @@ def test_training_learns_toy_problem(tmp_path, optimizer, geometry):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["model"]["n_labels"] == 12 and cfg["train"]["optimizer"] == optimizer
     pred = Predictor.load(tmp_path / "m")
-    S1 = pred.predict(X[:50], top_k=3)
-    S2 = Predictor.from_train_result(res).predict(X[:50], top_k=3, k=cfg["train"]["knn"])
-    np.testing.assert_allclose(S1.toarray(), S2.toarray(), rtol=1e-5)
+    for weighting in ("count", "distance"):  # k, weighting and alpha come from the training config
+        S1 = pred.predict(X[:50], top_k=3, weighting=weighting)
+        S2 = Predictor.from_train_result(res).predict(X[:50], top_k=3, weighting=weighting)
+        np.testing.assert_allclose(S1.toarray(), S2.toarray(), rtol=1e-5)
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -137,6 +138,10 @@ def test_resume_refuses_other_data(tmp_path):
 def test_bad_configs():
     with pytest.raises(ValueError):
         TrainConfig(sampling="zipf")
+    with pytest.raises(ValueError, match="weighting"):  # refused before any training
+        TrainConfig(weighting="distnce")
+    with pytest.raises(ValueError, match="knn"):
+        TrainConfig(knn=0)
     with pytest.raises(ValueError):
         ModelConfig(n_features=3, n_labels=2, geometry="spherical")
     X, Y = toy_data(10)

@@ -59,7 +59,7 @@ class Predictor:
     def from_train_result(cls, result) -> "Predictor":
         """Wrap the in-memory result of :func:`xhyp.train.train`."""
         m = result.model
-        return cls(m, m.pipeline, m.train_emb, m.train_labels, {"train": {}})
+        return cls(m, m.pipeline, m.train_emb, m.train_labels, result.config)
 
     def embed(self, X: sp.csr_matrix, batch_size: int = 4096) -> torch.Tensor:
         """``(Q, F)`` raw CSR features -> ``(Q, n)`` float32 embeddings."""

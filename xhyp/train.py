@@ -39,7 +39,7 @@ from .index import make_index
 from .model import HyperbolicXMC, ModelConfig, csr_to_bag
 from .optim import PaperAdam
 from .utils import atomic_save_json, atomic_save_sparse, atomic_torch_save, resolve_device, seed_everything
-from .vote import vote
+from .vote import WEIGHTINGS, vote
 
 SAMPLINGS = ("uniform", "frequency")
 OPTIMIZERS = ("radam", "paper")
@@ -97,6 +97,10 @@ class TrainConfig:
             raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.knn < 1:
+            raise ValueError(f"knn must be >= 1, got {self.knn}")
         if self.negatives < 1 or self.batch_size < 1 or self.epochs < 0 or self.alpha <= 0:
             raise ValueError(f"negatives, batch_size, alpha must be positive and epochs >= 0: {self}")
 
@@ -219,6 +223,7 @@ class TrainResult:
     history: list
     best_epoch: int
     best_val_p1: float
+    config: dict  # the model directory's config.json: {"model", "train", "data", ...}
 
 
 def evaluate_knn(model: HyperbolicXMC, X_db: sp.csr_matrix, Y_db: sp.csr_matrix, X_q: sp.csr_matrix,
@@ -390,4 +395,4 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     model.train_labels = Y
     model.pipeline = pipe
     return TrainResult(model=model, out_dir=out, history=history, best_epoch=best_epoch,
-                       best_val_p1=best if len(va_idx) > 0 else float("nan"))
+                       best_val_p1=best if len(va_idx) > 0 else float("nan"), config=config)
