@@ -137,6 +137,10 @@ def test_cli_ensemble_predict_aggregate(tmp_path, data, capsys):
     # `--ensemble DIR` is the same as `--model DIR` for an ensemble directory
     assert main(["predict", "--ensemble", str(out), *test, "--out", str(tmp_path / "ens2.npz")]) == 0
     np.testing.assert_array_equal(sp.load_npz(tmp_path / "ens2.npz").toarray(), E.toarray())
+    capsys.readouterr()
+    assert main(["predict", "--ensemble", str(out / "learner_00"), *test, "--out", str(tmp_path / "x.npz")]) == 2
+    assert "not a directory written by `xhyp ensemble`" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
     # rerun: nothing retrained
     capsys.readouterr()
     assert main(["ensemble", "--file", str(tmp_path / "train.txt"), "--out", str(out), "--learners", "2",

@@ -14,6 +14,7 @@ import re
 import sys
 from dataclasses import MISSING, fields
 
+from .index import INDEX_KINDS
 from .model import ModelConfig
 from .train import TrainConfig
 
@@ -103,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", nargs="+", help="model directory, or ensemble directory "
                      "(several, or an ensemble: summed votes)")
-    src.add_argument("--ensemble", dest="model", metavar="DIR", help="ensemble directory from `xhyp ensemble` "
+    src.add_argument("--ensemble", metavar="DIR", help="ensemble directory from `xhyp ensemble` "
                      "(its learners' votes are summed, as in Gerald & Baskiotis 2019)")
     _add_data_args(pr, "test")
     pr.add_argument("--out", required=True, help="output .npz")
     pr.add_argument("--k", type=int, help="neighbours (default: the model's)")
     pr.add_argument("--top-k", type=int, default=100, help="labels kept per query")
-    pr.add_argument("--index", default="exact", help="search backend")
+    pr.add_argument("--index", default="exact", choices=INDEX_KINDS, help="kNN search backend (default: exact)")
     pr.add_argument("--weighting", choices=("count", "distance"))
     pr.add_argument("--nprobe", type=int, help="clusters probed (clustered/IVF indexes)")
 
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", default="synthetic-hier")
     r.add_argument("--data-dir")
     r.add_argument("--out", required=True)
-    r.add_argument("--index", default="exact")
+    r.add_argument("--index", default="exact", choices=INDEX_KINDS, help="kNN search backend (default: exact)")
     r.add_argument("--no-progress", action="store_true")
     _add_dataclass_args(r, ModelConfig, "model")
     _add_dataclass_args(r, TrainConfig, "training")
@@ -183,7 +184,13 @@ def _run(args) -> int:
         return 0
     if args.verb == "predict":
         params = {"nprobe": args.nprobe} if args.nprobe is not None else None
-        _print_json(commands.predict_model(args.model, args.out, args.dataset, args.path, args.split,
+        if args.ensemble is not None:
+            from .ensemble import ENSEMBLE_FILE, is_ensemble_dir
+
+            if not is_ensemble_dir(args.ensemble):
+                raise FileNotFoundError(f"--ensemble {args.ensemble}: no {ENSEMBLE_FILE} there; it is not a "
+                                        "directory written by `xhyp ensemble` (use --model for one model)")
+        _print_json(commands.predict_model(args.model or args.ensemble, args.out, args.dataset, args.path, args.split,
                                            args.data_dir, args.k, args.top_k, args.index, args.weighting,
                                            params))
         return 0
@@ -232,7 +239,7 @@ def main(argv=None) -> int:
         return 0
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as exc:
         print(f"xhyp: error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:  # unknown names (datasets, options) carry their message as args[0]

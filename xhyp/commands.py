@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from .ensemble import Ensemble, aggregate_files, expand_model_dirs, is_ensemble_dir, train_ensemble
 from .model import ModelConfig
-from .predict import Predictor, predict_ensemble
+from .predict import Predictor
 from .train import TrainConfig, train
 from .utils import atomic_save_json, atomic_save_sparse
 
@@ -106,12 +106,10 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
     dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
     t0 = time.time()
     kw = dict(k=k, top_k=top_k, index=index, weighting=weighting, index_params=index_params)
-    if len(dirs) == 1 and is_ensemble_dir(dirs[0]):
-        S = Ensemble.load(dirs[0]).predict(X, **kw)
-    elif len(dirs) == 1:
+    if len(dirs) == 1 and not is_ensemble_dir(dirs[0]):
         S = Predictor.load(dirs[0]).predict(X, **kw)
-    else:
-        S = predict_ensemble(expand_model_dirs(dirs), X, **kw)
+    else:  # summed votes of every member (ensemble directories expanded)
+        S = Ensemble(expand_model_dirs(dirs)).predict(X, **kw)
     secs = time.time() - t0
     atomic_save_sparse(out, S)
     return {"rows": int(X.shape[0]), "models": [str(d) for d in dirs], "seconds": round(secs, 3),

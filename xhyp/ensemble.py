@@ -357,12 +357,5 @@ def aggregate_files(pred_paths, out: str | Path | None = None, top_k: int = 100)
     return total
 
 
-def member_scores_prefix(score_list, m: int, top_k: int = 100) -> sp.csr_matrix:
-    """Summed scores of the first ``m`` members (the ensembles of Table 4 are prefixes of 15)."""
-    if not 1 <= m <= len(score_list):
-        raise ValueError(f"prefix size {m} outside 1..{len(score_list)}")
-    return aggregate(score_list[:m], top_k)
-
-
 __all__ = ["Ensemble", "train_ensemble", "train_learner", "aggregate_files", "expand_model_dirs",
-           "is_ensemble_dir", "is_complete", "learner_name", "member_scores_prefix"]
+           "is_ensemble_dir", "is_complete", "learner_name"]

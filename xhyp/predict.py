@@ -14,7 +14,7 @@ import torch
 from .features import FeaturePipeline
 from .index import make_index
 from .model import HyperbolicXMC
-from .vote import aggregate, vote
+from .vote import vote
 
 
 class Predictor:
@@ -107,18 +107,3 @@ class Predictor:
         if not parts:
             return sp.csr_matrix((0, self.train_labels.shape[1]), dtype=np.float32)
         return sp.vstack(parts).tocsr()
-
-
-def predict_ensemble(model_dirs, X: sp.csr_matrix, top_k: int = 100, **predict_kw) -> sp.csr_matrix:
-    """Sum the label votes of several learners (Gerald & Baskiotis 2019, section 2.6).
-
-    Args:
-        model_dirs: model directories of the ensemble members.
-        X: ``(Q, F)`` CSR raw features.
-        top_k: labels kept per query after aggregation.
-        **predict_kw: passed to :meth:`Predictor.predict` for every member.
-
-    Returns:
-        ``(Q, L)`` float32 CSR summed scores.
-    """
-    return aggregate((Predictor.load(d).predict(X, top_k=top_k, **predict_kw) for d in model_dirs), top_k)
