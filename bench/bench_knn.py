@@ -226,37 +226,13 @@ def synthetic(n_db: int, n_q: int, dim: int, centers: int, center_radius: float,
     return draw(n_db), draw(n_q)
 
 
-def read_xc(path):
-    try:
-        from xhyp.datasets.formats import read_xc as rx
-
-        return rx(path)
-    except ImportError:  # minimal reader of the XC text format
-        import scipy.sparse as sp
-
-        with open(path) as f:
-            n, nf, nl = map(int, f.readline().split())
-            xr, xc, xv, yr, yc = [], [], [], [], []
-            for i, line in enumerate(f):
-                labs, _, feats = line.rstrip("\n").partition(" ")
-                for lab in filter(None, labs.split(",")):
-                    yr.append(i)
-                    yc.append(int(lab))
-                for fv in feats.split():
-                    a, b = fv.split(":")
-                    xr.append(i)
-                    xc.append(int(a))
-                    xv.append(float(b))
-        X = sp.csr_matrix((np.array(xv, np.float32), (xr, xc)), shape=(n, nf))
-        Y = sp.csr_matrix((np.ones(len(yr), np.float32), (yr, yc)), shape=(n, nl))
-        return X, Y
-
-
 def delicious(args, work: Path):
     """Embeddings of Delicious train (database) and test (queries) + labels + vote config."""
     import torch
 
     from xhyp.predict import Predictor
+
+    from xhyp.datasets.formats import read_xc
 
     ddir = Path(args.data_dir) / "delicious"
     X_tr, Y_tr = read_xc(ddir / "train.txt")
@@ -282,23 +258,11 @@ def delicious(args, work: Path):
 
 
 def precision_at(Y_true, S, ks=(1, 3, 5)):
-    try:
-        from xhyp.eval.metrics import precision_at_k
+    """``{"P@k": ...}`` of a score matrix (:func:`xhyp.eval.metrics.precision_at_k`)."""
+    from xhyp.eval.metrics import precision_at_k
 
-        curve = precision_at_k(Y_true, S, k=max(ks))
-        return {f"P@{k}": float(curve[k - 1]) for k in ks}
-    except ImportError:
-        S = S.tocsr()
-        Y = Y_true.tocsr()
-        out = {}
-        for k in ks:
-            hits = 0
-            for r in range(S.shape[0]):
-                a, b = S.indptr[r], S.indptr[r + 1]
-                order = np.lexsort((S.indices[a:b], -S.data[a:b]))[:k]
-                hits += len(set(S.indices[a:b][order]) & set(Y.indices[Y.indptr[r]:Y.indptr[r + 1]]))
-            out[f"P@{k}"] = hits / (k * S.shape[0])
-        return out
+    curve = precision_at_k(Y_true, S, k=max(ks))
+    return {f"P@{k}": float(curve[k - 1]) for k in ks}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -571,9 +535,11 @@ def main(argv=None):
     tg = targets(rows)
     print("\n" + table + "\n")
     print("targets:", json.dumps(tg, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"env": env, "data": data_info, "rows": rows, "targets": tg,
-                                          "markdown": table}, indent=2, default=str) + "\n")
+    from xhyp.utils import atomic_write
+
+    text = json.dumps({"env": env, "data": data_info, "rows": rows, "targets": tg, "markdown": table},
+                      indent=2, default=str) + "\n"
+    atomic_write(args.out, lambda f: f.write(text.encode()))
     print(f"wrote {args.out}")
     return 0
 

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from xhyp.cli import main
 from xhyp.ensemble import (Ensemble, aggregate_files, expand_model_dirs, is_complete, is_ensemble_dir,
                            train_ensemble)
-from xhyp.eval.common import write_xc_text
+from xhyp.datasets.formats import write_xc
 from xhyp.predict import Predictor
 
 L = 12
@@ -117,8 +117,8 @@ def test_parallel_jobs(tmp_path, data):
 
 def test_cli_ensemble_predict_aggregate(tmp_path, data, capsys):
     (X, Y), (Xt, Yt) = data
-    write_xc_text(tmp_path / "train.txt", X, Y)
-    write_xc_text(tmp_path / "test.txt", Xt, Yt)
+    write_xc(tmp_path / "train.txt", X, Y)
+    write_xc(tmp_path / "test.txt", Xt, Yt)
     out = tmp_path / "ens"
     tiny = ["--epochs", "1", "--negatives", "5", "--dim", "3", "--knn", "5", "--threads", "1"]
     assert main(["ensemble", "--file", str(tmp_path / "train.txt"), "--out", str(out), "--learners", "2",

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from xhyp.cli import main
 from xhyp.eval import fig2, table2, table4, table5, table6
-from xhyp.eval.common import read_xc_text, write_xc_text
+from xhyp.datasets.formats import read_xc, write_xc
 from xhyp.eval.metrics import evaluate, most_common_baseline
 from xhyp.plot import distance_to_origin, exp0, log0, project_2d, spearman_frequency_distance
 
@@ -20,8 +20,8 @@ TINY = ["--epochs", "1", "--set", "negatives=5", "knn=5", "threads=1"]
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     (d / "toy").mkdir()
-    write_xc_text(d / "toy" / "train.txt", *toy_data(200, seed=0))
-    write_xc_text(d / "toy" / "test.txt", *toy_data(60, seed=1))
+    write_xc(d / "toy" / "train.txt", *toy_data(200, seed=0))
+    write_xc(d / "toy" / "test.txt", *toy_data(60, seed=1))
     return d
 
 
@@ -34,18 +34,11 @@ def sweep_dir(tmp_path_factory, data_dir):
     return out
 
 
-def test_xc_text_roundtrip(tmp_path):
-    X, Y = toy_data(30, seed=3)
-    write_xc_text(tmp_path / "a.txt", X, Y)
-    X2, Y2 = read_xc_text(tmp_path / "a.txt")
-    assert (X2 != X).nnz == 0 and (Y2 != Y).nnz == 0
-
-
 def test_table2_most_common(tmp_path, data_dir):
     assert table2.main(["--datasets", "toy", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "table2.json").read_text())["results"]["toy"]
-    _, Ytr = read_xc_text(data_dir / "toy" / "train.txt")
-    _, Yte = read_xc_text(data_dir / "toy" / "test.txt")
+    _, Ytr = read_xc(data_dir / "toy" / "train.txt")
+    _, Yte = read_xc(data_dir / "toy" / "test.txt")
     ref = evaluate(Yte, most_common_baseline(Ytr, Yte.shape[0], 5), ks=(1, 3, 5))
     assert res["P@1"] == pytest.approx(ref["P@1"]) and res["P@5"] == pytest.approx(ref["P@5"])
     md = (tmp_path / "table2.md").read_text()

@@ -25,6 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .utils import atomic_write
+
 
 def log0(x: np.ndarray) -> np.ndarray:
     """Log map of the Poincaré ball (curvature -1) at the origin: ``(m, n) -> (m, n)``, ``|v| = d(0, x)``."""
@@ -171,9 +173,8 @@ def plot_labels(W: np.ndarray, freq: np.ndarray, out: str | Path, geometry: str 
     if examples is not None and len(examples):
         ax.legend(loc="lower left", fontsize=6, markerscale=5, frameon=False)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=dpi))
     plt.close(fig)
     return {"projection": how + zoom, "n_labels": int(len(W)), "unseen_labels": int((freq == 0).sum()),
             "spearman_rho": rho, "spearman_p": p, "out": str(out), "png_bytes": out.stat().st_size}
