@@ -61,7 +61,7 @@ def propensity_params(dataset: str | None) -> tuple[float, float]:
 
 def train_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
                 data_dir: str | None = None, model: dict | None = None, train_cfg: dict | None = None,
-                resume: bool = False, progress: bool = True) -> dict:
+                resume: bool = False, progress: bool = True, data=None) -> dict:
     """``xhyp train``: train one learner and write its model directory.
 
     Args:
@@ -70,11 +70,12 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
         model: :class:`xhyp.model.ModelConfig` fields. train_cfg: :class:`xhyp.train.TrainConfig` fields.
         resume: continue from ``out_dir/checkpoint.pt``.
         progress: tqdm bars.
+        data: ``(X, Y)`` already loaded (then nothing is read; ``dataset``/``path`` only name it).
 
     Returns:
         summary dict (best epoch, validation P@1, seconds), also written to ``out_dir/train_summary.json``.
     """
-    X, Y = load_split(dataset, "train", path, data_dir)
+    X, Y = data if data is not None else load_split(dataset, "train", path, data_dir)
     t0 = time.time()
     res = train(X, Y, model or {}, train_cfg or {}, out_dir=out_dir, resume=resume, progress=progress,
                 extra_config={"dataset": dataset or str(path)})
@@ -88,7 +89,7 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
 def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path: str | None = None,
                   split: str = "test", data_dir: str | None = None, k: int | None = None,
                   top_k: int = 100, index: str = "exact", weighting: str | None = None,
-                  index_params: dict | None = None) -> dict:
+                  index_params: dict | None = None, X=None) -> dict:
     """``xhyp predict``: score a split with one model (or an ensemble) and save the scores.
 
     Args:
@@ -98,11 +99,13 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
         out: output ``.npz`` (a scipy sparse ``(Q, L)`` score matrix, written atomically).
         dataset, path, split, data_dir: the queries, see :func:`load_split`.
         k, top_k, index, weighting, index_params: see :meth:`xhyp.predict.Predictor.predict`.
+        X: ``(Q, F)`` query features already loaded (then nothing is read).
 
     Returns:
         summary dict (rows, seconds, queries per second).
     """
-    X, _ = load_split(dataset, split, path, data_dir)
+    if X is None:
+        X, _ = load_split(dataset, split, path, data_dir)
     dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
     t0 = time.time()
     kw = dict(k=k, top_k=top_k, index=index, weighting=weighting, index_params=index_params)
@@ -183,7 +186,7 @@ def plot_model(model_dir: str | Path, out: str | Path, examples: int = 0, title:
 def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str | None = None,
                          split: str = "test", data_dir: str | None = None,
                          train_path: str | None = None, ks=(1, 3, 5), A: float | None = None,
-                         B: float | None = None, out: str | Path | None = None) -> dict:
+                         B: float | None = None, out: str | Path | None = None, Y=None, Y_train=None) -> dict:
     """``xhyp evaluate``: P@k, nDCG@k, PSP@k and PSnDCG@k of saved scores.
 
     Propensities (Jain et al. 2016) are computed from the training labels of the same dataset
@@ -195,6 +198,8 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
         train_path: XC file of the training split when ``path`` is used.
         ks: cut-offs. A, B: propensity parameters (default: the dataset's).
         out: JSON file for the metrics (written atomically).
+        Y, Y_train: ``(Q, L)`` true labels and ``(N, L)`` training labels already loaded (then
+            they are not read).
 
     Returns:
         dict metric name -> value (fractions in [0, 1]).
@@ -205,13 +210,14 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
     from xhyp.eval.metrics import evaluate, inv_propensity
 
     S = sp.load_npz(pred).tocsr()
-    _, Y = load_split(dataset, split, path, data_dir)
+    if Y is None:
+        _, Y = load_split(dataset, split, path, data_dir)
     if S.shape != Y.shape:
         raise ValueError(f"{pred}: score matrix is {S.shape[0]} x {S.shape[1]} but the labels are "
                          f"{Y.shape[0]} x {Y.shape[1]}")
     inv_p = None
-    if dataset is not None or train_path is not None:
-        _, Ytr = load_split(dataset, "train", train_path, data_dir)
+    if Y_train is not None or dataset is not None or train_path is not None:
+        Ytr = Y_train if Y_train is not None else load_split(dataset, "train", train_path, data_dir)[1]
         a, b = propensity_params(dataset)
         inv_p = inv_propensity(Ytr, A if A is not None else a, B if B is not None else b)
     metrics = evaluate(Y, S, ks=tuple(ks), inv_prop=inv_p)
@@ -234,12 +240,14 @@ def run_pipeline(out_dir: str | Path, dataset: str = "synthetic-hier", data_dir:
         "val_p1"}``.
     """
     out_dir = Path(out_dir)
+    X, Y = load_split(dataset, "train", data_dir=data_dir)  # each split is read once
+    X_test, Y_test = load_split(dataset, "test", data_dir=data_dir)
     s_train = train_model(out_dir / "model", dataset=dataset, data_dir=data_dir, model=model,
-                          train_cfg=train_cfg, progress=progress)
+                          train_cfg=train_cfg, progress=progress, data=(X, Y))
     s_pred = predict_model(out_dir / "model", out_dir / "test_scores.npz", dataset=dataset,
-                           split="test", data_dir=data_dir, k=k, index=index)
+                           split="test", data_dir=data_dir, k=k, index=index, X=X_test)
     metrics = evaluate_predictions(out_dir / "test_scores.npz", dataset=dataset, split="test",
-                                   data_dir=data_dir)
+                                   data_dir=data_dir, Y=Y_test, Y_train=Y)
     result = {"dataset": dataset, "metrics": metrics, "train_seconds": s_train["train_seconds"],
               "predict_seconds": s_pred["seconds"], "best_epoch": s_train["best_epoch"],
               "val_p1": s_train["val_p1"]}
