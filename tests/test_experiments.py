@@ -136,3 +136,22 @@ def test_log_exp_maps_and_projection():
     assert "log map" in how
     np.testing.assert_allclose(distance_to_origin(xy), distance_to_origin(y), rtol=1e-8)
     assert np.all(np.linalg.norm(xy, axis=1) < 1)
+
+
+def test_vote_sweep_uses_only_the_training_split(tmp_path, data_dir):
+    from xhyp.eval import vote_sweep
+
+    fit, out = vote_sweep.holdout_split(200, 0.25, seed=4)
+    assert len(out) == 50 and len(np.intersect1d(fit, out)) == 0 and len(fit) + len(out) == 200
+    assert np.array_equal(out, vote_sweep.holdout_split(200, 0.25, seed=4)[1])
+    with pytest.raises(ValueError, match="holdout"):
+        vote_sweep.holdout_split(10, 1.0, 0)
+    assert vote_sweep.main(["--datasets", "toy", "--data-dir", str(data_dir), "--out", str(tmp_path),
+                            "--learners", "2", "--knn", "1", "5", "--dim", "3", "--holdout", "0.25",
+                            "--set", "epochs=1", "negatives=5", "threads=1"]) == 0
+    res = json.loads((tmp_path / "vote_sweep.json").read_text())["results"]["toy"]
+    assert res["fit_rows"] == 150 and res["holdout_rows"] == 50 and len(res["grid"]) == 4
+    # the learners were trained on the 150 fit rows only, and the best row is the grid's maximum
+    cfg = json.loads((tmp_path / "cache" / "toy" / res["dir"].split("/")[-1] / "learner_00" / "config.json").read_text())
+    assert cfg["data"]["n"] == 150
+    assert res["best"]["P@1"] == max(g["P@1"] for g in res["grid"])

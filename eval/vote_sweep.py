@@ -1,0 +1,121 @@
+"""Choose the kNN vote's settings (``k``, count or distance weighting) without touching the test split.
+
+The vote is an inference-time choice (Gerald & Baskiotis, CAp 2019, section 2.6): changing it
+needs no retraining. This script holds out ``--holdout`` of the *training* split (seeded), trains
+``--learners`` learners on the rest (cached in ``CACHE/DATASET/holdout_...``), and reports
+P@1/3/5 of their summed votes on the held-out part for every ``k`` in ``--knn`` and both
+weightings. The best setting by held-out P@1 (ties: P@3, then the smaller ``k``) is what
+``xhyp predict --k K --weighting W`` should use on the test split.
+
+Example::
+
+    python -m xhyp.eval.vote_sweep --datasets bibtex --data-dir ../shared/data --out runs/vote_sweep
+
+Writes ``OUT/vote_sweep.md`` and ``OUT/vote_sweep.json`` (with the best setting per data set).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xhyp.ensemble import Ensemble, train_ensemble
+from xhyp.eval.common import add_common_args, environment, load_xy, pct, write_outputs
+from xhyp.eval.metrics import evaluate
+from xhyp.eval.table4 import parse_overrides
+
+WEIGHTINGS = ("count", "distance")
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit rows, held-out rows)``, both sorted int64 arrays, a seeded random split of ``range(n)``.
+
+    Raises:
+        ValueError: ``fraction`` outside ``(0, 1)`` or a split with an empty side.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_out = int(round(fraction * n))
+    if n_out == 0 or n_out == n:
+        raise ValueError(f"holdout of {fraction} of {n} rows leaves one side empty")
+    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+
+
+def sweep_dataset(dataset: str, data_dir, cache, learners: int, knn, dim: int, geometry: str,
+                  overrides: dict, holdout: float, seed: int, jobs: int = 1, log=print) -> dict:
+    """Train on the fit part, score the held-out part for every (k, weighting); see the module docstring."""
+    X, Y = load_xy(dataset, "train", data_dir)
+    fit, out = holdout_split(X.shape[0], holdout, seed)
+    name = f"holdout{holdout}_seed{seed}_{geometry}_d{dim}" + "".join(
+        f"_{k}{overrides[k]}" for k in sorted(overrides) if k not in ("threads", "device"))
+    d = Path(cache) / dataset / name
+    t0 = time.time()
+    train_ensemble(X[fit], Y[fit], d, n_learners=learners, model_config={"dim": dim, "geometry": geometry},
+                   train_config=dict(overrides, seed=seed), jobs=jobs, progress=False,
+                   extra_config={"dataset": dataset, "holdout": {"fraction": holdout, "seed": seed}})
+    t_train = time.time() - t0
+    ens = Ensemble.load(d)
+    grid = []
+    for k in knn:
+        for w in WEIGHTINGS:
+            S = ens.predict(X[out], top_k=5, k=k, weighting=w)
+            m = {key: v for key, v in evaluate(Y[out], S, ks=(1, 3, 5)).items() if key.startswith("P@")}
+            grid.append({"k": int(k), "weighting": w, **m})
+            log(f"[vote_sweep] {dataset} k={k} {w}: " + " ".join(f"{a} {100 * b:.2f}" for a, b in m.items()))
+    best = max(grid, key=lambda r: (r["P@1"], r["P@3"], -r["k"]))
+    return {"dir": str(d), "fit_rows": int(len(fit)), "holdout_rows": int(len(out)), "learners": learners,
+            "grid": grid, "best": best, "train_seconds": round(t_train, 1)}
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for ds, r in results.items():
+        lines.append(f"**{ds}: summed votes of {r['learners']} learners on a held-out {r['holdout_rows']} "
+                     f"of the {r['fit_rows'] + r['holdout_rows']} training points (%)**")
+        lines.append("")
+        lines.append("| k | weighting | P@1 | P@3 | P@5 |")
+        lines.append("|---:|---|---:|---:|---:|")
+        for g in r["grid"]:
+            mark = " **(best)**" if g == r["best"] else ""
+            lines.append(f"| {g['k']} | {g['weighting']}{mark} | {pct(g['P@1'])} | {pct(g['P@3'])} | {pct(g['P@5'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m xhyp.eval.vote_sweep", description=__doc__.split("\n\n")[0])
+    add_common_args(p, datasets_default=("bibtex",))
+    p.add_argument("--cache", help="where the held-out learners live (default: OUT/cache)")
+    p.add_argument("--learners", type=int, default=5, help="learners whose votes are summed (default: 5)")
+    p.add_argument("--knn", type=int, nargs="+", default=[5, 10, 20, 30, 50], help="neighbour counts tried")
+    p.add_argument("--dim", type=int, default=50)
+    p.add_argument("--geometry", default="poincare", choices=("poincare", "euclidean"))
+    p.add_argument("--holdout", type=float, default=0.2, help="share of the training split held out")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split and learner 0 (learner i: seed + i)")
+    p.add_argument("--jobs", type=int, default=1, help="learners trained at once (processes)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = parse_overrides(args.set)
+    cache = args.cache or str(Path(args.out) / "cache")
+    t0 = time.time()
+    results = {ds: sweep_dataset(ds, args.data_dir, cache, args.learners, args.knn, args.dim, args.geometry,
+                                 overrides, args.holdout, args.seed, args.jobs,
+                                 log=lambda m: print(m, file=sys.stderr, flush=True))
+               for ds in args.datasets}
+    data = {"results": results, "wall_seconds": round(time.time() - t0, 1), "environment": environment(),
+            "command": "python -m xhyp.eval.vote_sweep " + " ".join(argv if argv is not None else sys.argv[1:])}
+    md, _ = write_outputs(args.out, "vote_sweep", markdown(results), data)
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
