@@ -165,6 +165,17 @@ def plot_labels(W: np.ndarray, freq: np.ndarray, out: str | Path, geometry: str 
     sc = ax.scatter(xy[order, 0], xy[order, 1], c=f, s=9, lw=0, cmap="viridis",
                     norm=LogNorm(vmin=max(1, f.min()), vmax=max(f.max(), 2)))
     fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.04, label="label frequency (training examples, log scale)")
+    if zoom:  # inset: the whole unit disk, with the zoomed square
+        ins = ax.inset_axes([0.70, 0.70, 0.29, 0.29])
+        ins.add_patch(plt.Circle((0, 0), 1.0, fill=False, lw=0.6, color="black"))
+        ins.scatter(xy[order, 0], xy[order, 1], c=f, s=1, lw=0, cmap="viridis", norm=sc.norm)
+        ins.add_patch(plt.Rectangle((-lim, -lim), 2 * lim, 2 * lim, fill=False, lw=0.5, color="red"))
+        ins.set_xlim(-1.05, 1.05)
+        ins.set_ylim(-1.05, 1.05)
+        ins.set_aspect("equal")
+        ins.set_xticks([])
+        ins.set_yticks([])
+        ins.text(0.5, 0.02, "unit disk", transform=ins.transAxes, ha="center", va="bottom", fontsize=6)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
