@@ -105,6 +105,22 @@ def test_top_k_rows_ties_by_lower_column():
     assert T[1].tolist() == [5, 0, 0, 0, 0]
 
 
+def test_top_k_rows_in_row_blocks_equals_one_block(monkeypatch):
+    import xhyp.vote as V
+
+    rng = np.random.default_rng(0)
+    A = sp.random(300, 50, density=0.3, format="csr", random_state=1, dtype=np.float64).toarray()
+    A[A > 0] = rng.integers(1, 5, size=int((A > 0).sum()))  # many ties
+    A[7] = 0  # an empty row
+    S = sp.csr_matrix(A)
+    whole = V.top_k_rows(S, 4)
+    monkeypatch.setattr(V, "_TOPK_BLOCK_ENTRIES", 64)  # blocks of a few rows
+    blocks = V.top_k_rows(S, 4)
+    assert blocks.dtype == np.float32 and blocks.has_sorted_indices
+    assert (blocks != whole).nnz == 0 and np.array_equal(blocks.indptr, whole.indptr)
+    assert np.diff(blocks.indptr).max() == 4 and np.diff(blocks.indptr)[7] == 0
+
+
 def test_aggregate_sums_members():
     a = sp.csr_matrix(np.array([[1, 0, 2]], dtype=np.float32))
     b = sp.csr_matrix(np.array([[0, 3, 1]], dtype=np.float32))

@@ -59,6 +59,9 @@ def vote_matrix(ids_qk, weights_qk, n_db: int) -> sp.csr_matrix:
     return sp.csr_matrix((w.ravel()[keep], (rows[keep], ids.ravel()[keep])), shape=(Q, n_db))
 
 
+_TOPK_BLOCK_ENTRIES = 1 << 22  # padded (rows x longest row) entries per block in top_k_rows
+
+
 def top_k_rows(S: sp.csr_matrix, top_k: int) -> sp.csr_matrix:
     """Keep the ``top_k`` largest entries of each row of a CSR matrix (ties: lower column first).
 
@@ -78,8 +81,14 @@ def top_k_rows(S: sp.csr_matrix, top_k: int) -> sp.csr_matrix:
         out = S.astype(np.float32)
         out.eliminate_zeros()
         return out
-    # pad rows into a dense (Q, maxlen) block and take a row-wise partial sort
+    # pad rows into a dense (Q, maxlen) block and take a row-wise partial sort; blocks of rows
+    # bound that block's memory (e.g. 100K queries x 15 members x 100 labels would need 1.2 GB)
     maxlen = counts.max()
+    block = max(1, _TOPK_BLOCK_ENTRIES // int(maxlen))
+    if Q > block:
+        out = sp.vstack([top_k_rows(S[i:i + block], top_k) for i in range(0, Q, block)], format="csr")
+        out.has_sorted_indices = True
+        return out
     row = np.repeat(np.arange(Q), counts)
     pos = np.arange(len(indices)) - np.repeat(indptr[:-1], counts)
     vals = np.full((Q, maxlen), -np.inf)
