@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xhyp.ensemble import learner_name, train_ensemble
+from xhyp.ensemble import RUNTIME_KEYS, learner_name, train_ensemble
 from xhyp.eval.common import add_common_args, environment, load_xy, pct, write_outputs
 from xhyp.eval.metrics import evaluate
 from xhyp.predict import Predictor
@@ -64,7 +64,7 @@ def config_dir(cache: str | Path, dataset: str, geometry: str, dim: int, overrid
     """Ensemble directory of one (data set, geometry, dimension, training overrides) cell."""
     name = f"{geometry}_d{dim}"
     for k in sorted(overrides or {}):
-        if k in ("threads", "device"):
+        if k in RUNTIME_KEYS:
             continue
         name += f"_{k}{overrides[k]}"
     return Path(cache) / dataset / name

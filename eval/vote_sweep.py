@@ -25,7 +25,7 @@ import numpy as np
 from xhyp.ensemble import Ensemble, train_ensemble
 from xhyp.eval.common import add_common_args, environment, load_xy, pct, write_outputs
 from xhyp.eval.metrics import evaluate
-from xhyp.eval.table4 import parse_overrides
+from xhyp.eval.table4 import config_dir, parse_overrides
 
 WEIGHTINGS = ("count", "distance")
 
@@ -50,9 +50,8 @@ def sweep_dataset(dataset: str, data_dir, cache, learners: int, knn, dim: int, g
     """Train on the fit part, score the held-out part for every (k, weighting); see the module docstring."""
     X, Y = load_xy(dataset, "train", data_dir)
     fit, out = holdout_split(X.shape[0], holdout, seed)
-    name = f"holdout{holdout}_seed{seed}_{geometry}_d{dim}" + "".join(
-        f"_{k}{overrides[k]}" for k in sorted(overrides) if k not in ("threads", "device"))
-    d = Path(cache) / dataset / name
+    cell = config_dir(cache, dataset, geometry, dim, overrides)
+    d = cell.with_name(f"holdout{holdout}_seed{seed}_{cell.name}")
     t0 = time.time()
     train_ensemble(X[fit], Y[fit], d, n_learners=learners, model_config={"dim": dim, "geometry": geometry},
                    train_config=dict(overrides, seed=seed), jobs=jobs, progress=False,

@@ -36,16 +36,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from .model import ModelConfig
-from .predict import Predictor
-from .train import TrainConfig, train
+from .predict import PREDICTOR_FILES, Predictor
+from .train import TrainConfig, data_fingerprint, normalise_configs, train
 from .utils import atomic_save_json, atomic_save_sparse
 from .vote import aggregate
 
 ENSEMBLE_FILE = "ensemble.json"
 SUMMARY_FILE = "train_summary.json"
-PREDICTOR_FILES = ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz")
 # training options that change how fast a learner trains, not what it learns
-_RUNTIME_KEYS = ("threads", "device")
+RUNTIME_KEYS = ("threads", "device")
 
 
 def learner_name(i: int) -> str:
@@ -65,14 +64,12 @@ def is_complete(model_dir: str | Path) -> bool:
 
 
 def _comparable(train_cfg: dict) -> dict:
-    return {k: v for k, v in train_cfg.items() if k not in _RUNTIME_KEYS}
+    return {k: v for k, v in train_cfg.items() if k not in RUNTIME_KEYS}
 
 
-def _normalise_configs(n_features: int, n_labels: int, model_config, train_config):
-    mdict = asdict(model_config) if isinstance(model_config, ModelConfig) else dict(model_config or {})
-    mdict.update(n_features=int(n_features), n_labels=int(n_labels))
-    tcfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config or {})
-    return asdict(ModelConfig.from_dict(mdict)), asdict(tcfg)
+def _normalise_configs(n_features: int, n_labels: int, model_config, train_config) -> tuple[dict, dict]:
+    mcfg, tcfg = normalise_configs(n_features, n_labels, model_config, train_config)
+    return asdict(mcfg), asdict(tcfg)
 
 
 def train_learner(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, model_config: dict,
@@ -106,7 +103,7 @@ def train_learner(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, model
                 asdict(TrainConfig.from_dict(train_config))):
             raise ValueError(f"{d} holds a learner trained with another configuration; remove it or "
                              "choose another output directory")
-        if cfg.get("data") not in (None, _fingerprint(X, Y)):
+        if cfg.get("data") not in (None, data_fingerprint(X, Y)):
             raise ValueError(f"{d} holds a learner trained on other data ({cfg.get('data')})")
         if is_complete(d):
             return dict(json.loads((d / SUMMARY_FILE).read_text()), skipped=True)
@@ -117,17 +114,11 @@ def train_learner(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, model
     summary = {"seed": int(train_config.get("seed", 0)), "best_epoch": res.best_epoch,
                "val_p1": res.best_val_p1, "epochs_run": len(res.history),
                "train_seconds": round(time.time() - t0, 2), "resumed": resume,
-               "data": _fingerprint(X, Y)}
+               "data": data_fingerprint(X, Y)}
     if extra_config and "dataset" in extra_config:
         summary["dataset"] = extra_config["dataset"]
     atomic_save_json(summary, d / SUMMARY_FILE)
     return dict(summary, skipped=False)
-
-
-def _fingerprint(X, Y) -> dict:
-    # same keys as xhyp.train's config["data"]
-    return {"n": int(X.shape[0]), "n_features": int(X.shape[1]), "n_labels": int(Y.shape[1]),
-            "nnz_x": int(X.nnz), "nnz_y": int(Y.nnz)}
 
 
 def _mp_context(threads: int):

@@ -17,6 +17,9 @@ from .model import HyperbolicXMC
 from .vote import vote
 
 
+# the files of a model directory that prediction needs
+PREDICTOR_FILES = ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz")
+
 class Predictor:
     """A trained learner ready to answer queries: model, feature pipeline and kNN database.
 
@@ -46,7 +49,7 @@ class Predictor:
             FileNotFoundError: a required file is missing (the message names it).
         """
         d = Path(directory)
-        for name in ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz"):
+        for name in PREDICTOR_FILES:
             if not (d / name).exists():
                 raise FileNotFoundError(f"{d / name} is missing: {d} is not a complete xhyp model "
                                         "directory (was training interrupted? rerun `xhyp train ... --resume`)")

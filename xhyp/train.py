@@ -209,7 +209,21 @@ def _make_optimizers(model: HyperbolicXMC, cfg: TrainConfig):
     return opts
 
 
-def _fingerprint(X: sp.csr_matrix, Y: sp.csr_matrix) -> dict:
+def normalise_configs(n_features: int, n_labels: int, model_config, train_config):
+    """``(ModelConfig, TrainConfig)`` from dataclasses or dicts (``None``: defaults), with the
+    data's ``n_features`` and ``n_labels`` filled into the model configuration.
+
+    Raises:
+        ValueError: an invalid field value (see the dataclasses).
+    """
+    tcfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config or {})
+    mdict = asdict(model_config) if isinstance(model_config, ModelConfig) else dict(model_config or {})
+    mdict.update(n_features=int(n_features), n_labels=int(n_labels))
+    return ModelConfig.from_dict(mdict), tcfg
+
+
+def data_fingerprint(X: sp.csr_matrix, Y: sp.csr_matrix) -> dict:
+    """Shape and non-zero counts of ``(X, Y)``: ``config.json["data"]``, checked on resume."""
     return {"n": int(X.shape[0]), "n_features": int(X.shape[1]), "n_labels": int(Y.shape[1]),
             "nnz_x": int(X.nnz), "nnz_y": int(Y.nnz)}
 
@@ -269,10 +283,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     """
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}")
-    tcfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config or {})
-    mdict = asdict(model_config) if isinstance(model_config, ModelConfig) else dict(model_config or {})
-    mdict.update(n_features=int(X.shape[1]), n_labels=int(Y.shape[1]))
-    mcfg = ModelConfig.from_dict(mdict)
+    mcfg, tcfg = normalise_configs(X.shape[1], Y.shape[1], model_config, train_config)
     device = resolve_device(tcfg.device)
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
@@ -290,7 +301,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     opts = _make_optimizers(model, tcfg)
     gen = torch.Generator().manual_seed(tcfg.seed)
     sampler = NegativeSampler(np.asarray(Y_tr.sum(0)).ravel(), tcfg.sampling, gen)
-    config = {"model": asdict(mcfg), "train": asdict(tcfg), "data": _fingerprint(X, Y)}
+    config = {"model": asdict(mcfg), "train": asdict(tcfg), "data": data_fingerprint(X, Y)}
     if extra_config:
         config.update(extra_config)
 
