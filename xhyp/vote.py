@@ -173,14 +173,7 @@ def vote(ids_qk, dist_qk, Y_train: sp.csr_matrix, top_k: int = 100,
     Returns:
         ``(Q, L)`` float32 CSR score matrix with at most ``top_k`` entries per row.
     """
-    d = dist_qk.detach().cpu().numpy() if isinstance(dist_qk, torch.Tensor) else dist_qk
-    w = neighbour_weights(d, weighting, alpha)
-    if _use_kernel(backend):
-        return _kernel_vote([ids_qk], [w], [Y_train], top_k)
-    A = vote_matrix(ids_qk, w, Y_train.shape[0])
-    Yb = Y_train.tocsr().astype(np.float64)
-    Yb.data[:] = 1.0
-    return top_k_rows(A @ Yb, top_k)
+    return vote_ensemble([ids_qk], [dist_qk], Y_train, top_k, weighting, alpha, backend)
 
 
 def vote_ensemble(ids_list, dist_list, Y_train, top_k: int = 100, weighting: str = "count",
@@ -209,8 +202,7 @@ def vote_ensemble(ids_list, dist_list, Y_train, top_k: int = 100, weighting: str
     Ys = list(Y_train) if isinstance(Y_train, (list, tuple)) else [Y_train]
     if len(Ys) not in (1, len(ids_list)) or len({Y.shape[1] for Y in Ys}) != 1:
         raise ValueError("Y_train: one label matrix, or one per learner with the same number of labels")
-    ws = [neighbour_weights(d.detach().cpu().numpy() if isinstance(d, torch.Tensor) else d, weighting, alpha)
-          for d in dist_list]
+    ws = [neighbour_weights(_as_numpy(d, np.float64), weighting, alpha) for d in dist_list]
     if _use_kernel(backend):
         return _kernel_vote(ids_list, ws, Ys, top_k)
     total = None
