@@ -19,7 +19,6 @@ also where error messages are phrased.
 from __future__ import annotations
 
 import math
-import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path

@@ -57,6 +57,46 @@ def add_common_args(p: argparse.ArgumentParser, datasets_default=("bibtex", "del
     p.add_argument("--out", required=True, help="output directory for the Markdown table and JSON")
 
 
+def parse_overrides(items) -> dict:
+    """``["epochs=10", "alpha=20"]`` -> ``{"epochs": 10, "alpha": 20.0}`` (types from :class:`TrainConfig`)."""
+    from dataclasses import fields
+
+    from xhyp.train import TrainConfig
+
+    types = {f.name: type(f.default) for f in fields(TrainConfig)}
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        k = k.replace("-", "_")
+        if k not in types:
+            raise ValueError(f"unknown training option {k!r}; choose from {sorted(types)}")
+        out[k] = types[k](v)
+    return out
+
+
+def add_cache_args(p: argparse.ArgumentParser, epochs: bool = True) -> None:
+    """``--cache --epochs --set --seed``: the learner cache shared by the Table-4 family of scripts."""
+    p.add_argument("--cache", help="learner cache shared by table4/5/6, fig2 and vote_sweep (default: OUT/cache)")
+    if epochs:
+        p.add_argument("--epochs", type=int, help="cap on training epochs (must match table4's to reuse its cache)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other TrainConfig overrides")
+    p.add_argument("--seed", type=int, default=0, help="seed of learner 0 (learner i: seed + i)")
+
+
+def cache_settings(args) -> tuple[dict, str]:
+    """``(training overrides, cache directory)`` from the arguments of :func:`add_cache_args`.
+
+    Raises:
+        ValueError: a malformed or unknown ``--set`` item.
+    """
+    overrides = parse_overrides(args.set)
+    if getattr(args, "epochs", None) is not None:
+        overrides["epochs"] = args.epochs
+    return overrides, args.cache or str(Path(args.out) / "cache")
+
+
 def environment() -> dict:
     """Where and when a result was measured (stored in every JSON)."""
     import os

@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from xhyp.eval.common import add_common_args, environment, write_outputs
-from xhyp.eval.table4 import parse_overrides
+from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, write_outputs
 from xhyp.eval.table6 import model_for
 from xhyp.plot import plot_model_labels
 
@@ -29,22 +28,16 @@ from xhyp.plot import plot_model_labels
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.fig2", description=__doc__.split("\n\n")[0])
     add_common_args(p)
+    add_cache_args(p)
     p.add_argument("--model", help="a model directory to draw instead of the cache's (one data set)")
-    p.add_argument("--cache", help="learner cache shared with table4 (default: OUT/cache)")
     p.add_argument("--dim", type=int, default=2, help="dimension of the cached model (2: drawn as learned)")
     p.add_argument("--examples", type=int, default=0, help="also draw up to this many training examples")
-    p.add_argument("--epochs", type=int, help="cap on training epochs (must match table4's to reuse its cache)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other TrainConfig overrides")
-    p.add_argument("--seed", type=int, default=0)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.set)
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    cache = args.cache or str(Path(args.out) / "cache")
+    overrides, cache = cache_settings(args)
     t0 = time.time()
     out = Path(args.out)
     figs = {}

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xhyp.ensemble import RUNTIME_KEYS, learner_name, train_ensemble
-from xhyp.eval.common import add_common_args, environment, load_xy, pct, write_outputs
+from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, load_xy, pct, write_outputs
 from xhyp.eval.metrics import evaluate
 from xhyp.predict import Predictor
 from xhyp.utils import atomic_save_json, atomic_save_sparse
@@ -39,25 +39,6 @@ LEARNERS = (1, 3, 6, 9, 12, 15)
 GEOMETRIES = ("poincare", "euclidean")
 GEOMETRY_NAMES = {"poincare": "Poincaré", "euclidean": "Euclidean"}
 KS = (1, 3, 5)
-
-
-def parse_overrides(items) -> dict:
-    """``["epochs=10", "alpha=20"]`` -> ``{"epochs": 10, "alpha": 20.0}`` (types from :class:`TrainConfig`)."""
-    from dataclasses import fields
-
-    from xhyp.train import TrainConfig
-
-    types = {f.name: type(f.default) for f in fields(TrainConfig)}
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        k = k.replace("-", "_")
-        if k not in types:
-            raise ValueError(f"unknown training option {k!r}; choose from {sorted(types)}")
-        out[k] = types[k](v)
-    return out
 
 
 def config_dir(cache: str | Path, dataset: str, geometry: str, dim: int, overrides: dict | None = None) -> Path:
@@ -213,14 +194,11 @@ def markdown(data: dict, learners, ks=KS) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.table4", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache", help="where learners and their test scores live (default: OUT/cache)")
+    add_cache_args(p)
     p.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
     p.add_argument("--learners", type=int, nargs="+", default=list(LEARNERS),
                    help="ensemble sizes reported (max(LEARNERS) learners are trained)")
     p.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=GEOMETRIES)
-    p.add_argument("--epochs", type=int, help="cap on training epochs (default: TrainConfig's, with early stopping)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other TrainConfig overrides")
-    p.add_argument("--seed", type=int, default=0, help="seed of learner 0 (learner i: seed + i)")
     p.add_argument("--jobs", type=int, default=1, help="learners trained at once (processes)")
     p.add_argument("--member-top-k", type=int, default=100, help="labels saved per test row and learner")
     return p
@@ -228,10 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.set)
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    cache = args.cache or str(Path(args.out) / "cache")
+    overrides, cache = cache_settings(args)
     learners = sorted(set(args.learners))
     t0 = time.time()
     data = sweep(args.datasets, args.data_dir, cache, args.dims, learners, args.geometries, overrides,

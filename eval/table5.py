@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from xhyp.eval.common import add_common_args, environment, pct, write_outputs
-from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, KS, parse_overrides, sweep
+from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, pct, write_outputs
+from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, KS, sweep
 
 
 def plateau(curve: dict, tolerance: float = 0.25) -> int:
@@ -61,13 +60,10 @@ def markdown(data: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.table5", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--cache", help="learner cache shared with table4 (default: OUT/cache)")
+    add_cache_args(p)
     p.add_argument("--dim", type=int, default=50)
     p.add_argument("--max-learners", type=int, default=15)
     p.add_argument("--geometries", nargs="+", default=["poincare"], choices=GEOMETRIES)
-    p.add_argument("--epochs", type=int, help="cap on training epochs (must match table4's to reuse its cache)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other TrainConfig overrides")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--member-top-k", type=int, default=100)
     p.add_argument("--tolerance", type=float, default=0.25, help="plateau tolerance in points")
@@ -76,10 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.set)
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    cache = args.cache or str(Path(args.out) / "cache")
+    overrides, cache = cache_settings(args)
     t0 = time.time()
     learners = list(range(1, args.max_learners + 1))
     data = sweep(args.datasets, args.data_dir, cache, [args.dim], learners, args.geometries, overrides,

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from xhyp.ensemble import learner_name, train_ensemble
-from xhyp.eval.common import add_common_args, environment, load_xy, write_outputs
-from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, config_dir, parse_overrides
+from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, load_xy, write_outputs
+from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, config_dir
 from xhyp.plot import distance_to_origin, load_label_space, spearman_frequency_distance
 
 
@@ -99,22 +99,16 @@ def markdown(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.table6", description=__doc__.split("\n\n")[0])
     add_common_args(p)
+    add_cache_args(p)
     p.add_argument("--model", help="a model directory to analyse instead of the cache's (one data set)")
-    p.add_argument("--cache", help="learner cache shared with table4 (default: OUT/cache)")
     p.add_argument("--dim", type=int, default=50)
     p.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=GEOMETRIES)
-    p.add_argument("--epochs", type=int, help="cap on training epochs (must match table4's to reuse its cache)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other TrainConfig overrides")
-    p.add_argument("--seed", type=int, default=0)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.set)
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    cache = args.cache or str(Path(args.out) / "cache")
+    overrides, cache = cache_settings(args)
     t0 = time.time()
     results, models = {}, {}
     if args.model:

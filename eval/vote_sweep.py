@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from xhyp.ensemble import Ensemble, train_ensemble
-from xhyp.eval.common import add_common_args, environment, load_xy, pct, write_outputs
+from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, load_xy, pct, write_outputs
 from xhyp.eval.metrics import evaluate
-from xhyp.eval.table4 import config_dir, parse_overrides
+from xhyp.eval.table4 import config_dir
 
 WEIGHTINGS = ("count", "distance")
 
@@ -88,22 +87,19 @@ def markdown(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.vote_sweep", description=__doc__.split("\n\n")[0])
     add_common_args(p, datasets_default=("bibtex",))
-    p.add_argument("--cache", help="where the held-out learners live (default: OUT/cache)")
+    add_cache_args(p, epochs=False)
     p.add_argument("--learners", type=int, default=5, help="learners whose votes are summed (default: 5)")
     p.add_argument("--knn", type=int, nargs="+", default=[5, 10, 20, 30, 50], help="neighbour counts tried")
     p.add_argument("--dim", type=int, default=50)
     p.add_argument("--geometry", default="poincare", choices=("poincare", "euclidean"))
     p.add_argument("--holdout", type=float, default=0.2, help="share of the training split held out")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split and learner 0 (learner i: seed + i)")
     p.add_argument("--jobs", type=int, default=1, help="learners trained at once (processes)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = parse_overrides(args.set)
-    cache = args.cache or str(Path(args.out) / "cache")
+    overrides, cache = cache_settings(args)
     t0 = time.time()
     results = {ds: sweep_dataset(ds, args.data_dir, cache, args.learners, args.knn, args.dim, args.geometry,
                                  overrides, args.holdout, args.seed, args.jobs,

@@ -1,8 +1,6 @@
 """The CLI end to end: synthetic data (no download) and the real Bibtex split."""
 import json
 
-import numpy as np
-import pytest
 import scipy.sparse as sp
 
 from xhyp.cli import main

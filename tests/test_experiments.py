@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from xhyp.cli import main
 from xhyp.eval import fig2, table2, table4, table5, table6

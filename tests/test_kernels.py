@@ -7,7 +7,6 @@ the extension is missing). The CUDA sources are also compiled with nvcc when it 
 import os
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 

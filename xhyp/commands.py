@@ -6,18 +6,14 @@ an Extreme Classification Repository text file (``path``).
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import scipy.sparse as sp
 
 from .ensemble import Ensemble, aggregate_files, expand_model_dirs, is_ensemble_dir, train_ensemble
-from .model import ModelConfig
 from .predict import Predictor
-from .train import TrainConfig, train
+from .train import train
 from .utils import atomic_save_json, atomic_save_sparse
 
 

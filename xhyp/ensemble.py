@@ -32,7 +32,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import scipy.sparse as sp
 
 from .model import ModelConfig

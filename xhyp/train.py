@@ -21,8 +21,6 @@ A model directory written by :func:`train` holds:
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
