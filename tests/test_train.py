@@ -133,6 +133,9 @@ def test_resume_refuses_other_data(tmp_path):
         train(X[:100], Y[:100], {"dim": 4}, {"epochs": 2}, out_dir=tmp_path / "m", resume=True, progress=False)
     with pytest.raises(FileNotFoundError):
         train(X, Y, {"dim": 4}, {"epochs": 2}, out_dir=tmp_path / "none", resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"other settings of \['alpha', 'lr'\]"):
+        train(X, Y, {"dim": 4}, {"epochs": 2, "lr": 0.1, "alpha": 5.0}, out_dir=tmp_path / "m", resume=True,
+              progress=False)
 
 
 def test_bad_configs():

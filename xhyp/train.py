@@ -40,6 +40,8 @@ from .utils import atomic_save_json, atomic_save_sparse, atomic_torch_save, reso
 from .vote import WEIGHTINGS, vote
 
 SAMPLINGS = ("uniform", "frequency")
+# training options a resumed run may change (how long and where it runs, not what it optimises)
+_RESUMABLE_CHANGES = ("epochs", "patience", "threads", "device")
 OPTIMIZERS = ("radam", "paper")
 
 
@@ -313,6 +315,12 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         if ck["config"]["data"] != config["data"] or ck["config"]["model"] != config["model"]:
             raise ValueError(f"{out}/checkpoint.pt was written for other data or another model "
                              f"configuration: {ck['config']['data']} / {ck['config']['model']}")
+        changed = sorted(k for k, v in config["train"].items()
+                         if k not in _RESUMABLE_CHANGES and ck["config"]["train"].get(k) != v)
+        if changed:
+            raise ValueError(f"{out}/checkpoint.pt was trained with other settings of {changed} "
+                             f"({[ck['config']['train'].get(k) for k in changed]}); a resumed run may only "
+                             f"change {sorted(_RESUMABLE_CHANGES)}")
         model.load_state_dict(ck["model"])
         for o, s in zip(opts, ck["optimizers"]):
             o.load_state_dict(s)
