@@ -97,6 +97,13 @@ def cache_settings(args) -> tuple[dict, str]:
     return overrides, args.cache or str(Path(args.out) / "cache")
 
 
+def command_line(script: str, argv=None) -> str:
+    """The command that ran ``python -m xhyp.eval.SCRIPT`` (stored in every JSON)."""
+    import sys
+
+    return f"python -m xhyp.eval.{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
 def environment() -> dict:
     """Where and when a result was measured (stored in every JSON)."""
     import os

@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, write_outputs
+from xhyp.eval.common import (
+    add_cache_args, add_common_args, cache_settings, command_line, environment, write_outputs,
+)
 from xhyp.eval.table6 import model_for
 from xhyp.plot import plot_model_labels
 
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         lines.append(f"| {ds} | ![{ds}]({Path(f['out']).name}) | {f['projection']} | {f['n_labels']} | "
                      f"{f['spearman_rho']:.3f} |")
     data = {"figures": figs, "wall_seconds": round(time.time() - t0, 1), "environment": environment(),
-            "command": "python -m xhyp.eval.fig2 " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": command_line("fig2", argv)}
     md, _ = write_outputs(out, "fig2", "\n".join(lines), data)
     print(md.read_text())
     return 0

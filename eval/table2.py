@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from xhyp.eval.common import add_common_args, environment, load_xy, write_outputs
+from xhyp.eval.common import add_common_args, command_line, environment, load_xy, write_outputs
 from xhyp.eval.metrics import evaluate, format_table, most_common_baseline
 
 KS = (1, 3, 5)
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         {ds: {k: v for k, v in r.items() if k.startswith("P@")} for ds, r in rows.items()},
         metrics=[f"P@{k}" for k in KS]).replace("| Method |", "| Data set |")
     data = {"results": rows, "wall_seconds": round(time.time() - t0, 2), "environment": environment(),
-            "command": "python -m xhyp.eval.table2 " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": command_line("table2", argv)}
     mdp, jsp = write_outputs(args.out, "table2", md, data)
     print(mdp.read_text())
     return 0

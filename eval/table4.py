@@ -28,7 +28,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from xhyp.ensemble import RUNTIME_KEYS, learner_name, train_ensemble
-from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, load_xy, pct, write_outputs
+from xhyp.eval.common import (
+    add_cache_args, add_common_args, cache_settings, command_line, environment, load_xy, pct,
+    write_outputs,
+)
 from xhyp.eval.metrics import evaluate
 from xhyp.predict import Predictor
 from xhyp.utils import atomic_save_json, atomic_save_sparse
@@ -213,8 +216,7 @@ def main(argv=None) -> int:
                  args.seed, args.jobs, args.member_top_k, log=lambda m: print(m, file=sys.stderr, flush=True))
     data["settings"] = {"dims": args.dims, "learners": learners, "geometries": args.geometries,
                         "overrides": overrides, "seed": args.seed, "jobs": args.jobs, "cache": cache,
-                        "member_top_k": args.member_top_k, "command": "python -m xhyp.eval.table4 " + " ".join(
-                            argv if argv is not None else sys.argv[1:])}
+                        "member_top_k": args.member_top_k, "command": command_line("table4", argv)}
     data["wall_seconds"] = round(time.time() - t0, 1)
     data["environment"] = environment()
     md, js = write_outputs(args.out, "table4", markdown(data, learners), data)

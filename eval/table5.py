@@ -20,7 +20,9 @@ import argparse
 import sys
 import time
 
-from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, pct, write_outputs
+from xhyp.eval.common import (
+    add_cache_args, add_common_args, cache_settings, command_line, environment, pct, write_outputs,
+)
 from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, KS, sweep
 
 
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
         for ds, by_geom in data["results"].items()}
     data["settings"] = {"dim": args.dim, "learners": learners, "geometries": args.geometries,
                         "overrides": overrides, "seed": args.seed, "cache": cache, "tolerance": args.tolerance,
-                        "command": "python -m xhyp.eval.table5 " + " ".join(argv if argv is not None else sys.argv[1:])}
+                        "command": command_line("table5", argv)}
     data["wall_seconds"] = round(time.time() - t0, 1)
     data["environment"] = environment()
     md, _ = write_outputs(args.out, "table5", markdown(data), data)

@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from xhyp.ensemble import learner_name, train_ensemble
-from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, load_xy, write_outputs
+from xhyp.eval.common import (
+    add_cache_args, add_common_args, cache_settings, command_line, environment, load_xy,
+    write_outputs,
+)
 from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, config_dir
 from xhyp.plot import distance_to_origin, load_label_space, spearman_frequency_distance
 
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
         print(f"[table6] {key}: rho = {results[key]['spearman_rho']:.3f}", file=sys.stderr, flush=True)
     data = {"results": results, "models": models, "wall_seconds": round(time.time() - t0, 1),
             "environment": environment(),
-            "command": "python -m xhyp.eval.table6 " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": command_line("table6", argv)}
     md, _ = write_outputs(args.out, "table6", markdown(results), data)
     print(md.read_text())
     return 0

@@ -22,7 +22,10 @@ import time
 import numpy as np
 
 from xhyp.ensemble import Ensemble, train_ensemble
-from xhyp.eval.common import add_cache_args, add_common_args, cache_settings, environment, load_xy, pct, write_outputs
+from xhyp.eval.common import (
+    add_cache_args, add_common_args, cache_settings, command_line, environment, load_xy, pct,
+    write_outputs,
+)
 from xhyp.eval.metrics import evaluate
 from xhyp.eval.table4 import config_dir
 
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
                                  log=lambda m: print(m, file=sys.stderr, flush=True))
                for ds in args.datasets}
     data = {"results": results, "wall_seconds": round(time.time() - t0, 1), "environment": environment(),
-            "command": "python -m xhyp.eval.vote_sweep " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": command_line("vote_sweep", argv)}
     md, _ = write_outputs(args.out, "vote_sweep", markdown(results), data)
     print(md.read_text())
     return 0

@@ -148,7 +148,9 @@ def test_vote_sweep_uses_only_the_training_split(tmp_path, data_dir):
     assert vote_sweep.main(["--datasets", "toy", "--data-dir", str(data_dir), "--out", str(tmp_path),
                             "--learners", "2", "--knn", "1", "5", "--dim", "3", "--holdout", "0.25",
                             "--set", "epochs=1", "negatives=5", "threads=1"]) == 0
-    res = json.loads((tmp_path / "vote_sweep.json").read_text())["results"]["toy"]
+    saved = json.loads((tmp_path / "vote_sweep.json").read_text())
+    assert saved["command"].startswith("python -m xhyp.eval.vote_sweep --datasets toy --data-dir ")
+    res = saved["results"]["toy"]
     assert res["fit_rows"] == 150 and res["holdout_rows"] == 50 and len(res["grid"]) == 4
     # the learners were trained on the 150 fit rows only, and the best row is the grid's maximum
     cfg = json.loads((tmp_path / "cache" / "toy" / res["dir"].split("/")[-1] / "learner_00" / "config.json").read_text())
