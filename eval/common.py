@@ -118,7 +118,11 @@ def environment() -> dict:
 
 
 def write_outputs(out_dir: str | Path, name: str, markdown: str, data: dict) -> tuple[Path, Path]:
-    """Write ``out_dir/name.md`` and ``out_dir/name.json`` (atomically); returns both paths."""
+    """Write ``out_dir/name.md`` and ``out_dir/name.json`` (atomically); returns both paths.
+
+    The JSON is ``data`` plus ``"environment"`` (:func:`environment`) when ``data`` has none.
+    """
+    data = {**data, "environment": data.get("environment") or environment()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / f"{name}.md", out / f"{name}.json"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, environment, write_outputs,
+    add_cache_args, add_common_args, cache_settings, command_line, write_outputs,
 )
 from xhyp.eval.table6 import model_for
 from xhyp.plot import plot_model_labels
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     for ds, f in figs.items():
         lines.append(f"| {ds} | ![{ds}]({Path(f['out']).name}) | {f['projection']} | {f['n_labels']} | "
                      f"{f['spearman_rho']:.3f} |")
-    data = {"figures": figs, "wall_seconds": round(time.time() - t0, 1), "environment": environment(),
+    data = {"figures": figs, "wall_seconds": round(time.time() - t0, 1),
             "command": command_line("fig2", argv)}
     md, _ = write_outputs(out, "fig2", "\n".join(lines), data)
     print(md.read_text())

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from xhyp.eval.common import add_common_args, command_line, environment, load_xy, write_outputs
+from xhyp.eval.common import add_common_args, command_line, load_xy, write_outputs
 from xhyp.eval.metrics import evaluate, format_table, most_common_baseline
 
 KS = (1, 3, 5)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     md = "**Most-Common baseline, P@k (%)**\n\n" + format_table(
         {ds: {k: v for k, v in r.items() if k.startswith("P@")} for ds, r in rows.items()},
         metrics=[f"P@{k}" for k in KS]).replace("| Method |", "| Data set |")
-    data = {"results": rows, "wall_seconds": round(time.time() - t0, 2), "environment": environment(),
+    data = {"results": rows, "wall_seconds": round(time.time() - t0, 2),
             "command": command_line("table2", argv)}
     mdp, jsp = write_outputs(args.out, "table2", md, data)
     print(mdp.read_text())

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from xhyp.ensemble import RUNTIME_KEYS, learner_name, train_ensemble
 from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, environment, load_xy, pct,
+    add_cache_args, add_common_args, cache_settings, command_line, load_xy, pct,
     write_outputs,
 )
 from xhyp.eval.metrics import evaluate
@@ -218,7 +218,6 @@ def main(argv=None) -> int:
                         "overrides": overrides, "seed": args.seed, "jobs": args.jobs, "cache": cache,
                         "member_top_k": args.member_top_k, "command": command_line("table4", argv)}
     data["wall_seconds"] = round(time.time() - t0, 1)
-    data["environment"] = environment()
     md, js = write_outputs(args.out, "table4", markdown(data, learners), data)
     print(md.read_text())
     print(f"wrote {md} and {js} in {data['wall_seconds']:.0f} s", file=sys.stderr)

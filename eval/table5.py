@@ -21,7 +21,7 @@ import sys
 import time
 
 from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, environment, pct, write_outputs,
+    add_cache_args, add_common_args, cache_settings, command_line, pct, write_outputs,
 )
 from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, KS, sweep
 
@@ -88,7 +88,6 @@ def main(argv=None) -> int:
                         "overrides": overrides, "seed": args.seed, "cache": cache, "tolerance": args.tolerance,
                         "command": command_line("table5", argv)}
     data["wall_seconds"] = round(time.time() - t0, 1)
-    data["environment"] = environment()
     md, _ = write_outputs(args.out, "table5", markdown(data), data)
     print(md.read_text())
     return 0

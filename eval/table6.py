@@ -29,7 +29,7 @@ import numpy as np
 
 from xhyp.ensemble import learner_name, train_ensemble
 from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, environment, load_xy,
+    add_cache_args, add_common_args, cache_settings, command_line, load_xy,
     write_outputs,
 )
 from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, config_dir
@@ -127,7 +127,6 @@ def main(argv=None) -> int:
         models[key] = str(d)
         print(f"[table6] {key}: rho = {results[key]['spearman_rho']:.3f}", file=sys.stderr, flush=True)
     data = {"results": results, "models": models, "wall_seconds": round(time.time() - t0, 1),
-            "environment": environment(),
             "command": command_line("table6", argv)}
     md, _ = write_outputs(args.out, "table6", markdown(results), data)
     print(md.read_text())

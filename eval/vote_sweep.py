@@ -23,7 +23,7 @@ import numpy as np
 
 from xhyp.ensemble import Ensemble, train_ensemble
 from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, environment, load_xy, pct,
+    add_cache_args, add_common_args, cache_settings, command_line, load_xy, pct,
     write_outputs,
 )
 from xhyp.eval.metrics import evaluate
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                                  overrides, args.holdout, args.seed, args.jobs,
                                  log=lambda m: print(m, file=sys.stderr, flush=True))
                for ds in args.datasets}
-    data = {"results": results, "wall_seconds": round(time.time() - t0, 1), "environment": environment(),
+    data = {"results": results, "wall_seconds": round(time.time() - t0, 1),
             "command": command_line("vote_sweep", argv)}
     md, _ = write_outputs(args.out, "vote_sweep", markdown(results), data)
     print(md.read_text())

@@ -150,6 +150,7 @@ def test_vote_sweep_uses_only_the_training_split(tmp_path, data_dir):
                             "--set", "epochs=1", "negatives=5", "threads=1"]) == 0
     saved = json.loads((tmp_path / "vote_sweep.json").read_text())
     assert saved["command"].startswith("python -m xhyp.eval.vote_sweep --datasets toy --data-dir ")
+    assert saved["environment"]["xhyp_version"] and saved["environment"]["cpu_count"] >= 1
     res = saved["results"]["toy"]
     assert res["fit_rows"] == 150 and res["holdout_rows"] == 50 and len(res["grid"]) == 4
     # the learners were trained on the 150 fit rows only, and the best row is the grid's maximum
