@@ -36,14 +36,12 @@ import scipy.sparse as sp
 
 from .model import ModelConfig
 from .predict import PREDICTOR_FILES, Predictor
-from .train import TrainConfig, data_fingerprint, normalise_configs, train
+from .train import RUNTIME_KEYS, TrainConfig, data_fingerprint, normalise_configs, train
 from .utils import atomic_save_json, atomic_save_sparse
 from .vote import aggregate
 
 ENSEMBLE_FILE = "ensemble.json"
 SUMMARY_FILE = "train_summary.json"
-# training options that change how fast a learner trains, not what it learns
-RUNTIME_KEYS = ("threads", "device")
 
 
 def learner_name(i: int) -> str:

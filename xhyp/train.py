@@ -40,8 +40,10 @@ from .utils import atomic_save_json, atomic_save_sparse, atomic_torch_save, reso
 from .vote import WEIGHTINGS, vote
 
 SAMPLINGS = ("uniform", "frequency")
+# training options that change how fast a run goes, not what it learns
+RUNTIME_KEYS = ("threads", "device")
 # training options a resumed run may change (how long and where it runs, not what it optimises)
-_RESUMABLE_CHANGES = ("epochs", "patience", "threads", "device")
+_RESUMABLE_CHANGES = ("epochs", "patience", *RUNTIME_KEYS)
 OPTIMIZERS = ("radam", "paper")
 
 
