@@ -1,4 +1,4 @@
-"""Command-line interface: ``xhyp train | ensemble | predict | aggregate | evaluate | run | plot | data``.
+"""Command-line interface: ``xhyp train | ensemble | predict | aggregate | evaluate | run | plot | info | export | data``.
 
 Each verb parses its arguments and calls one public function (:mod:`xhyp.commands`,
 :mod:`xhyp.datasets.registry`); there is no logic here. Model and training options are generated
@@ -119,8 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--out", required=True, help="output .npz")
     ag.add_argument("--top-k", type=int, default=100, help="labels kept per query after summing")
 
-    pl = sub.add_parser("plot", help="draw a saved model's label embeddings in 2-D (PNG)")
-    pl.add_argument("--model", required=True, help="model directory (an ensemble directory: its first learner)")
+    pl = sub.add_parser("plot", help="draw a saved model's label embeddings in 2-D, or (--history) its "
+                        "training curves (PNG)")
+    what = pl.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="model directory (an ensemble directory: its first learner)")
+    what.add_argument("--history", metavar="DIR", help="draw loss and validation P@1 against epochs instead: "
+                      "a model, `xhyp run` or ensemble directory, or a history.json")
     pl.add_argument("--out", required=True, help="output .png")
     pl.add_argument("--examples", type=int, default=0, help="also draw up to this many training examples")
     pl.add_argument("--title", help="first title line")
@@ -135,13 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write the metrics as JSON here")
 
     r = sub.add_parser("run", help="train + predict + evaluate in one directory (the main job)")
-    r.add_argument("--dataset", default="synthetic-hier")
+    r.add_argument("--dataset", help="registry dataset name (default: synthetic-hier, unless --train-file)")
     r.add_argument("--data-dir")
+    r.add_argument("--train-file", help="your own training file (Extreme Classification Repository text "
+                   "format) instead of --dataset; needs --test-file")
+    r.add_argument("--test-file", help="your own test file (same format and label space as --train-file)")
     r.add_argument("--out", required=True)
     r.add_argument("--index", default="exact", choices=INDEX_KINDS, help="kNN search backend (default: exact)")
     r.add_argument("--no-progress", action="store_true")
     _add_dataclass_args(r, ModelConfig, "model")
     _add_dataclass_args(r, TrainConfig, "training")
+
+    inf = sub.add_parser("info", help="what a model or ensemble directory holds: configuration, data "
+                         "fingerprint, best epoch, validation curve, files")
+    inf.add_argument("--model", required=True, help="model or ensemble directory")
+    inf.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    ex = sub.add_parser("export", help="write label and training-example embeddings (float32) to an .npz")
+    ex.add_argument("--model", required=True, help="model directory, or ensemble directory (see --member)")
+    ex.add_argument("--out", required=True, help="output .npz")
+    ex.add_argument("--member", type=int, default=0, help="learner of an ensemble directory (default: 0)")
 
     d = sub.add_parser("data", help="dataset registry: list, info, fetch")
     dsub = d.add_subparsers(dest="data_verb")
@@ -176,10 +193,11 @@ def _run(args) -> int:
                                              train_cfg, resume=args.resume, progress=not args.no_progress))
         else:
             res = commands.run_pipeline(args.out, args.dataset, args.data_dir, model, train_cfg,
-                                        index=args.index, progress=not args.no_progress)
+                                        index=args.index, progress=not args.no_progress,
+                                        train_path=args.train_file, test_path=args.test_file)
             from xhyp.eval.metrics import format_table
 
-            print(format_table({args.dataset: res["metrics"]}))
+            print(format_table({res["dataset"]: res["metrics"]}))
             _print_json(res)
         return 0
     if args.verb == "predict":
@@ -198,7 +216,20 @@ def _run(args) -> int:
         _print_json(commands.aggregate_predictions(args.pred, args.out, args.top_k))
         return 0
     if args.verb == "plot":
-        _print_json(commands.plot_model(args.model, args.out, args.examples, args.title))
+        if args.history is not None:
+            _print_json(commands.plot_history(args.history, args.out, args.title))
+        else:
+            _print_json(commands.plot_model(args.model, args.out, args.examples, args.title))
+        return 0
+    if args.verb == "info":
+        info = commands.model_info(args.model)
+        if args.json:
+            _print_json(info)
+        else:
+            print(commands.format_info(info))
+        return 0
+    if args.verb == "export":
+        _print_json(commands.export_embeddings(args.model, args.out, args.member))
         return 0
     if args.verb == "evaluate":
         from xhyp.eval.metrics import format_table
