@@ -441,7 +441,7 @@ def export_embeddings(model_dir: str | Path, out: str | Path, member: int = 0) -
         summary dict (``out``, ``model``, ``n_labels``, ``n_train``, ``dim``, ``geometry``).
 
     Raises:
-        FileNotFoundError: not a complete model directory. IndexError: no such member.
+        FileNotFoundError: not a complete model directory. ValueError: no such member.
     """
     import numpy as np
     import torch
@@ -454,7 +454,7 @@ def export_embeddings(model_dir: str | Path, out: str | Path, member: int = 0) -
     if is_ensemble_dir(d):
         dirs = Ensemble.load(d).member_dirs
         if not 0 <= member < len(dirs):
-            raise IndexError(f"{d} has {len(dirs)} members; --member {member} is out of range")
+            raise ValueError(f"{d} has {len(dirs)} members; --member {member} is out of range")
         d = dirs[member]
     for name in PREDICTOR_FILES:
         if not (d / name).is_file():
