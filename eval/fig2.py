@@ -28,6 +28,7 @@ from xhyp.plot import plot_model_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line parser (``--help`` lists its options)."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.fig2", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     add_cache_args(p)
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
     overrides, cache = cache_settings(args)
     t0 = time.time()

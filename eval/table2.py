@@ -35,12 +35,14 @@ def most_common_table(datasets, data_dir=None, ks=KS) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line parser (``--help`` lists its options)."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.table2", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     return p
 
 
 def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
     t0 = time.time()
     rows = most_common_table(args.datasets, args.data_dir)

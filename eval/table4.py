@@ -195,6 +195,7 @@ def markdown(data: dict, learners, ks=KS) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line parser (``--help`` lists its options)."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.table4", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     add_cache_args(p)
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
     overrides, cache = cache_settings(args)
     learners = sorted(set(args.learners))

@@ -38,6 +38,7 @@ def plateau(curve: dict, tolerance: float = 0.25) -> int:
 
 
 def markdown(data: dict) -> str:
+    """Markdown of the results: per data set and geometry, P@k against the number of learners, and the plateau."""
     lines = []
     tol = data["settings"]["tolerance"]
     for ds, by_geom in data["results"].items():
@@ -60,6 +61,7 @@ def markdown(data: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line parser (``--help`` lists its options)."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.table5", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     add_cache_args(p)
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
     overrides, cache = cache_settings(args)
     t0 = time.time()

@@ -83,6 +83,7 @@ def model_for(dataset, data_dir, cache, geometry, dim, overrides, seed=0) -> Pat
 
 
 def markdown(results: dict) -> str:
+    """Markdown of the results: Spearman's rho and the frequency-binned norm / distance table of each model."""
     lines = []
     for key, r in results.items():
         lines.append(f"**{key}: {r['n_labels']} labels, Spearman's rho(frequency, d(0, w)) = "
@@ -100,6 +101,7 @@ def markdown(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line parser (``--help`` lists its options)."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.table6", description=__doc__.split("\n\n")[0])
     add_common_args(p)
     add_cache_args(p)
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
     overrides, cache = cache_settings(args)
     t0 = time.time()

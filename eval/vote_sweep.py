@@ -73,6 +73,7 @@ def sweep_dataset(dataset: str, data_dir, cache, learners: int, knn, dim: int, g
 
 
 def markdown(results: dict) -> str:
+    """Markdown of the results: held-out P@1/3/5 for every ``k`` and weighting, and the best setting."""
     lines = []
     for ds, r in results.items():
         lines.append(f"**{ds}: summed votes of {r['learners']} learners on a held-out {r['holdout_rows']} "
@@ -88,6 +89,7 @@ def markdown(results: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The script's command-line parser (``--help`` lists its options)."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.vote_sweep", description=__doc__.split("\n\n")[0])
     add_common_args(p, datasets_default=("bibtex",))
     add_cache_args(p, epochs=False)
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
     overrides, cache = cache_settings(args)
     t0 = time.time()

@@ -67,7 +67,8 @@ def test_run_on_own_files_gives_the_registry_outputs(tmp_path, shared_data_dir, 
     capsys.readouterr()
     assert main(["run", "--train-file", str(bib / "train.txt"), "--out", str(tmp_path / "x")]) == 2
     assert "--test-file" in capsys.readouterr().err
-    assert main(["run", "--dataset", "bibtex", "--train-file", "a", "--test-file", "b", "--out", str(tmp_path / "x")]) == 2
+    assert main(["run", "--dataset", "bibtex", "--train-file", "a", "--test-file", "b",
+                 "--out", str(tmp_path / "x")]) == 2
     assert "not both" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""Command-line interface: ``xhyp train | ensemble | predict | aggregate | evaluate | run | plot | info | export | data``.
+"""Command-line interface: ``xhyp train|ensemble|predict|aggregate|evaluate|run|plot|info|export|data``.
 
 Each verb parses its arguments and calls one public function (:mod:`xhyp.commands`,
 :mod:`xhyp.datasets.registry`); there is no logic here. Model and training options are generated

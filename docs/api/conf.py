@@ -52,14 +52,31 @@ def _documented_modules() -> set:
     return found
 
 
+def _packages() -> list:
+    """The packages of the distribution: ``packages = [...]`` of setup.py (``xhyp`` and its
+    subpackages mapped from other folders: an editable install's ``xhyp.__path__`` does not
+    contain them, so :func:`pkgutil.walk_packages` alone would miss them)."""
+    m = re.search(r"^packages\s*=\s*(\[[^\]]*\])", (ROOT / "setup.py").read_text(), flags=re.M)
+    import ast
+
+    names = ast.literal_eval(m.group(1)) if m else []
+    return sorted({"xhyp", *names})
+
+
 def public_modules() -> list:
-    """Every importable module of the xhyp package (compiled extension and private modules aside)."""
-    names = ["xhyp"]
-    for info in pkgutil.walk_packages(xhyp.__path__, "xhyp."):
-        if any(part.startswith("_") for part in info.name.split(".")[1:]):
-            continue
-        names.append(info.name)
-    return sorted(set(names))
+    """Every importable module of the xhyp package (compiled extension and private modules aside).
+
+    Found with :mod:`pkgutil` below each package of :func:`_packages`, so new modules appear
+    without being listed anywhere.
+    """
+    names = set()
+    for pkg_name in _packages():
+        pkg = importlib.import_module(pkg_name)
+        names.add(pkg_name)
+        for info in pkgutil.walk_packages(pkg.__path__, pkg_name + "."):
+            if not any(part.startswith("_") for part in info.name.split(".")[1:]):
+                names.add(info.name)
+    return sorted(names)
 
 
 def _write_generated(app):
