@@ -65,6 +65,10 @@ def test_run_on_own_files_gives_the_registry_outputs(tmp_path, shared_data_dir, 
     assert sorted(p.name for p in (tmp_path / "own" / "model").iterdir()) == \
         sorted(p.name for p in (tmp_path / "reg" / "model").iterdir())
     capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "own"), "--json"]) == 0  # a run directory: its model/
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == str(tmp_path / "own" / "model") and info["dataset"] == str(bib / "train.txt")
+    capsys.readouterr()
     assert main(["run", "--train-file", str(bib / "train.txt"), "--out", str(tmp_path / "x")]) == 2
     assert "--test-file" in capsys.readouterr().err
     assert main(["run", "--dataset", "bibtex", "--train-file", "a", "--test-file", "b",

@@ -341,7 +341,8 @@ def model_info(model_dir: str | Path) -> dict:
     """``xhyp info``: what a model or ensemble directory holds.
 
     Args:
-        model_dir: a model directory (``xhyp train``) or an ensemble directory (``xhyp ensemble``).
+        model_dir: a model directory (``xhyp train``), an ensemble directory (``xhyp ensemble``)
+            or the output directory of ``xhyp run`` (its ``model/``).
 
     Returns:
         For a model: ``{"path", "kind": "model", "dataset", "xhyp_version", "model": ModelConfig
@@ -361,6 +362,8 @@ def model_info(model_dir: str | Path) -> dict:
     d = Path(model_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such directory")
+    if not (d / "config.json").is_file() and (d / "model" / "config.json").is_file():
+        d = d / "model"  # the output directory of `xhyp run`
     if not is_ensemble_dir(d):
         return _model_dir_info(d)
     meta = _read_json(d / ENSEMBLE_FILE)
