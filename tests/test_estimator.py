@@ -207,13 +207,26 @@ def test_dense_input_errors_and_sklearn_clone(tmp_path, synthetic_files):
     assert not tmp_dir.exists()  # the temporary model directory goes with the estimator
 
 
+def test_grid_search_uses_fit_and_score(synthetic_files):
+    from sklearn.model_selection import GridSearchCV
+
+    X, Y = read_xc(synthetic_files[0])
+    g = GridSearchCV(XHypClassifier(dim=6, epochs=1, threads=1), {"alpha": [5.0, 30.0]}, cv=2).fit(X, Y)
+    assert g.best_params_["alpha"] in (5.0, 30.0) and len(g.cv_results_["mean_test_score"]) == 2
+    assert all(0.0 < v <= 1.0 for v in g.cv_results_["mean_test_score"])  # P@1 of each setting
+
+
 def test_import_xhyp_stays_light():
     code = ("import sys, xhyp; assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert 'XHypClassifier' in dir(xhyp); C = xhyp.XHypClassifier; assert 'torch' in sys.modules; "
-            "from xhyp import XHypClassifier; assert XHypClassifier is C; print('ok')")
+            "assert 'XHypClassifier' in dir(xhyp) and 'XHypClassifier' in xhyp.__all__; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
-    with pytest.raises(AttributeError):
-        import xhyp
+    import xhyp
+    import xhyp.estimator
 
+    assert xhyp.XHypClassifier is xhyp.estimator.XHypClassifier
+    from xhyp import XHypClassifier as C
+
+    assert C is XHypClassifier
+    with pytest.raises(AttributeError):
         xhyp.no_such_name

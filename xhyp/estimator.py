@@ -245,14 +245,20 @@ class XHypClassifier(BaseEstimator):
             self._tmp_finalizer = weakref.finalize(self, shutil.rmtree, str(out_dir), True)
         out_dir = Path(out_dir)
         name = name or "array"
-        if n_learners == 1:
-            summary = commands.train_model(out_dir, dataset=name, model=self.model_config(),
-                                           train_cfg=self.train_config(), resume=resume,
-                                           progress=bool(self.progress), data=(X, Y))
-        else:
-            summary = commands.ensemble_model(out_dir, dataset=name, model=self.model_config(),
-                                              train_cfg=self.train_config(), n_learners=n_learners,
-                                              jobs=int(self.jobs), progress=bool(self.progress), data=(X, Y))
+        import torch
+
+        threads = torch.get_num_threads()  # training sets torch's thread count (``threads``): restore it
+        try:
+            if n_learners == 1:
+                summary = commands.train_model(out_dir, dataset=name, model=self.model_config(),
+                                               train_cfg=self.train_config(), resume=resume,
+                                               progress=bool(self.progress), data=(X, Y))
+            else:
+                summary = commands.ensemble_model(out_dir, dataset=name, model=self.model_config(),
+                                                  train_cfg=self.train_config(), n_learners=n_learners,
+                                                  jobs=int(self.jobs), progress=bool(self.progress), data=(X, Y))
+        finally:
+            torch.set_num_threads(threads)
         self._attach(out_dir, summary)
         return self
 
