@@ -551,8 +551,9 @@ def plot_history(history: str | Path, out: str | Path, title: str | None = None,
         ax_l.legend(fontsize=7)
     if title is None:
         d = p.parent if p.is_file() else p
-        cfg = d / "config.json"
-        ds = _read_json(cfg).get("dataset") if cfg.is_file() else None
+        cfg = next((c for c in (d / "config.json", d / "ensemble.json", d / "model" / "config.json") if c.is_file()),
+                   None)
+        ds = _read_json(cfg).get("dataset") if cfg is not None else None
         title = f"{d.name}" + (f" ({ds})" if ds else "")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
