@@ -447,8 +447,10 @@ def export_embeddings(model_dir: str | Path, out: str | Path, member: int = 0) -
         FileNotFoundError: not a complete model directory. ValueError: no such member.
     """
     import numpy as np
+    import scipy.sparse as sp
     import torch
 
+    from .ensemble import Ensemble, is_ensemble_dir
     from .model import HyperbolicXMC
     from .predict import PREDICTOR_FILES
     from .utils import atomic_save_npz
@@ -479,6 +481,8 @@ def export_embeddings(model_dir: str | Path, out: str | Path, member: int = 0) -
 
 def _find_histories(path: Path) -> list[tuple[str, list]]:
     """``[(name, history records)]`` of a history.json, a model, run or ensemble directory."""
+    from .ensemble import is_ensemble_dir
+
     if path.is_file():
         return [(path.parent.name, _read_json(path))]
     if not path.is_dir():
