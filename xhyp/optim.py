@@ -57,3 +57,124 @@ class PaperAdam(torch.optim.Optimizer):
                 p.sub_(group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]))
                 p.copy_(manifold.project(p, group["max_norm"]))
         return loss
+
+
+def _rows_and_values(grad: torch.Tensor):
+    """``(rows int64 (R,), values (R, n))`` of a gradient: the coalesced rows of a sparse COO
+    gradient (as produced by ``F.embedding(..., sparse=True)``), or every row of a dense one."""
+    if grad.is_sparse:
+        g = grad.coalesce()
+        return g.indices()[0], g.values()
+    return torch.arange(grad.shape[0], device=grad.device), grad
+
+
+class SparseRiemannianAdam(torch.optim.Optimizer):
+    """Row-sparse ("lazy") Riemannian Adam for ``(L, n)`` parameters whose rows are manifold points.
+
+    The step of each touched row is geoopt's :class:`geoopt.optim.RiemannianAdam` (Bécigneul &
+    Ganea, *Riemannian Adaptive Optimization Methods*, ICLR 2019, Algorithm 1 with the
+    retraction and parallel transport of the parameter's manifold)::
+
+        g  = egrad2rgrad(x, grad)                      # ((1 - |x|^2) / 2)^2 grad on the ball
+        m  = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) component_inner(x, g)
+        x', m = retr_transp(x, -lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), m)
+
+    How it differs from the dense optimiser: only the rows present in the gradient (the
+    coalesced rows of a sparse COO gradient, e.g. from ``F.embedding(..., sparse=True)``) are
+    read, moved and have their moments updated; rows a batch did not touch keep their
+    position and their (undecayed) moments, exactly as :class:`torch.optim.SparseAdam` treats
+    the rows of an embedding. The bias-correction step count ``t`` is one per parameter and
+    counts every ``step()`` (as SparseAdam). Dense Riemannian Adam instead decays every row's
+    moments and keeps moving untouched rows along their momentum at every step, at a cost
+    proportional to ``L`` (370 ms a step at ``L = 205,443``, ``n = 50`` on 2 cores). When
+    every row is touched at every step the two are identical (tested in float64). A dense
+    gradient is accepted and treated as touching every row. No weight decay or amsgrad.
+
+    Args:
+        params: iterable of ``(L, n)`` tensors; a :class:`geoopt.ManifoldParameter` brings its
+            manifold, any other tensor is treated as Euclidean.
+        lr: step size. betas, eps: as in Adam.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        import geoopt
+
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                manifold = p.manifold if isinstance(p, geoopt.ManifoldParameter) else geoopt.Euclidean(ndim=1)
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"]
+                rows, grad = _rows_and_values(p.grad)
+                data = p.data if not isinstance(p.data, geoopt.ManifoldTensor) else p.data.as_subclass(torch.Tensor)
+                x = data.index_select(0, rows)
+                rg = manifold.egrad2rgrad(x, grad)
+                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(rg, alpha=1 - b1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).add_(
+                    manifold.component_inner(x, rg), alpha=1 - b2)
+                denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+                direction = (m / (1 - b1 ** t)) / denom
+                new_x, new_m = manifold.retr_transp(x, -group["lr"] * direction, m)
+                data.index_copy_(0, rows, new_x)
+                state["exp_avg"].index_copy_(0, rows, new_m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+        return loss
+
+
+class SparsePaperAdam(torch.optim.Optimizer):
+    """Row-sparse ("lazy") variant of :class:`PaperAdam` (Gerald & Baskiotis, CAp 2019, section
+    2.4; Nickel & Kiela 2017, eq. 4-5).
+
+    Each row present in the gradient gets exactly the :class:`PaperAdam` update (inverse-metric
+    rescaling, Adam moments, step, max-norm projection); rows absent from a sparse gradient
+    are not read, moved or decayed (as :class:`torch.optim.SparseAdam`). The bias-correction
+    step count is one per parameter. With every row touched at every step it equals
+    :class:`PaperAdam` (tested). A dense gradient counts as touching every row.
+
+    Args:
+        params: iterable of ``(L, n)`` tensors whose rows are points of the ball.
+        lr: step size. betas, eps: as in Adam. max_norm: the projection's max-norm guard.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, max_norm=manifold.MAX_NORM):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, max_norm=max_norm))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                rows, grad = _rows_and_values(p.grad)
+                data = p.data.as_subclass(torch.Tensor)
+                x = data.index_select(0, rows)
+                sq = (x * x).sum(-1, keepdim=True)
+                g = grad * ((1.0 - sq) / 2.0) ** 2
+                m = state["m"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
+                v = state["v"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+                x = x - group["lr"] * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
+                data.index_copy_(0, rows, manifold.project(x, group["max_norm"]))
+                state["m"].index_copy_(0, rows, m)
+                state["v"].index_copy_(0, rows, v)
+        return loss
