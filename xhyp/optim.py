@@ -76,7 +76,8 @@ class SparseRiemannianAdam(torch.optim.Optimizer):
     retraction and parallel transport of the parameter's manifold)::
 
         g  = egrad2rgrad(x, grad)                      # ((1 - |x|^2) / 2)^2 grad on the ball
-        m  = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) component_inner(x, g)
+        m  = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) lambda_x^2 |g|^2   # component_inner: one
+                                                                     # Riemannian |g|^2 per row
         x', m = retr_transp(x, -lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), m)
 
     How it differs from the dense optimiser: only the rows present in the gradient (the
