@@ -58,7 +58,7 @@ def test_batch_shards_partition_the_batch(mode):
 
     X, Y = toy_data(seed=1)
     X, Y = X.astype(np.float32).tocsr(), Y.astype(np.float32).tocsr()
-    cfg = TrainConfig(negative_mode=mode, negatives=5, input_dropout=0.3)
+    cfg = TrainConfig(negative_mode=mode, negatives=5, shared_negatives=5, input_dropout=0.3)
     rows = np.arange(3, 40, 2)
 
     def shard(rank, world):

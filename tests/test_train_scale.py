@@ -239,7 +239,7 @@ def test_validation_subsets_are_capped_and_fixed():
 
 def test_new_train_config_fields_are_checked():
     for bad in ({"negative_mode": "block"}, {"label_update": "lazy"}, {"lr_scaling": "linear"},
-                {"distributed": "yes"}, {"prefetch": -1}, {"max_steps": -2}):
+                {"distributed": "yes"}, {"shared_negatives": 0}, {"prefetch": -1}, {"max_steps": -2}):
         with pytest.raises(ValueError):
             T.TrainConfig(**bad)
 

@@ -96,8 +96,9 @@ class TrainConfig:
         seed: seeds the split, initialisation, shuffling and negative sampling.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         threads: torch intra-op threads (0 keeps torch's default).
-        negative_mode: ``"batch"`` (one set of ``negatives`` labels per batch, shared by its
-            pairs) or ``"pair"`` (the paper's: ``negatives`` labels per pair).
+        negative_mode: ``"batch"`` (one set of ``shared_negatives`` labels per batch, shared by
+            its pairs) or ``"pair"`` (the paper's: ``negatives`` labels per pair).
+        shared_negatives: negatives drawn per batch with ``negative_mode="batch"``.
         label_update: ``"sparse"`` (row-sparse gradient, only the rows a batch touches are
             stepped: :class:`xhyp.optim.SparseRiemannianAdam` / :class:`xhyp.optim.SparsePaperAdam`)
             or ``"dense"`` (geoopt's RiemannianAdam / :class:`xhyp.optim.PaperAdam` on all rows).
@@ -130,6 +131,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     negative_mode: str = "batch"
+    shared_negatives: int = 500
     label_update: str = "sparse"
     lr_scaling: str = "sqrt"
     prefetch: int = 2
@@ -157,6 +159,8 @@ class TrainConfig:
                               ("lr_scaling", LR_SCALINGS), ("distributed", DISTRIBUTED_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.shared_negatives < 1:
+            raise ValueError(f"shared_negatives must be >= 1, got {self.shared_negatives}")
         if min(self.prefetch, self.val_max_queries, self.val_max_database, self.max_steps) < 0:
             raise ValueError(f"prefetch, val_max_queries, val_max_database and max_steps must be >= 0: {self}")
 
@@ -287,7 +291,7 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
     Args:
         X, Y: ``(N, F)`` preprocessed features and ``(N, L)`` labels (CSR, sorted indices).
         rows: sorted row ids of the batch.
-        cfg: uses ``input_dropout``, ``negative_mode``, ``negatives``.
+        cfg: uses ``input_dropout``, ``negative_mode``, ``negatives``, ``shared_negatives``.
         gen: the ``torch.Generator`` of the dropout mask (the sampler's own generator draws negatives).
 
     Returns:
@@ -302,7 +306,8 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
     if cfg.input_dropout > 0:
         keep = torch.rand(w.shape, generator=gen) >= cfg.input_dropout
         w = w * keep / (1.0 - cfg.input_dropout)
-    ex, pos, neg, is_pos = _pairs_and_negatives(Yb, sampler, cfg.negative_mode, cfg.negatives)
+    k = cfg.shared_negatives if cfg.negative_mode == "batch" else cfg.negatives
+    ex, pos, neg, is_pos = _pairs_and_negatives(Yb, sampler, cfg.negative_mode, k)
     n_pairs = int(pos.shape[0])
     if world > 1:
         B = len(rows)
