@@ -158,6 +158,24 @@ def test_shared_negative_loss_matches_manual_and_masks_positives():
     assert abs(float(loss.detach()) - total / n) < 1e-5
 
 
+def test_shared_negative_loss_is_finite_when_every_negative_is_masked():
+    m = HyperbolicXMC(ModelConfig(n_features=4, n_labels=2, dim=3, init_std_labels=0.3))
+    Yb = sp.csr_matrix(np.array([[1, 1], [1, 0]], dtype=np.float32))
+    r = M.project(torch.randn(2, 3) * 0.3).requires_grad_()
+    gen = torch.Generator().manual_seed(0)
+    sampler = T.NegativeSampler(np.ones(2), "uniform", gen)
+    state = gen.get_state()
+    loss = T.sampled_softmax_loss(m, r, Yb, sampler, negatives=20, alpha=3.0, mode="batch")
+    gen.set_state(state)
+    c = int((sampler.sample((20,)) == 1).sum())  # draws with replacement: copies count, as per pair
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(r.grad).all() and torch.isfinite(m.labels.grad).all()
+    # example 0 has no true negative: its pairs cost 0; example 1 has label 1 as negative
+    d = float(M.dist(r[1].detach(), m.labels.detach()[0])), float(M.dist(r[1].detach(), m.labels.detach()[1]))
+    expect = np.log1p(c * np.exp(-3.0 * d[1] + 3.0 * d[0])) / 3
+    assert float(loss) == pytest.approx(expect, rel=1e-5)
+
+
 def test_scaled_lr_rule_and_optimizer_step_sizes():
     assert T.scaled_lr(3e-3, 64, "sqrt") == pytest.approx(3e-3)
     assert T.scaled_lr(3e-3, 256, "sqrt") == pytest.approx(6e-3)

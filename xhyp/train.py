@@ -371,7 +371,9 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True):
 
     Logits are ``-alpha d``: the positive first, then the negatives, those that are positives of
     the pair's example set to ``-inf``. Shared negatives use :func:`shared_distances` (one
-    ``(B, k)`` table gathered per pair), per-pair ones :meth:`HyperbolicXMC.distance`; positives
+    ``(B, k)`` table; as negatives and mask depend on the example only, the softmax denominator
+    is ``logaddexp(pos, logsumexp_j neg_j)`` with one logsumexp per example, so the cost is
+    ``O(B k + P)``, not ``O(P k)``), per-pair ones :meth:`HyperbolicXMC.distance`; positives
     always use :meth:`HyperbolicXMC.distance` (exact for close pairs).
 
     Args:
@@ -389,8 +391,14 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True):
     if batch.neg.dim() == 1:  # shared by the batch
         Wc = _gather_labels(model, torch.cat([batch.pos, batch.neg]), sparse)
         d_pos = model.distance(r[batch.ex], Wc[:P])
-        neg_logits = (-alpha * shared_distances(model, r, Wc[P:])).masked_fill(batch.is_pos, float("-inf"))
-        neg_logits = neg_logits[batch.ex]
+        # masked: a huge finite value, not -inf, so that an example with every negative masked
+        # (all its labels drawn) gets lse ~ -1e30 and a zero, finite gradient
+        neg_logits = (-alpha * shared_distances(model, r, Wc[P:])).masked_fill(batch.is_pos, -1e30)
+        # the negatives and their mask depend on the example only: one logsumexp per example,
+        # log(e^pos + sum_j e^neg_j) = logaddexp(pos, lse_j neg_j), never a (P, k) table
+        pos_logits = -alpha * d_pos
+        lse_neg = torch.logsumexp(neg_logits, 1)[batch.ex]
+        return (torch.logaddexp(pos_logits, lse_neg) - pos_logits).sum() / batch.n_pairs
     else:
         Wc = _gather_labels(model, torch.cat([batch.pos[:, None], batch.neg], 1), sparse)
         d = model.distance(r[batch.ex][:, None, :], Wc)
