@@ -14,7 +14,7 @@ from xhyp import config as C
 from xhyp import manifold as M
 from xhyp import train as T
 from xhyp.model import HyperbolicXMC, ModelConfig
-from xhyp.optim import PaperAdam, SparsePaperAdam, SparseRiemannianAdam
+from xhyp.optim import LazyAdam, PaperAdam, SparsePaperAdam, SparseRiemannianAdam
 
 from test_train import toy_data
 
@@ -106,6 +106,22 @@ def test_sparse_paper_adam_equals_paper_adam_and_is_lazy():
     assert changed.tolist() == [False, False, True, False, False, False, False]
 
 
+def test_lazy_adam_equals_torch_sparse_adam():
+    w0 = torch.randn(9, 4, dtype=torch.float64)
+    a, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    oa, ob = torch.optim.SparseAdam([a], lr=0.03), LazyAdam([b], lr=0.03)
+    g = torch.Generator().manual_seed(8)
+    for rows in ([0, 3, 3, 8], [1, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8], [8]):
+        idx = torch.tensor(rows)
+        vals = torch.randn(len(rows), 4, generator=g, dtype=torch.float64)
+        a.grad = torch.sparse_coo_tensor(idx[None], vals, (9, 4))
+        b.grad = torch.sparse_coo_tensor(idx[None], vals.clone(), (9, 4))
+        oa.step()
+        ob.step()
+        torch.testing.assert_close(b.data, a.data, rtol=1e-12, atol=1e-14)
+    assert torch.equal(b.data[[]], w0[[]])
+
+
 def test_embedding_gives_row_sparse_gradient_to_the_labels():
     m = HyperbolicXMC(ModelConfig(n_features=5, n_labels=1000, dim=4))
     F.embedding(torch.tensor([3, 7, 3]), m.labels, sparse=True).sum().backward()
@@ -185,7 +201,7 @@ def test_scaled_lr_rule_and_optimizer_step_sizes():
     m = HyperbolicXMC(ModelConfig(n_features=5, n_labels=3, dim=2))
     opts = T._make_optimizers(m, T.TrainConfig(batch_size=1024, lr=1e-3, lr_labels=2e-3))
     assert [o.param_groups[0]["lr"] for o in opts] == pytest.approx([4e-3, 8e-3])
-    assert isinstance(opts[-1], SparseRiemannianAdam)
+    assert isinstance(opts[-1], SparseRiemannianAdam) and isinstance(opts[0], LazyAdam)
 
 
 def test_large_batches_with_sqrt_rule_learn_toy_problem():

@@ -8,6 +8,8 @@ ambient space, and project back into the ball.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import manifold
@@ -178,4 +180,47 @@ class SparsePaperAdam(torch.optim.Optimizer):
                 data.index_copy_(0, rows, manifold.project(x, group["max_norm"]))
                 state["m"].index_copy_(0, rows, m)
                 state["v"].index_copy_(0, rows, v)
+        return loss
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """:class:`torch.optim.SparseAdam`'s update, computed on the coalesced rows only.
+
+    Same arithmetic as SparseAdam (Kingma & Ba 2015 moments, updated only for the rows present
+    in the sparse gradient; step ``lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`` with
+    one step count per parameter), but the moments and the parameter are read and written with
+    ``index_select`` / ``index_copy_`` on those rows instead of SparseAdam's ``sparse_mask`` of
+    whole sparse tensors, so a step costs O(rows touched x n) with few passes. Used for the
+    projector's EmbeddingBag (``F`` rows, of which a batch touches a few thousand). A dense
+    gradient counts as touching every row.
+
+    Args:
+        params: iterable of 2-D tensors. lr, betas, eps: as SparseAdam.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                rows, grad = _rows_and_values(p.grad)
+                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(grad, alpha=1 - b1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                step = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                p.data.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step)
         return loss

@@ -19,7 +19,7 @@ Throughput (the cost of a step follows the batch, not ``L`` or ``F``):
 * the label embeddings get a row-sparse gradient (``F.embedding(..., sparse=True)``) and a
   row-sparse ("lazy") optimiser (:class:`xhyp.optim.SparseRiemannianAdam` or
   :class:`xhyp.optim.SparsePaperAdam`, ``label_update="sparse"``), the projector
-  :class:`torch.optim.SparseAdam`;
+  :class:`xhyp.optim.LazyAdam` (SparseAdam's update on the touched rows only);
 * batches (CSR slicing, EmbeddingBag inputs, dropout masks, negatives and their masks) are
   prepared by a background thread, ``prefetch`` batches ahead, in pinned memory on CUDA;
 * the step sizes follow the batch size by the square-root rule (:func:`scaled_lr`).
@@ -450,14 +450,16 @@ def _make_optimizers(model, cfg: TrainConfig):
     import geoopt
     import torch
 
-    from .optim import PaperAdam, SparsePaperAdam, SparseRiemannianAdam
+    from .optim import LazyAdam, PaperAdam, SparsePaperAdam, SparseRiemannianAdam
 
     lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
     lr_labels = scaled_lr(cfg.lr_labels, cfg.batch_size, cfg.lr_scaling)
-    opts = [torch.optim.SparseAdam([model.bag.weight], lr=lr)]
+    sparse = cfg.label_update == "sparse"
+    # the projector: torch's SparseAdam in the previous trainer's path, the same update on the
+    # touched rows only (LazyAdam) otherwise
+    opts = [(LazyAdam if sparse else torch.optim.SparseAdam)([model.bag.weight], lr=lr)]
     if model.mlp is not None:
         opts.append(torch.optim.Adam(model.mlp.parameters(), lr=lr))
-    sparse = cfg.label_update == "sparse"
     if model.config.geometry == "poincare":
         if cfg.optimizer == "radam":
             opts.append(SparseRiemannianAdam([model.labels], lr=lr_labels) if sparse
@@ -466,7 +468,7 @@ def _make_optimizers(model, cfg: TrainConfig):
             cls = SparsePaperAdam if sparse else PaperAdam
             opts.append(cls([model.labels], lr=lr_labels, max_norm=model.config.max_norm))
     else:
-        opts.append(torch.optim.SparseAdam([model.labels], lr=lr_labels) if sparse
+        opts.append(LazyAdam([model.labels], lr=lr_labels) if sparse
                     else torch.optim.Adam([model.labels], lr=lr_labels))
     return opts
 
