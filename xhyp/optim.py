@@ -5,6 +5,13 @@ Adaptive Optimization Methods*, ICLR 2019). :class:`PaperAdam` is the simpler ru
 Gerald & Baskiotis (CAp 2019, section 2.4), after Nickel & Kiela (2017, eq. 5): rescale the
 Euclidean gradient by the inverse metric ``((1 - |x|^2) / 2)^2``, take an Adam step in the
 ambient space, and project back into the ball.
+
+Row-sparse ("lazy") variants, whose step costs O(rows a batch touched), not O(L):
+:class:`SparseRiemannianAdam` (geoopt's Riemannian Adam on the touched rows),
+:class:`SparsePaperAdam` (the paper's rule on the touched rows) and :class:`LazyAdam`
+(:class:`torch.optim.SparseAdam`'s update for Euclidean embedding tables). The training loop
+(:mod:`xhyp.train`, ``label_update="sparse"``) uses them; :class:`PaperAdam` keeps its dense
+semantics.
 """
 from __future__ import annotations
 

@@ -101,7 +101,8 @@ class TrainConfig:
         shared_negatives: negatives drawn per batch with ``negative_mode="batch"``.
         label_update: ``"sparse"`` (row-sparse gradient, only the rows a batch touches are
             stepped: :class:`xhyp.optim.SparseRiemannianAdam` / :class:`xhyp.optim.SparsePaperAdam`)
-            or ``"dense"`` (geoopt's RiemannianAdam / :class:`xhyp.optim.PaperAdam` on all rows).
+            or ``"dense"`` (geoopt's RiemannianAdam / :class:`xhyp.optim.PaperAdam` on all rows);
+            the projector gets :class:`xhyp.optim.LazyAdam` or torch's SparseAdam likewise.
         lr_scaling: ``"sqrt"`` (``lr`` and ``lr_labels`` times ``sqrt(batch_size / 64)``) or ``"none"``.
         prefetch: batches prepared ahead by a background thread (0: prepared inline).
         val_max_queries: validation queries scored per epoch (a fixed random subset when the
