@@ -291,3 +291,11 @@ def test_cli_parser_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'geoopt', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_training_does_not_import_torch_dynamo():
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_train import toy_data; from xhyp.train import train; "
+            "X, Y = toy_data(100); train(X, Y, {'dim': 3}, {'epochs': 1}, progress=False); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -68,6 +68,20 @@ class PaperAdam(torch.optim.Optimizer):
         return loss
 
 
+class _Eager(torch.optim.Optimizer):
+    """Base of the optimisers below: torch wraps ``add_param_group``, ``zero_grad``,
+    ``state_dict`` and ``load_state_dict`` in ``torch._disable_dynamo``, whose first call imports
+    ``torch._dynamo`` (about 2 s on 2 cores before training can start); these optimisers are
+    never compiled, so they use the undecorated functions."""
+
+    add_param_group = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__",
+                              torch.optim.Optimizer.add_param_group)
+    zero_grad = getattr(torch.optim.Optimizer.zero_grad, "__wrapped__", torch.optim.Optimizer.zero_grad)
+    state_dict = getattr(torch.optim.Optimizer.state_dict, "__wrapped__", torch.optim.Optimizer.state_dict)
+    load_state_dict = getattr(torch.optim.Optimizer.load_state_dict, "__wrapped__",
+                              torch.optim.Optimizer.load_state_dict)
+
+
 def _rows_and_values(grad: torch.Tensor):
     """``(rows int64 (R,), values (R, n))`` of a gradient: the coalesced rows of a sparse COO
     gradient (as produced by ``F.embedding(..., sparse=True)``), or every row of a dense one."""
@@ -77,7 +91,7 @@ def _rows_and_values(grad: torch.Tensor):
     return torch.arange(grad.shape[0], device=grad.device), grad
 
 
-class SparseRiemannianAdam(torch.optim.Optimizer):
+class SparseRiemannianAdam(_Eager):
     """Row-sparse ("lazy") Riemannian Adam for ``(L, n)`` parameters whose rows are manifold points.
 
     The step of each touched row is geoopt's :class:`geoopt.optim.RiemannianAdam` (Bécigneul &
@@ -143,7 +157,7 @@ class SparseRiemannianAdam(torch.optim.Optimizer):
         return loss
 
 
-class SparsePaperAdam(torch.optim.Optimizer):
+class SparsePaperAdam(_Eager):
     """Row-sparse ("lazy") variant of :class:`PaperAdam` (Gerald & Baskiotis, CAp 2019, section
     2.4; Nickel & Kiela 2017, eq. 4-5).
 
@@ -190,7 +204,7 @@ class SparsePaperAdam(torch.optim.Optimizer):
         return loss
 
 
-class LazyAdam(torch.optim.Optimizer):
+class LazyAdam(_Eager):
     """:class:`torch.optim.SparseAdam`'s update, computed on the coalesced rows only.
 
     Same arithmetic as SparseAdam (Kingma & Ba 2015 moments, updated only for the rows present
