@@ -299,3 +299,27 @@ def test_training_does_not_import_torch_dynamo():
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair"])
+def test_row_block_step_equals_sparse_embedding_step(mode):
+    """train_step from gathered unique rows == the same step through F.embedding(sparse=True)."""
+    import copy
+
+    X, Y = toy_data(seed=3)
+    X, Y = X.astype(np.float32).tocsr(), Y.astype(np.float32).tocsr()
+    cfg = T.TrainConfig(negative_mode=mode, negatives=6, shared_negatives=6, input_dropout=0.2)
+    m1 = HyperbolicXMC(ModelConfig(n_features=60, n_labels=12, dim=5, init_std_labels=0.1))
+    m2 = copy.deepcopy(m1)
+    o1, o2 = T._make_optimizers(m1, cfg), T._make_optimizers(m2, cfg)
+    for step in range(3):
+        rows = np.arange(20 * step, 20 * step + 20)
+        g1, g2 = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
+        b1 = T.prepare_batch(X, Y, rows, T.NegativeSampler(np.ones(12), "uniform", g1), cfg, g1, row_blocks=True)
+        b2 = T.prepare_batch(X, Y, rows, T.NegativeSampler(np.ones(12), "uniform", g2), cfg, g2)
+        assert b2.feat_uniq is None
+        l1 = T.train_step(m1, o1, b1, 5.0, sparse=True)
+        l2 = T.train_step(m2, o2, b2, 5.0, sparse=True)
+        torch.testing.assert_close(l1, l2)
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-7, msg=k)

@@ -86,6 +86,23 @@ class HyperbolicXMC(nn.Module):
         h = self.bag(idx, off, per_sample_weights=w)
         return self.mlp(h) if self.mlp is not None else h
 
+    def forward_rows(self, rows: torch.Tensor, local_idx, off, w) -> torch.Tensor:
+        """:meth:`forward` from a gathered block of the projector's first layer.
+
+        ``rows`` is ``bag.weight[u]`` for the sorted unique features ``u`` of the batch (a leaf
+        the trainer owns) and ``local_idx`` the positions of the batch's features in ``u``, so
+        the gradient of the first layer comes back as a dense ``(len(u), width)`` block, already
+        one row per feature (no sparse gradient to coalesce).
+
+        Returns:
+            ``(B, n)`` float32, equal to ``forward(u[local_idx], off, w)``.
+        """
+        h = nn.functional.embedding_bag(local_idx, rows, off, mode="sum", per_sample_weights=w)
+        u = self.mlp(h) if self.mlp is not None else h
+        if self.config.geometry == "poincare":
+            return manifold.to_ball(u, self.config.max_norm)
+        return u
+
     def forward(self, idx, off, w) -> torch.Tensor:
         """Embed a batch of examples.
 

@@ -238,6 +238,10 @@ class Batch:
         is_pos: bool mask of negatives that are positives of the example: ``(B, k)`` or ``(P, k)``.
         n_pairs: pairs of the whole (global) batch: the loss is a sum over this shard's pairs
             divided by it, so that shards of one batch add up to the batch's mean.
+        feat_uniq, feat_inv: sorted unique features of the shard and the position of each of
+            ``idx`` in it (``None`` unless prepared for row-block training, see :func:`train_step`).
+        lab_uniq, lab_inv: the same for the label ids ``cat(pos, neg)`` (shared) or
+            ``cat(pos[:, None], neg)`` (per pair), ``lab_inv`` shaped like those ids.
     """
 
     idx: object
@@ -248,13 +252,19 @@ class Batch:
     neg: object
     is_pos: object
     n_pairs: int
+    feat_uniq: object = None
+    feat_inv: object = None
+    lab_uniq: object = None
+    lab_inv: object = None
+
+    _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv")
 
     def to(self, device) -> "Batch":
         """Copy to ``device`` (non-blocking from pinned memory)."""
         if str(device) == "cpu":
             return self
-        mv = {k: getattr(self, k).to(device, non_blocking=True)
-              for k in ("idx", "off", "w", "ex", "pos", "neg", "is_pos")}
+        mv = {k: (getattr(self, k).to(device, non_blocking=True) if getattr(self, k) is not None else None)
+              for k in self._TENSORS}
         return Batch(**mv, n_pairs=self.n_pairs)
 
 
@@ -281,7 +291,8 @@ def _pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str,
 
 
 def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler: NegativeSampler,
-                  cfg: "TrainConfig", gen, rank: int = 0, world: int = 1, pin: bool = False) -> Batch:
+                  cfg: "TrainConfig", gen, rank: int = 0, world: int = 1, pin: bool = False,
+                  row_blocks: bool = False) -> Batch:
     """Slice, drop out and sample one batch (no Python work per example).
 
     Random draws (the dropout mask, then the negatives, from ``gen`` and ``sampler``) are made
@@ -294,6 +305,8 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
         rows: sorted row ids of the batch.
         cfg: uses ``input_dropout``, ``negative_mode``, ``negatives``, ``shared_negatives``.
         gen: the ``torch.Generator`` of the dropout mask (the sampler's own generator draws negatives).
+        rank, world: this process's shard. pin: pin the tensors (for CUDA transfers).
+        row_blocks: also compute the unique features and labels (``feat_*``, ``lab_*``).
 
     Returns:
         a :class:`Batch` on the CPU.
@@ -322,9 +335,14 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
         else:
             is_pos = is_pos[lo:hi]
     batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs)
+    if row_blocks:
+        batch.feat_uniq, batch.feat_inv = torch.unique(idx, sorted=True, return_inverse=True)
+        ids = torch.cat([pos, neg]) if neg.dim() == 1 else torch.cat([pos[:, None], neg], 1)
+        batch.lab_uniq, batch.lab_inv = torch.unique(ids, sorted=True, return_inverse=True)
     if pin:
-        for k in ("idx", "off", "w", "ex", "pos", "neg", "is_pos"):
-            setattr(batch, k, getattr(batch, k).pin_memory())
+        for k in Batch._TENSORS:
+            if getattr(batch, k) is not None:
+                setattr(batch, k, getattr(batch, k).pin_memory())
     return batch
 
 
@@ -366,7 +384,7 @@ def _gather_labels(model, ids, sparse: bool):
     return model.labels[ids]
 
 
-def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True):
+def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_rows=None):
     """Sampled-softmax loss of a (shard of a) batch: the sum over its pairs of
     ``logsumexp(logits) - logits[0]`` divided by ``batch.n_pairs`` (Gerald & Baskiotis 2019, 2.3).
 
@@ -380,6 +398,8 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True):
     Args:
         model: the model. r: ``(B, n)`` embeddings of the batch's examples. batch: see :class:`Batch`.
         alpha: softmax scale. sparse: gather label rows with a row-sparse gradient.
+        label_rows: ``labels[batch.lab_uniq]`` as a leaf: the label rows are gathered from it
+            with ``batch.lab_inv`` (see :func:`train_step`).
 
     Returns:
         scalar tensor (0 with no gradient path if the shard has no pair).
@@ -390,7 +410,8 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True):
     if P == 0:
         return r.sum() * 0.0
     if batch.neg.dim() == 1:  # shared by the batch
-        Wc = _gather_labels(model, torch.cat([batch.pos, batch.neg]), sparse)
+        Wc = label_rows[batch.lab_inv] if label_rows is not None else \
+            _gather_labels(model, torch.cat([batch.pos, batch.neg]), sparse)
         d_pos = model.distance(r[batch.ex], Wc[:P])
         # masked: a huge finite value, not -inf, so that an example with every negative masked
         # (all its labels drawn) gets lse ~ -1e30 and a zero, finite gradient
@@ -401,12 +422,52 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True):
         lse_neg = torch.logsumexp(neg_logits, 1)[batch.ex]
         return (torch.logaddexp(pos_logits, lse_neg) - pos_logits).sum() / batch.n_pairs
     else:
-        Wc = _gather_labels(model, torch.cat([batch.pos[:, None], batch.neg], 1), sparse)
+        Wc = label_rows[batch.lab_inv] if label_rows is not None else \
+            _gather_labels(model, torch.cat([batch.pos[:, None], batch.neg], 1), sparse)
         d = model.distance(r[batch.ex][:, None, :], Wc)
         d_pos = d[:, 0]
         neg_logits = (-alpha * d[:, 1:]).masked_fill(batch.is_pos, float("-inf"))
     logits = torch.cat([(-alpha * d_pos)[:, None], neg_logits], 1)
     return (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.n_pairs
+
+
+def train_step(model, opts, b: Batch, alpha: float, sparse: bool, world: int = 1):
+    """One optimiser step on a prepared batch (on the model's device); returns the detached loss.
+
+    With ``sparse`` and a batch prepared with ``row_blocks``, the projector rows of the batch's
+    unique features and the label rows of its unique labels are gathered once into two small
+    leaf tensors; the loss is computed from them, and their dense gradients become the
+    parameters' row-sparse gradients directly (sorted unique rows: already coalesced), so no
+    sparse gradient is built and coalesced from per-occurrence entries. Otherwise the model's
+    own forward and (for ``sparse``) ``F.embedding(..., sparse=True)`` are used. With
+    ``world > 1`` the gradients are summed across processes before the step.
+    """
+    import torch
+
+    if sparse and b.feat_uniq is not None:
+        bag_w, labels = model.bag.weight, model.labels
+        Wf = bag_w.detach().index_select(0, b.feat_uniq).requires_grad_()
+        Wl = labels.detach().as_subclass(torch.Tensor).index_select(0, b.lab_uniq).requires_grad_()
+        loss = batch_loss(model, model.forward_rows(Wf, b.feat_inv, b.off, b.w), b, alpha, label_rows=Wl)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        gf = Wf.grad if Wf.grad is not None else torch.zeros_like(Wf)
+        gl = Wl.grad if Wl.grad is not None else torch.zeros_like(Wl)
+        bag_w.grad = torch.sparse_coo_tensor(b.feat_uniq[None], gf, bag_w.shape, is_coalesced=True)
+        labels.grad = torch.sparse_coo_tensor(b.lab_uniq[None], gl, labels.shape, is_coalesced=True)
+    else:
+        loss = batch_loss(model, model(b.idx, b.off, b.w), b, alpha, sparse)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+    if world > 1:
+        from . import distributed as dist_utils
+
+        dist_utils.all_reduce_gradients(model)
+    for o in opts:
+        o.step()
+    return loss.detach()
 
 
 def sampled_softmax_loss(model, r, Yb: sp.csr_matrix, sampler: NegativeSampler, negatives: int,
@@ -736,24 +797,14 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         def make_batches(perm=perm, starts=starts):
             for s in starts:
                 rows = tr_idx[np.sort(perm[s:s + tcfg.batch_size])]
-                yield prepare_batch(Xp, Y, rows, sampler, tcfg, gen, rank, world, pin)
+                yield prepare_batch(Xp, Y, rows, sampler, tcfg, gen, rank, world, pin, row_blocks=sparse_labels)
 
         total, steps, n_pairs, buf = 0.0, 0, 0, []
         bar = tqdm(total=len(starts), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress or rank != 0,
                    leave=False, unit="batch")
         with contextlib.closing(_prefetched(make_batches, tcfg.prefetch)) as batches:
             for b in batches:
-                b = b.to(device)
-                r = model(b.idx, b.off, b.w)
-                loss = batch_loss(model, r, b, tcfg.alpha, sparse_labels)
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                if world > 1:
-                    dist_utils.all_reduce_gradients(model)
-                for o in opts:
-                    o.step()
-                buf.append(loss.detach())
+                buf.append(train_step(model, opts, b.to(device), tcfg.alpha, sparse_labels, world))
                 steps += 1
                 n_pairs += b.n_pairs
                 if len(buf) >= check_every:
