@@ -82,6 +82,40 @@ class _Eager(torch.optim.Optimizer):
                               torch.optim.Optimizer.load_state_dict)
 
 
+class _LazyRows(_Eager):
+    """Lazy (row-sparse) Adam-type step: for each parameter, read the rows present in the
+    gradient and their moments ``exp_avg`` / ``exp_avg_sq``, let :meth:`_rows` compute their new
+    values, write them back; rows absent from the gradient are not touched. One step count per
+    parameter (as SparseAdam)."""
+
+    def _rows(self, p, group, x, grad, m, v, t):  # pragma: no cover - abstract
+        """``(new x, new m, new v)`` of the rows; ``m`` and ``v`` may be updated in place."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                rows, grad = _rows_and_values(p.grad)
+                data = p.data.as_subclass(torch.Tensor)
+                x, m, v = self._rows(p, group, data.index_select(0, rows), grad,
+                                     state["exp_avg"].index_select(0, rows),
+                                     state["exp_avg_sq"].index_select(0, rows), state["step"])
+                data.index_copy_(0, rows, x)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+        return loss
+
+
 def _rows_and_values(grad: torch.Tensor):
     """``(rows int64 (R,), values (R, n))`` of a gradient: the coalesced rows of a sparse COO
     gradient (as produced by ``F.embedding(..., sparse=True)``), or every row of a dense one."""
@@ -91,7 +125,7 @@ def _rows_and_values(grad: torch.Tensor):
     return torch.arange(grad.shape[0], device=grad.device), grad
 
 
-class SparseRiemannianAdam(_Eager):
+class SparseRiemannianAdam(_LazyRows):
     """Row-sparse ("lazy") Riemannian Adam for ``(L, n)`` parameters whose rows are manifold points.
 
     The step of each touched row is geoopt's :class:`geoopt.optim.RiemannianAdam` (Bécigneul &
@@ -123,41 +157,20 @@ class SparseRiemannianAdam(_Eager):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
+    def _rows(self, p, group, x, grad, m, v, t):  # noqa: D102
         import geoopt
 
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                manifold = p.manifold if isinstance(p, geoopt.ManifoldParameter) else geoopt.Euclidean(ndim=1)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = state["step"]
-                rows, grad = _rows_and_values(p.grad)
-                data = p.data if not isinstance(p.data, geoopt.ManifoldTensor) else p.data.as_subclass(torch.Tensor)
-                x = data.index_select(0, rows)
-                rg = manifold.egrad2rgrad(x, grad)
-                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(rg, alpha=1 - b1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).add_(
-                    manifold.component_inner(x, rg), alpha=1 - b2)
-                denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
-                direction = (m / (1 - b1 ** t)) / denom
-                new_x, new_m = manifold.retr_transp(x, -group["lr"] * direction, m)
-                data.index_copy_(0, rows, new_x)
-                state["exp_avg"].index_copy_(0, rows, new_m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-        return loss
+        manifold = p.manifold if isinstance(p, geoopt.ManifoldParameter) else geoopt.Euclidean(ndim=1)
+        b1, b2 = group["betas"]
+        rg = manifold.egrad2rgrad(x, grad)
+        m.mul_(b1).add_(rg, alpha=1 - b1)
+        v.mul_(b2).add_(manifold.component_inner(x, rg), alpha=1 - b2)
+        direction = (m / (1 - b1 ** t)) / (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+        new_x, new_m = manifold.retr_transp(x, -group["lr"] * direction, m)
+        return new_x, new_m, v
 
 
-class SparsePaperAdam(_Eager):
+class SparsePaperAdam(_LazyRows):
     """Row-sparse ("lazy") variant of :class:`PaperAdam` (Gerald & Baskiotis, CAp 2019, section
     2.4; Nickel & Kiela 2017, eq. 4-5).
 
@@ -175,36 +188,17 @@ class SparsePaperAdam(_Eager):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, max_norm=manifold.MAX_NORM):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, max_norm=max_norm))
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["m"] = torch.zeros_like(p)
-                    state["v"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                rows, grad = _rows_and_values(p.grad)
-                data = p.data.as_subclass(torch.Tensor)
-                x = data.index_select(0, rows)
-                sq = (x * x).sum(-1, keepdim=True)
-                g = grad * ((1.0 - sq) / 2.0) ** 2
-                m = state["m"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
-                v = state["v"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-                x = x - group["lr"] * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
-                data.index_copy_(0, rows, manifold.project(x, group["max_norm"]))
-                state["m"].index_copy_(0, rows, m)
-                state["v"].index_copy_(0, rows, v)
-        return loss
+    def _rows(self, p, group, x, grad, m, v, t):  # noqa: D102
+        b1, b2 = group["betas"]
+        sq = (x * x).sum(-1, keepdim=True)
+        g = grad * ((1.0 - sq) / 2.0) ** 2
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        x = x - group["lr"] * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
+        return manifold.project(x, group["max_norm"]), m, v
 
 
-class LazyAdam(_Eager):
+class LazyAdam(_LazyRows):
     """:class:`torch.optim.SparseAdam`'s update, computed on the coalesced rows only.
 
     Same arithmetic as SparseAdam (Kingma & Ba 2015 moments, updated only for the rows present
@@ -222,26 +216,9 @@ class LazyAdam(_Eager):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                rows, grad = _rows_and_values(p.grad)
-                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(grad, alpha=1 - b1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-                step = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-                p.data.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])), alpha=-step)
-        return loss
+    def _rows(self, p, group, x, grad, m, v, t):  # noqa: D102
+        b1, b2 = group["betas"]
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        step = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        return x.add(m / (v.sqrt() + group["eps"]), alpha=-step), m, v
