@@ -14,9 +14,8 @@ import re
 import sys
 from dataclasses import MISSING, fields
 
-from .index import INDEX_KINDS
-from .model import ModelConfig
-from .train import TrainConfig
+from .config import INDEX_KINDS, ModelConfig  # torch-free: `xhyp --help` starts fast
+from .train import TrainConfig  # imports torch only inside its functions
 
 _SKIP = {"n_features", "n_labels"}
 
@@ -174,7 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from . import commands
+    if args.verb == "data":
+        from xhyp.datasets import registry
+
+        if args.data_verb == "list":
+            for name in registry.DATASETS:
+                print(name)
+        elif args.data_verb == "info":
+            _print_json(registry.dataset_info(args.name, args.data_dir))
+        elif args.data_verb == "fetch":
+            print(registry.fetch(args.name, args.data_dir, url=args.url))
+        else:
+            print("usage: xhyp data {list,info,fetch} ...", file=sys.stderr)
+            return 2
+        return 0
+    if args.verb is None:
+        build_parser().print_help()
+        return 2
+    from . import commands  # imports torch: only for the verbs that need it
 
     if args.verb in ("train", "run", "ensemble"):
         model, train_cfg = {}, {}
@@ -237,20 +253,6 @@ def _run(args) -> int:
         m = commands.evaluate_predictions(args.pred, args.dataset, args.path, args.split, args.data_dir,
                                           args.train_file, args.k, args.A, args.B, args.out)
         print(format_table({str(args.pred): m}))
-        return 0
-    if args.verb == "data":
-        from xhyp.datasets import registry
-
-        if args.data_verb == "list":
-            for name in registry.DATASETS:
-                print(name)
-        elif args.data_verb == "info":
-            _print_json(registry.dataset_info(args.name, args.data_dir))
-        elif args.data_verb == "fetch":
-            print(registry.fetch(args.name, args.data_dir, url=args.url))
-        else:
-            print("usage: xhyp data {list,info,fetch} ...", file=sys.stderr)
-            return 2
         return 0
     build_parser().print_help()
     return 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import geoopt
@@ -22,52 +22,10 @@ import torch
 from torch import nn
 
 from . import manifold
+from .config import GEOMETRIES, PROJECTORS, ModelConfig  # noqa: F401 (re-exported)
 from .utils import atomic_save_json, atomic_torch_save
 
-GEOMETRIES = ("poincare", "euclidean")
-PROJECTORS = ("linear", "mlp")
-
-
-@dataclass
-class ModelConfig:
-    """Hyper-parameters that define the model's shape (saved as ``config.json["model"]``).
-
-    Attributes:
-        n_features: input dimension ``F``.
-        n_labels: number of labels ``L``.
-        dim: embedding dimension ``n``.
-        projector: ``"linear"`` (one sparse ``F x n`` matrix) or ``"mlp"`` (sparse ``F x hidden``,
-            ReLU, dense ``hidden x n``).
-        hidden: hidden width of the MLP projector.
-        geometry: ``"poincare"`` or ``"euclidean"``.
-        max_norm: max-norm guard of the ball (see :mod:`xhyp.manifold`).
-        init_std_projector: std of the normal initialisation of the projector (paper: 1e-3).
-        init_std_labels: std of the normal initialisation of the label embeddings (paper: 1e-4).
-    """
-
-    n_features: int
-    n_labels: int
-    dim: int = 50
-    projector: str = "linear"
-    hidden: int = 256
-    geometry: str = "poincare"
-    max_norm: float = manifold.MAX_NORM
-    init_std_projector: float = 1e-3
-    init_std_labels: float = 1e-4
-
-    def __post_init__(self):
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
-        if self.projector not in PROJECTORS:
-            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
-        if self.dim < 1 or self.n_features < 1 or self.n_labels < 1:
-            raise ValueError(f"dim, n_features and n_labels must be positive: {self}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        """Build from a dict, ignoring unknown keys (forward compatibility of saved models)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+__all__ = ["GEOMETRIES", "PROJECTORS", "ModelConfig", "HyperbolicXMC", "csr_to_bag"]
 
 
 def csr_to_bag(X: sp.csr_matrix, device: torch.device | str = "cpu"):
@@ -127,6 +85,23 @@ class HyperbolicXMC(nn.Module):
         """Euclidean projector output ``f_theta(x)``: ``(B, n)`` float32."""
         h = self.bag(idx, off, per_sample_weights=w)
         return self.mlp(h) if self.mlp is not None else h
+
+    def forward_rows(self, rows: torch.Tensor, local_idx, off, w) -> torch.Tensor:
+        """:meth:`forward` from a gathered block of the projector's first layer.
+
+        ``rows`` is ``bag.weight[u]`` for the sorted unique features ``u`` of the batch (a leaf
+        the trainer owns) and ``local_idx`` the positions of the batch's features in ``u``, so
+        the gradient of the first layer comes back as a dense ``(len(u), width)`` block, already
+        one row per feature (no sparse gradient to coalesce).
+
+        Returns:
+            ``(B, n)`` float32, equal to ``forward(u[local_idx], off, w)``.
+        """
+        h = nn.functional.embedding_bag(local_idx, rows, off, mode="sum", per_sample_weights=w)
+        u = self.mlp(h) if self.mlp is not None else h
+        if self.config.geometry == "poincare":
+            return manifold.to_ball(u, self.config.max_norm)
+        return u
 
     def forward(self, idx, off, w) -> torch.Tensor:
         """Embed a batch of examples.

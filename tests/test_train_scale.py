@@ -1,0 +1,325 @@
+"""Training at scale: row-sparse optimisers, shared negatives, batching, guards, lazy imports."""
+import json
+import subprocess
+import sys
+
+import geoopt
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from xhyp import config as C
+from xhyp import manifold as M
+from xhyp import train as T
+from xhyp.model import HyperbolicXMC, ModelConfig
+from xhyp.optim import LazyAdam, PaperAdam, SparsePaperAdam, SparseRiemannianAdam
+
+from test_train import toy_data
+
+
+def _ball_points(L, n, seed):
+    """float64 points: half spread in the ball, half within 1e-4 of the max-norm boundary."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(L, n, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True)
+    radius = torch.rand(L, 1, generator=g, dtype=torch.float64) * 0.9
+    radius[: L // 2] = M.MAX_NORM - torch.rand(L // 2, 1, generator=g, dtype=torch.float64) * 1e-4
+    return x * radius
+
+
+def _param(x):
+    return geoopt.ManifoldParameter(x.clone(), manifold=M.PoincareBall())
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_sparse_riemannian_adam_equals_geoopt_when_every_row_is_touched(sparse_grad):
+    x0 = _ball_points(8, 5, 0)
+    p_ref, p_new = _param(x0), _param(x0)
+    ref = geoopt.optim.RiemannianAdam([p_ref], lr=0.05)
+    new = SparseRiemannianAdam([p_new], lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        grad = torch.randn(8, 5, generator=g, dtype=torch.float64)
+        p_ref.grad = grad.clone()
+        if sparse_grad:  # every row, split over two duplicated entries (as F.embedding gives)
+            rows = torch.cat([torch.arange(8), torch.arange(8)])
+            p_new.grad = torch.sparse_coo_tensor(rows[None], torch.cat([grad * 0.25, grad * 0.75]), (8, 5))
+        else:
+            p_new.grad = grad.clone()
+        ref.step()
+        new.step()
+        torch.testing.assert_close(p_new.data, p_ref.data, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(new.state[p_new]["exp_avg"], ref.state[p_ref]["exp_avg"], rtol=1e-10, atol=1e-14)
+    assert (p_new.data.norm(dim=-1) <= M.MAX_NORM + 1e-12).all()
+
+
+def test_sparse_riemannian_adam_steps_only_touched_rows_lazily():
+    """Touched rows follow Riemannian Adam with moments updated only when touched and the
+    global step count in the bias correction (as SparseAdam); untouched rows stay put."""
+    ball = M.PoincareBall()
+    x0 = _ball_points(6, 4, 2)
+    p = _param(x0)
+    opt = SparseRiemannianAdam([p], lr=0.1, betas=(0.8, 0.9), eps=1e-8)
+    x, m, v = x0.clone(), torch.zeros_like(x0), torch.zeros_like(x0)
+    g = torch.Generator().manual_seed(3)
+    touched_sets = [[0, 1], [1, 4], [0, 1, 5], [4], [1]]
+    for t, touched in enumerate(touched_sets, start=1):
+        idx = torch.tensor(touched)
+        grad = torch.randn(len(touched), 4, generator=g, dtype=torch.float64)
+        p.grad = torch.sparse_coo_tensor(idx[None], grad, (6, 4))
+        before = p.data.clone()
+        opt.step()
+        for j, row in enumerate(touched):  # reference: the formulas, row by row
+            xr = x[row]
+            lam = 2.0 / (1.0 - (xr * xr).sum())
+            rg = grad[j] / lam ** 2
+            m[row] = 0.8 * m[row] + 0.2 * rg
+            v[row] = 0.9 * v[row] + 0.1 * lam ** 2 * (rg * rg).sum()  # one Riemannian |g|^2 per row
+            u = -0.1 * (m[row] / (1 - 0.8 ** t)) / ((v[row] / (1 - 0.9 ** t)).sqrt() + 1e-8)
+            y = M.project(xr + u)
+            m[row] = ball.transp(xr, y, m[row])
+            x[row] = y
+        untouched = [i for i in range(6) if i not in touched]
+        assert torch.equal(p.data[untouched], before[untouched])
+        torch.testing.assert_close(p.data, x, rtol=1e-10, atol=1e-13)
+    assert torch.equal(p.data[[2, 3]], x0[[2, 3]])  # never touched: never moved
+
+
+def test_sparse_paper_adam_equals_paper_adam_and_is_lazy():
+    x0 = _ball_points(7, 3, 4)
+    a, b = torch.nn.Parameter(x0.clone()), torch.nn.Parameter(x0.clone())
+    oa, ob = PaperAdam([a], lr=0.05), SparsePaperAdam([b], lr=0.05)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        grad = torch.randn(7, 3, generator=g, dtype=torch.float64)
+        a.grad = grad.clone()
+        b.grad = torch.sparse_coo_tensor(torch.arange(7)[None], grad.clone(), (7, 3))
+        oa.step()
+        ob.step()
+        torch.testing.assert_close(b.data, a.data, rtol=1e-12, atol=1e-14)
+    before = b.data.clone()
+    b.grad = torch.sparse_coo_tensor(torch.tensor([[2]]), torch.ones(1, 3, dtype=torch.float64), (7, 3))
+    ob.step()
+    changed = (b.data != before).any(-1)
+    assert changed.tolist() == [False, False, True, False, False, False, False]
+
+
+def test_lazy_adam_equals_torch_sparse_adam():
+    w0 = torch.randn(9, 4, dtype=torch.float64)
+    a, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    oa, ob = torch.optim.SparseAdam([a], lr=0.03), LazyAdam([b], lr=0.03)
+    g = torch.Generator().manual_seed(8)
+    for rows in ([0, 3, 3, 8], [1, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8], [8]):
+        idx = torch.tensor(rows)
+        vals = torch.randn(len(rows), 4, generator=g, dtype=torch.float64)
+        a.grad = torch.sparse_coo_tensor(idx[None], vals, (9, 4))
+        b.grad = torch.sparse_coo_tensor(idx[None], vals.clone(), (9, 4))
+        oa.step()
+        ob.step()
+        torch.testing.assert_close(b.data, a.data, rtol=1e-12, atol=1e-14)
+    assert torch.equal(b.data[[]], w0[[]])
+
+
+def test_embedding_gives_row_sparse_gradient_to_the_labels():
+    m = HyperbolicXMC(ModelConfig(n_features=5, n_labels=1000, dim=4))
+    F.embedding(torch.tensor([3, 7, 3]), m.labels, sparse=True).sum().backward()
+    assert m.labels.grad.is_sparse
+    assert sorted(m.labels.grad.coalesce().indices()[0].tolist()) == [3, 7]
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "euclidean"])
+def test_shared_distances_match_float64_reference(geometry):
+    m = HyperbolicXMC(ModelConfig(n_features=5, n_labels=3, dim=6, geometry=geometry))
+    x64 = _ball_points(40, 6, 6)
+    y64 = torch.cat([_ball_points(30, 6, 7), x64[:5] + 1e-3])  # some near-coincident pairs
+    y64 = M.project(y64)
+    ref = M.dist(x64[:, None], y64[None]) if geometry == "poincare" else (x64[:, None] - y64[None]).norm(dim=-1)
+    got = T.shared_distances(m, x64.float(), y64.float()).double()
+    # float32 inputs carry ~6e-8 relative error in the coordinates, amplified near the boundary
+    xr = M.dist(x64.float().double()[:, None], y64.float().double()[None]) if geometry == "poincare" else \
+        (x64.float().double()[:, None] - y64.float().double()[None]).norm(dim=-1)
+    torch.testing.assert_close(got, xr, rtol=1e-6, atol=1e-6)
+    assert (got - ref).abs().max() < 1e-2 * ref.abs().max()
+    # finite gradients, also for an example at the origin (all its features dropped out)
+    r = torch.cat([torch.zeros(1, 6), x64[:3].float()]).requires_grad_()
+    w = y64[:4].float().clone().requires_grad_()
+    T.shared_distances(m, r, w).sum().backward()
+    assert torch.isfinite(r.grad).all() and torch.isfinite(w.grad).all()
+
+
+def test_shared_negative_loss_matches_manual_and_masks_positives():
+    torch.manual_seed(0)
+    m = HyperbolicXMC(ModelConfig(n_features=10, n_labels=6, dim=3, init_std_labels=0.3))
+    r = M.project(torch.randn(3, 3) * 0.3)
+    Yb = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 1]], dtype=np.float32))
+    gen = torch.Generator().manual_seed(2)
+    sampler = T.NegativeSampler(np.ones(6), "uniform", gen)
+    state = gen.get_state()
+    loss = T.sampled_softmax_loss(m, r, Yb, sampler, negatives=5, alpha=2.0, mode="batch")
+    gen.set_state(state)
+    neg = sampler.sample((5,)).tolist()
+    W = m.labels.detach().double()
+    rd = r.double()
+    total, n = 0.0, 0
+    for i in range(3):
+        labels = set(Yb[i].indices.tolist())
+        for lab in sorted(labels):
+            logits = [-2.0 * float(M.dist(rd[i], W[lab]))]
+            logits += [-2.0 * float(M.dist(rd[i], W[j])) for j in neg if j not in labels]
+            logits = np.array(logits)
+            total += -(logits[0] - np.log(np.exp(logits).sum()))
+            n += 1
+    assert abs(float(loss.detach()) - total / n) < 1e-5
+
+
+def test_shared_negative_loss_is_finite_when_every_negative_is_masked():
+    m = HyperbolicXMC(ModelConfig(n_features=4, n_labels=2, dim=3, init_std_labels=0.3))
+    Yb = sp.csr_matrix(np.array([[1, 1], [1, 0]], dtype=np.float32))
+    r = M.project(torch.randn(2, 3) * 0.3).requires_grad_()
+    gen = torch.Generator().manual_seed(0)
+    sampler = T.NegativeSampler(np.ones(2), "uniform", gen)
+    state = gen.get_state()
+    loss = T.sampled_softmax_loss(m, r, Yb, sampler, negatives=20, alpha=3.0, mode="batch")
+    gen.set_state(state)
+    c = int((sampler.sample((20,)) == 1).sum())  # draws with replacement: copies count, as per pair
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(r.grad).all() and torch.isfinite(m.labels.grad).all()
+    # example 0 has no true negative: its pairs cost 0; example 1 has label 1 as negative
+    d = float(M.dist(r[1].detach(), m.labels.detach()[0])), float(M.dist(r[1].detach(), m.labels.detach()[1]))
+    expect = np.log1p(c * np.exp(-3.0 * d[1] + 3.0 * d[0])) / 3
+    assert float(loss) == pytest.approx(expect, rel=1e-5)
+
+
+def test_scaled_lr_rule_and_optimizer_step_sizes():
+    assert T.scaled_lr(3e-3, 64, "sqrt") == pytest.approx(3e-3)
+    assert T.scaled_lr(3e-3, 256, "sqrt") == pytest.approx(6e-3)
+    assert T.scaled_lr(3e-3, 256, "none") == pytest.approx(3e-3)
+    with pytest.raises(ValueError):
+        T.scaled_lr(1e-3, 64, "linear")
+    m = HyperbolicXMC(ModelConfig(n_features=5, n_labels=3, dim=2))
+    opts = T._make_optimizers(m, T.TrainConfig(batch_size=1024, lr=1e-3, lr_labels=2e-3))
+    assert [o.param_groups[0]["lr"] for o in opts] == pytest.approx([4e-3, 8e-3])
+    assert isinstance(opts[-1], SparseRiemannianAdam) and isinstance(opts[0], LazyAdam)
+
+
+def test_large_batches_with_sqrt_rule_learn_toy_problem():
+    X, Y = toy_data()
+    res = T.train(X, Y, {"dim": 8}, {"epochs": 10, "batch_size": 256, "val_fraction": 0.1, "patience": 10,
+                                     "seed": 3}, progress=False)
+    assert res.best_val_p1 > 0.8
+
+
+def test_prefetch_and_inline_batches_give_identical_training():
+    X, Y = toy_data(seed=2)
+    cfg = {"epochs": 2, "val_fraction": 0.1, "seed": 1, "input_dropout": 0.3}
+    a = T.train(X, Y, {"dim": 5}, dict(cfg, prefetch=0), progress=False)
+    b = T.train(X, Y, {"dim": 5}, dict(cfg, prefetch=3), progress=False)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert torch.equal(a.model.labels.detach(), b.model.labels.detach())
+
+
+def test_old_trainer_path_matches_legacy_loss_stream():
+    """negative_mode="pair" + label_update="dense" draws the same numbers in the same order as
+    the previous trainer: the per-pair loss of the first batch equals sampled_softmax_loss."""
+    X, Y = toy_data(seed=4)
+    cfg = T.TrainConfig(negative_mode="pair", label_update="dense", input_dropout=0.0, negatives=7)
+    gen = torch.Generator().manual_seed(0)
+    sampler = T.NegativeSampler(np.ones(12), "uniform", gen)
+    rows = np.arange(16)
+    state = gen.get_state()
+    b = T.prepare_batch(X.astype(np.float32), Y.astype(np.float32).tocsr(), rows, sampler, cfg, gen)
+    m = HyperbolicXMC(ModelConfig(n_features=60, n_labels=12, dim=4, init_std_labels=0.2))
+    r = m(b.idx, b.off, b.w)
+    gen.set_state(state)
+    ref = T.sampled_softmax_loss(m, r, Y[rows].tocsr(), sampler, 7, 30.0)
+    torch.testing.assert_close(T.batch_loss(m, r, b, 30.0, sparse=False), ref)
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good_model(tmp_path, monkeypatch):
+    X, Y = toy_data()
+    calls = {"n": 0}
+    real = T.batch_loss
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == steps_per_epoch + 3 else loss
+
+    steps_per_epoch = int(np.ceil(round(400 * 0.9) / 64))
+    monkeypatch.setattr(T, "batch_loss", poisoned)
+    with pytest.raises(T.NonFiniteLossError, match=r"epoch 2, step 3") as info:
+        T.train(X, Y, {"dim": 4}, {"epochs": 3, "val_fraction": 0.1, "seed": 0, "prefetch": 0},
+                out_dir=tmp_path / "m", progress=False)
+    assert isinstance(info.value, ValueError)
+    ck = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 0  # the last good epoch
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert len(json.loads((tmp_path / "m" / "history.json").read_text())) == 1
+
+
+def test_validation_subsets_are_capped_and_fixed():
+    rows = np.arange(1000)
+    a, b = T._subset(rows, 100, 5), T._subset(rows, 100, 5)
+    assert len(a) == 100 and np.array_equal(a, b) and np.all(np.diff(a) > 0)
+    assert T._subset(rows, 0, 5) is rows and T._subset(rows, 5000, 5) is rows
+    X, Y = toy_data()
+    res = T.train(X, Y, {"dim": 4}, {"epochs": 1, "val_fraction": 0.2, "val_max_queries": 10,
+                                     "val_max_database": 50}, progress=False)
+    assert 0.0 <= res.history[0]["val_p1"] <= 1.0 and "val_seconds" in res.history[0]
+
+
+def test_new_train_config_fields_are_checked():
+    for bad in ({"negative_mode": "block"}, {"label_update": "lazy"}, {"lr_scaling": "linear"},
+                {"distributed": "yes"}, {"shared_negatives": 0}, {"prefetch": -1}, {"max_steps": -2}):
+        with pytest.raises(ValueError):
+            T.TrainConfig(**bad)
+
+
+def test_torch_free_config_mirrors_the_modules():
+    from xhyp import index, vote
+
+    assert C.MAX_NORM == M.MAX_NORM
+    assert C.WEIGHTINGS == vote.WEIGHTINGS
+    assert C.INDEX_KINDS == index.INDEX_KINDS
+
+
+def test_cli_parser_does_not_import_torch():
+    code = ("import sys, xhyp.cli; xhyp.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'geoopt', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_training_does_not_import_torch_dynamo():
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_train import toy_data; from xhyp.train import train; "
+            "X, Y = toy_data(100); train(X, Y, {'dim': 3}, {'epochs': 1}, progress=False); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair"])
+def test_row_block_step_equals_sparse_embedding_step(mode):
+    """train_step from gathered unique rows == the same step through F.embedding(sparse=True)."""
+    import copy
+
+    X, Y = toy_data(seed=3)
+    X, Y = X.astype(np.float32).tocsr(), Y.astype(np.float32).tocsr()
+    cfg = T.TrainConfig(negative_mode=mode, negatives=6, shared_negatives=6, input_dropout=0.2)
+    m1 = HyperbolicXMC(ModelConfig(n_features=60, n_labels=12, dim=5, init_std_labels=0.1))
+    m2 = copy.deepcopy(m1)
+    o1, o2 = T._make_optimizers(m1, cfg), T._make_optimizers(m2, cfg)
+    for step in range(3):
+        rows = np.arange(20 * step, 20 * step + 20)
+        g1, g2 = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
+        b1 = T.prepare_batch(X, Y, rows, T.NegativeSampler(np.ones(12), "uniform", g1), cfg, g1, row_blocks=True)
+        b2 = T.prepare_batch(X, Y, rows, T.NegativeSampler(np.ones(12), "uniform", g2), cfg, g2)
+        assert b2.feat_uniq is None
+        l1 = T.train_step(m1, o1, b1, 5.0, sparse=True)
+        l2 = T.train_step(m2, o2, b2, 5.0, sparse=True)
+        torch.testing.assert_close(l1, l2)
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-7, msg=k)
