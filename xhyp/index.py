@@ -17,7 +17,7 @@ kind            search
                 clusters (``n_clusters``, ``nprobe``, ``seed``)
 ``ann``         :class:`AnnIndex`: balanced k-means clusters (``n_clusters``, default
                 ``N / 192``, big clusters split), query-major scan of the ``nprobe`` nearest
-                (default 24) with one heap per query; exact distances, approximate only in
+                (default 40) with one heap per query; exact distances, approximate only in
                 which clusters are scanned. The fastest setting at recall@10 >= 0.95
                 (``bench/README.md``)
 ``faiss-flat``  faiss ``IndexFlatIP`` on the hyperboloid lift (exact up to float32), re-ranked
@@ -383,8 +383,8 @@ class AnnIndex(_Base):
     (CAp 2019, section 2.6) replaced by balanced k-means.
     """
 
-    def __init__(self, geometry: str = "poincare", nprobe: int = 24, n_clusters: int | None = None,
-                 points_per_cluster: int = 192, balance: float | None = 2.0, kmeans_iters: int = 20,
+    def __init__(self, geometry: str = "poincare", nprobe: int = 40, n_clusters: int | None = None,
+                 points_per_cluster: int = 192, balance: float | None = 1.5, kmeans_iters: int = 10,
                  seed: int = 0, query_batch: int = 65536):
         _check_geometry(geometry)
         if nprobe < 1:
