@@ -332,27 +332,54 @@ class ClusteredIndex(_Base):
         return torch.cat(Ds), torch.cat(Is)
 
 
-def _kmeans(u: np.ndarray, C: int, iters: int, seed: int) -> np.ndarray:
-    """``(C, d)`` float64 k-means centroids of the rows of ``u`` (faiss when installed, else sklearn)."""
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    u = np.ascontiguousarray(u, dtype=np.float32)
-    if faiss is not None:
-        km = faiss.Kmeans(u.shape[1], C, niter=iters, seed=seed, verbose=False, max_points_per_centroid=256)
-        km.train(u)
-        return np.asarray(km.centroids, dtype=np.float64)
-    from sklearn.cluster import KMeans
+def _kmeans(u: np.ndarray, C: int, iters: int, seed: int, chunk: int = 65536) -> np.ndarray:
+    """``(C, d)`` float64 k-means centroids of the rows of ``u`` (Lloyd's algorithm in torch).
 
-    return KMeans(C, n_init=1, max_iter=iters, random_state=seed).fit(u).cluster_centers_.astype(np.float64)
+    Initialisation: ``C`` distinct random rows (``seed``); each iteration assigns every row to
+    its nearest centre (squared Euclidean distance, one GEMM per chunk of rows) and moves each
+    centre to the mean of its rows; a centre left empty restarts at a random row. (faiss's
+    k-means was used at first: under a loaded machine its OpenMP barriers made the many small
+    k-means of the cluster splits take seconds each.)
+    """
+    import scipy.sparse as sp
+
+    threads = torch.get_num_threads()
+    if u.shape[0] * C * u.shape[1] < 2e8:  # small problems: one thread (no OpenMP barriers per op)
+        torch.set_num_threads(1)
+    try:
+        return _lloyd(u, C, iters, seed, chunk, sp)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lloyd(u, C, iters, seed, chunk, sp):
+    x = torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32))
+    N = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    cen = x[torch.randperm(N, generator=gen)[:C]].clone()
+    xsq = (x * x).sum(1)
+    xd = x.double().numpy()
+    for _ in range(max(1, iters)):
+        assign = torch.empty(N, dtype=torch.long)
+        csq = (cen * cen).sum(1)
+        for s in range(0, N, chunk):
+            d = xsq[s:s + chunk, None] - 2.0 * (x[s:s + chunk] @ cen.T) + csq[None, :]
+            assign[s:s + chunk] = d.argmin(1)
+        onehot = sp.csr_matrix((np.ones(N), (assign.numpy(), np.arange(N))), shape=(C, N))
+        sums = torch.from_numpy(onehot @ xd)  # (index_add_ was 100x slower here)
+        cnt = torch.bincount(assign, minlength=C)
+        empty = cnt == 0
+        cen = (sums / cnt.clamp_min(1)[:, None]).float()
+        if empty.any():
+            cen[empty] = x[torch.randint(0, N, (int(empty.sum()),), generator=gen)]
+    return cen.double().numpy()
 
 
 class AnnIndex(_Base):
     """Approximate kNN: balanced k-means inverted file, query-major exact scan of the probes.
 
-    :meth:`add` runs k-means (``kmeans_iters`` Lloyd iterations on the ball coordinates, faiss
-    or scikit-learn; the means are projected into the ball) to ``n_clusters`` centroids, puts
+    :meth:`add` runs k-means (``kmeans_iters`` Lloyd iterations on the ball coordinates, in
+    torch; the means are projected into the ball) to ``n_clusters`` centroids, puts
     every point in the cluster of its nearest centroid by the geometry's distance (exact kernel)
     and then *balances* the clusters: a cluster with more than ``balance * N / C`` points is
     split by k-means on its own points into ``ceil(size / (N / C))`` clusters (random centroids
