@@ -4,6 +4,7 @@
 //   xhyp_ext.cpp          this file: the operator schemas (one name per op, shared by all devices)
 //                         and the Python module stub, nothing else;
 //   cpu/knn_cpu.cpp       CPU kernels: pairwise_dist, knn_prepare, knn, clustered_knn;
+//   cpu/ivf_cpu.cpp       CPU kernels of the ann index: ivf_pack, ivf_probe, ivf_knn;
 //   cpu/vote_cpu.cpp      CPU kernel: vote_topk;
 //   cuda/kernels.cu       CUDA kernels and their launchers, plain CUDA C++ (no torch headers), so
 //                         they compile with ``nvcc -c`` against include/xhyp_cuda.h only;
@@ -36,6 +37,15 @@ TORCH_LIBRARY(xhyp_ext, m) {
   // sorted by cluster (cluster c = rows offsets[c]:offsets[c+1]), ids = original row ids.
   m.def("clustered_knn(Tensor q, Tensor db, Tensor db_aug, Tensor ids, Tensor offsets, "
         "Tensor centroids, int k, int nprobe, bool euclidean=False) -> (Tensor, Tensor)");
+  // "ann" index (cpu/ivf_cpu.cpp): augmented rows (M, K) sorted by cluster -> (B, K, 16) blocks
+  // of 16 rows stored dimension-major, and the (C + 1,) block offsets of the clusters.
+  m.def("ivf_pack(Tensor aug, Tensor offsets) -> (Tensor, Tensor)");
+  // (Q, min(nprobe, C)) int64 nearest centroids of each query (nearest first, -1 pad), from the
+  // (C, n + 2) knn_prepare rows of the centroids.
+  m.def("ivf_probe(Tensor q, Tensor cen_aug, int nprobe, bool euclidean=False) -> Tensor");
+  // exact top-k of the union of each query's probed clusters (query-major, one heap per query).
+  m.def("ivf_knn(Tensor q, Tensor db, Tensor packed, Tensor block_offsets, Tensor ids, Tensor offsets, "
+        "Tensor probes, int k, bool euclidean=False) -> (Tensor, Tensor)");
   // label voting over the neighbours of M ensemble members (lists of length M, or label
   // matrices of length 1 shared by all members): (Q, top_k) int64 labels (-1 pad),
   // (Q, top_k) float32 scores, (Q,) int64 number of labels with a non-zero score.

@@ -32,7 +32,9 @@ def data():
 
 @pytest.mark.parametrize("kind,params,min_recall,max_recall", [
     ("exact", {}, 1.0, 1.0), ("torch", {}, 1.0, 1.0), ("clustered", {"nprobe": 1}, 0.5, 1.0),
-    ("clustered", {"nprobe": 4}, 1.0, 1.0), ("faiss-flat", {}, 1.0, 1.0), ("faiss-ivf", {"nprobe": 8}, 0.9, 1.0),
+    ("clustered", {"nprobe": 4}, 1.0, 1.0), ("ann", {"nprobe": 1, "n_clusters": 15}, 0.3, 1.0),
+    ("ann", {"nprobe": 6, "n_clusters": 15}, 0.9, 1.0), ("ann", {"nprobe": 40, "n_clusters": 15}, 1.0, 1.0),
+    ("faiss-flat", {}, 1.0, 1.0), ("faiss-ivf", {"nprobe": 8}, 0.9, 1.0),
     ("faiss-ivf", {"nlist": 20, "nprobe": 20}, 1.0, 1.0), ("faiss-ivf", {"space": "spatial", "nprobe": 8}, 0.9, 1.0),
     ("faiss-hnsw", {}, 0.95, 1.0),
     # documented reason for space="spatial": faiss builds the graph with the Euclidean inner product

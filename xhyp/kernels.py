@@ -172,6 +172,24 @@ def ref_clustered_knn(q, db_sorted, ids, offsets, centroids, k: int, nprobe: int
     return _sorted_topk(d, ids.cpu()[None, :], k)
 
 
+def ref_ivf_knn(q, db_sorted, ids, offsets, probes, k: int, geometry: str = "poincare"):
+    """float64 reference of :func:`ivf_knn`: exact search restricted to each query's probed clusters.
+
+    Args:
+        probes: ``(Q, P)`` int64 cluster numbers (``-1``: none; repeats allowed).
+
+    Returns:
+        ``(D, I)`` as :func:`ref_knn`, ``I`` in original ids (ties: lower original id).
+    """
+    Q, C = q.shape[0], offsets.shape[0] - 1
+    cluster_of_row = torch.repeat_interleave(torch.arange(C), torch.diff(offsets.cpu()))
+    allowed = torch.zeros(Q, C + 1, dtype=torch.bool)
+    allowed.scatter_(1, torch.where(probes < 0, torch.full_like(probes, C), probes).cpu(), True)
+    d = ref_pairwise_dist(q, db_sorted, geometry)
+    d = torch.where(allowed[:, cluster_of_row], d, torch.full_like(d, float("inf")))
+    return _sorted_topk(d, ids.cpu()[None, :], k)
+
+
 def ref_vote_topk(ids, dists, indptr, indices, n_labels: int, top_k: int, weighting: str = "count",
                   alpha: float = 1.0):
     """float64 dense reference of :func:`vote_topk`.
@@ -539,3 +557,121 @@ def _scipy_vote_topk(ids_l, d_l, ip_l, ix_l, n_labels, top_k, weighting, alpha):
         scores[r, :len(order)] = vals[order]
     dev = ids_l[0].device
     return torch.from_numpy(labels).to(dev), torch.from_numpy(scores).to(dev), torch.from_numpy(n_scored).to(dev)
+
+
+# ------------------------------------------------------------------------------------------------
+# ann index: inverted file with a query-major scan (cpp_ext/cpu/ivf_cpu.cpp)
+
+IVF_LANES = 16
+"""Rows per packed block of :func:`ivf_pack`."""
+
+
+def ivf_pack(db_aug: torch.Tensor, offsets: torch.Tensor):
+    """Pack augmented rows sorted by cluster into blocks of 16 rows stored dimension-major.
+
+    Args:
+        db_aug: ``(M, K)`` float32 rows sorted by cluster (:func:`knn_prepare` of the sorted
+            database, ``K = n + 2``).
+        offsets: ``(C + 1,)`` int64, cluster ``c`` is rows ``offsets[c]:offsets[c + 1]``.
+
+    Returns:
+        ``(packed, block_offsets)``: ``(B, K, 16)`` float32 (padding lanes zero; every cluster
+        starts a block) and ``(C + 1,)`` int64 block offsets of the clusters.
+
+    Raises:
+        RuntimeError: bad offsets (not starting at 0, not ending at ``M``, decreasing).
+    """
+    if _load() and db_aug.dtype == torch.float32 and not db_aug.is_cuda:
+        return torch.ops.xhyp_ext.ivf_pack(db_aug.contiguous(), offsets.to(torch.long).contiguous())
+    off = offsets.cpu().long()
+    sizes = torch.diff(off)
+    nblk = (sizes + IVF_LANES - 1) // IVF_LANES
+    boff = torch.zeros_like(off)
+    boff[1:] = torch.cumsum(nblk, 0)
+    K = db_aug.shape[1]
+    packed = torch.zeros(int(boff[-1]), IVF_LANES, K, dtype=db_aug.dtype, device=db_aug.device)
+    if db_aug.shape[0]:
+        cl = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        j = torch.arange(db_aug.shape[0]) - off[cl]
+        packed[(boff[cl] + j // IVF_LANES).to(db_aug.device), (j % IVF_LANES).to(db_aug.device)] = db_aug
+    return packed.transpose(1, 2).contiguous(), boff
+
+
+def ivf_probe(q: torch.Tensor, cen_aug: torch.Tensor, nprobe: int, geometry: str = "poincare") -> torch.Tensor:
+    """The ``nprobe`` nearest centroids of each query, nearest first (float32 bound ranking).
+
+    One GEMM of the queries' rows ``[x, |x|^2, 1]`` with the centroids' augmented rows gives
+    ``g = c(m) ((1 - 2 gamma)(|x|^2 + |m|^2) - 2 <x, m>)``, the float32 lower bound of
+    ``t = c(m) |x - m|^2`` (monotone in the Poincaré distance) that the fused kernel uses
+    (``cpp_ext/cpu/knn_cpu.cpp``); the ``nprobe`` smallest are selected (ties: lower index). The
+    probes are the exact nearest centroids up to float32 rounding.
+
+    Args:
+        q: ``(Q, n)`` float32 queries.
+        cen_aug: ``(C, n + 2)`` float32 :func:`knn_prepare` rows of the centroids.
+        nprobe: probes per query (``>= 1``, capped at ``C``).
+        geometry: ``"poincare"`` or ``"euclidean"`` (already folded into ``cen_aug``).
+
+    Returns:
+        ``(Q, max(1, min(nprobe, C)))`` int64 centroid indices (``-1`` when ``C = 0``).
+
+    Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_probe``).
+    """
+    eucl = _check_geometry(geometry)
+    _check_points(q, "q")
+    _check_points(cen_aug, "cen_aug")
+    if nprobe < 1:
+        raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+    if cen_aug.shape[1] != q.shape[1] + 2:
+        raise ValueError(f"cen_aug must have n + 2 = {q.shape[1] + 2} columns, got {cen_aug.shape[1]}")
+    if _use_ext("ivf_probe", q, cen_aug) and not q.is_cuda:
+        return torch.ops.xhyp_ext.ivf_probe(q.contiguous(), cen_aug.contiguous(), int(nprobe), eucl)
+    C = cen_aug.shape[0]
+    P = max(1, min(nprobe, C))
+    if C == 0 or q.shape[0] == 0:
+        return torch.full((q.shape[0], P), -1, dtype=torch.long)
+    xa = torch.cat([q, (q.double() ** 2).sum(1, keepdim=True).to(q.dtype), torch.ones_like(q[:, :1])], 1)
+    g = xa.float() @ cen_aug.float().T
+    return torch.argsort(g, dim=1, stable=True)[:, :P].contiguous()
+
+
+def ivf_knn(q: torch.Tensor, db_sorted: torch.Tensor, packed: torch.Tensor, block_offsets: torch.Tensor,
+            ids: torch.Tensor, offsets: torch.Tensor, probes: torch.Tensor, k: int, geometry: str = "poincare"):
+    """Exact top-k of the union of each query's probed clusters (the ``ann`` index's scan).
+
+    Query-major: queries run ordered by their first probe (neighbouring queries scan the same
+    clusters while they are in cache); each query scans its probes in the given order (nearest
+    first) with one top-k heap shared by all of them, 16 rows at a time through the float32
+    lower bound ``g <= t`` (AVX-512 when available); only rows with ``g`` below the heap's
+    ``k``-th ``t`` get the exact ``t`` in double precision. Repeated probes are scanned once.
+
+    Args:
+        q: ``(Q, n)`` float32 queries.
+        db_sorted: ``(M, n)`` float32 rows sorted by cluster.
+        packed, block_offsets: :func:`ivf_pack` of ``knn_prepare(db_sorted)`` and ``offsets``.
+        ids: ``(M,)`` int64 original ids; offsets: ``(C + 1,)`` int64 cluster offsets.
+        probes: ``(Q, P)`` int64 clusters to scan per query (``-1``: none), e.g. :func:`ivf_probe`.
+        k: neighbours per query (``>= 1``; fewer rows pad with ``inf`` / ``-1``).
+
+    Returns:
+        ``(D, I)``: ``(Q, k)`` float32 distances ascending, ``(Q, k)`` int64 original ids.
+
+    Raises:
+        RuntimeError (extension) / ValueError: inconsistent shapes, offsets or probe values.
+
+    Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_knn``); reference :func:`ref_ivf_knn`.
+    """
+    eucl = _check_geometry(geometry)
+    _check_points(q, "q")
+    _check_points(db_sorted, "db_sorted")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if _use_ext("ivf_knn", q, db_sorted, packed) and not q.is_cuda:
+        return torch.ops.xhyp_ext.ivf_knn(q.contiguous(), db_sorted.contiguous(), packed.contiguous(),
+                                          block_offsets.long().contiguous(), ids.long().contiguous(),
+                                          offsets.long().contiguous(), probes.long().contiguous(), int(k), eucl)
+    C = offsets.shape[0] - 1
+    if probes.numel() and (int(probes.min()) < -1 or int(probes.max()) >= C):
+        raise ValueError(f"probes must hold cluster numbers in [0, {C}) or -1")
+    D, I = ref_ivf_knn(q, db_sorted, ids, offsets, probes, k, geometry)
+    return D.to(q.dtype), I

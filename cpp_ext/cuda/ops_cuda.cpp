@@ -2,8 +2,9 @@
 // dispatch key of the xhyp_ext operators (schemas in xhyp_ext.cpp). Built only by a CUDA torch
 // (setup.py: CUDAExtension); the kernels themselves are in kernels.cu (plain CUDA C++).
 //
-// NOTE: developed without a GPU; compile-checked through kernels.cu only (this file needs the
-// CUDA build of torch's headers). Run-time tests: tests/test_kernels.py, ``ext-cuda`` cases.
+// NOTE: developed without a GPU; compile-checked (kernels.cu with nvcc, this file parsed against
+// torch's headers). Run-time tests: tests/test_kernels.py ``ext-cuda`` cases and
+// tests/test_cuda_vs_cpu.py, run on a GPU machine by scripts/gpu_check.sh.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
@@ -26,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "xhyp_checks.h"
 #include "xhyp_cuda.h"
 
 namespace xhyp {
@@ -36,11 +38,10 @@ void check(int err, const char* what) {
   TORCH_CHECK(err == 0, "xhyp CUDA kernel ", what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
+// the CPU operators' checks (include/xhyp_checks.h), on the CUDA device of the first input
 void check_points(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 2, name, " must be 2-D (rows, dim)");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  check_points_on(t, name, t.device());
 }
 
 void* stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
@@ -84,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& q, const at::Tenso
   check_points(q, "q");
   check_points(db, "db");
   TORCH_CHECK(k >= 1 && k <= kMaxK, "the CUDA knn kernel supports 1 <= k <= ", kMaxK, ", got ", k);
-  TORCH_CHECK(q.size(1) == db.size(1), "query and database dimensions differ");
-  TORCH_CHECK(q.device() == db.device(), "q and db must be on the same device");
+  TORCH_CHECK(q.size(1) == db.size(1), "query dimension ", q.size(1), " != database dimension ", db.size(1));
+  check_same_device({{&q, "q"}, {&db, "db"}});
   c10::cuda::CUDAGuard guard(q.device());
   at::Tensor cx = inv_factor(q, euclidean), cy = prepared(db, db_aug, euclidean);
   at::Tensor D = at::empty({q.size(0), k}, q.options());
@@ -107,10 +108,13 @@ std::tuple<at::Tensor, at::Tensor> clustered_knn_cuda(const at::Tensor& q, const
   TORCH_CHECK(k >= 1 && k <= kMaxK, "the CUDA clustered_knn kernel supports 1 <= k <= ", kMaxK, ", got ", k);
   TORCH_CHECK(nprobe >= 1, "nprobe must be >= 1");
   const int64_t C = centroids.size(0);
-  TORCH_CHECK(ids.is_cuda() && ids.scalar_type() == at::kLong && ids.dim() == 1 && ids.size(0) == db.size(0),
-              "ids must be a (M,) int64 CUDA tensor");
-  TORCH_CHECK(offsets.is_cuda() && offsets.scalar_type() == at::kLong && offsets.dim() == 1 &&
-                  offsets.size(0) == C + 1, "offsets must be a (n_clusters + 1,) int64 CUDA tensor");
+  TORCH_CHECK(db.size(1) == q.size(1) && centroids.size(1) == q.size(1),
+              "q, db and centroids must have the same dimension");
+  check_same_device({{&q, "q"}, {&db, "db"}, {&centroids, "centroids"}, {&ids, "ids"}, {&offsets, "offsets"}});
+  check_ids(ids, db.size(0), "ids");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == C + 1, "offsets must have n_clusters + 1 = ", C + 1,
+              " entries");
+  check_offsets(offsets, db.size(0), "offsets");  // starts at 0, ends at M, never decreases
   c10::cuda::CUDAGuard guard(q.device());
   at::Tensor D = at::full({q.size(0), k}, INFINITY, q.options());
   at::Tensor I = at::full({q.size(0), k}, -1, q.options().dtype(at::kLong));
@@ -147,13 +151,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cuda(at::TensorList ids
   const bool own = indptr.size() == M;  // one label matrix per member: concatenate them
   int64_t rows_so_far = 0, nnz_so_far = 0;
   for (size_t m = 0; m < M; ++m) {
+    TORCH_CHECK(ids[m].device() == ids[0].device() && dists[m].device() == ids[0].device(),
+                "member ", m, ": ids and dists must be on ", ids[0].device());
     TORCH_CHECK(ids[m].is_cuda() && ids[m].dim() == 2 && ids[m].size(0) == Q && dists[m].sizes() == ids[m].sizes(),
                 "member ", m, ": ids and dists must be (Q, k) CUDA tensors");
     at::Tensor I = ids[m].to(at::kLong);
     int64_t row_off = 0;
     if (own || m == 0) {
-      at::Tensor ip = indptr[m].to(ids[m].device(), at::kLong);
-      at::Tensor ix = indices[m].to(ids[m].device(), at::kLong);
+      TORCH_CHECK(indptr[m].dim() == 1 && indptr[m].size(0) >= 1 && indices[m].dim() == 1,
+                  "member ", m, ": indptr and indices must be 1-D, indptr with at least one entry");
+      at::Tensor ip = indptr[m].to(ids[m].device(), at::kLong).contiguous();
+      at::Tensor ix = indices[m].to(ids[m].device(), at::kLong).contiguous();
+      check_indptr(ip, ix.size(0), "indptr");  // indptr[0] == 0, indptr[N] == nnz, non-decreasing
       const int64_t N = ip.size(0) - 1;
       if (I.numel() > 0) TORCH_CHECK(I.max().item<int64_t>() < N, "member ", m, ": neighbour id >= training rows");
       if (ix.numel() > 0)

@@ -1,0 +1,159 @@
+"""The ``ann`` index: ivf_pack / ivf_probe / ivf_knn against float64 references, recall, balance."""
+import pytest
+import torch
+
+from xhyp import kernels, manifold
+from xhyp.index import AnnIndex, _aug, make_index
+
+needs_ext = pytest.mark.skipif(not kernels.ext_available("cpu"), reason="C++ extension not built")
+
+
+def ball(n, d, gen, rmax=0.95, boundary=0):
+    """n points in the ball; the last ``boundary`` ones at |x| in [1 - 1e-5, 1 - 1e-6]."""
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    r = torch.rand(n, 1, generator=gen, dtype=torch.float64) ** (1.0 / d) * rmax
+    if boundary:
+        r[-boundary:] = 1 - torch.rand(boundary, 1, generator=gen, dtype=torch.float64) * 9e-6 - 1e-6
+    return (x * r).float()
+
+
+def clustered_db(M, d, C, gen, boundary=0):
+    """database sorted into C clusters of random (possibly zero) sizes, with ids and offsets."""
+    db = ball(M, d, gen, boundary=boundary)
+    cut = torch.sort(torch.randint(0, M + 1, (C - 1,), generator=gen)).values
+    offsets = torch.cat([torch.tensor([0]), cut, torch.tensor([M])]).long()
+    ids = torch.randperm(M, generator=gen)
+    return db, ids, offsets
+
+
+@needs_ext
+@pytest.mark.parametrize("d", [1, 17, 50])
+@pytest.mark.parametrize("k", [1, 10, 33])
+@pytest.mark.parametrize("geometry", ["poincare", "euclidean"])
+def test_ivf_knn_matches_float64_reference(d, k, geometry):
+    gen = torch.Generator().manual_seed(d * 100 + k)
+    M, C, Q, P = 700, 23, 90, 5
+    db, ids, offsets = clustered_db(M, d, C, gen, boundary=40 if geometry == "poincare" else 0)
+    q = ball(Q, d, gen, boundary=10 if geometry == "poincare" else 0)
+    probes = torch.randint(-1, C, (Q, P), generator=gen)
+    probes[::7, 1] = probes[::7, 0]  # repeated probes are scanned once
+    packed, boff = kernels.ivf_pack(_aug(db, geometry), offsets)
+    D, I = kernels.ivf_knn(q, db, packed, boff, ids, offsets, probes, k, geometry)
+    Dr, Ir = kernels.ref_ivf_knn(q, db, ids, offsets, probes, k, geometry)
+    assert torch.equal(I, Ir)
+    fin = torch.isfinite(Dr)
+    assert torch.equal(torch.isfinite(D), fin)
+    assert torch.allclose(D[fin].double(), Dr[fin], rtol=1e-5, atol=1e-6)
+
+
+@needs_ext
+def test_ivf_knn_all_probes_is_exact_search_and_pads():
+    gen = torch.Generator().manual_seed(3)
+    db, ids, offsets = clustered_db(300, 9, 12, gen, boundary=20)
+    q = ball(40, 9, gen)
+    packed, boff = kernels.ivf_pack(_aug(db, "poincare"), offsets)
+    probes = torch.arange(12).repeat(40, 1)
+    D, I = kernels.ivf_knn(q, db, packed, boff, ids, offsets, probes, 7)
+    De, Ie = kernels.ref_knn(q, db, 7)
+    assert torch.equal(I, ids[Ie])  # ids map sorted rows to original ids
+    # k > rows of the probed clusters: padded with inf / -1
+    D, I = kernels.ivf_knn(q, db, packed, boff, ids, offsets, torch.full((40, 1), -1), 3)
+    assert torch.isinf(D).all() and (I == -1).all()
+    D, I = kernels.ivf_knn(q, db, packed, boff, ids, offsets, probes[:, :1], 400)
+    n0 = int(offsets[1])
+    assert (I[:, n0:] == -1).all() and (I[:, :n0] >= 0).all()
+
+
+@needs_ext
+def test_ivf_pack_layout_matches_torch_fallback():
+    gen = torch.Generator().manual_seed(4)
+    db, _, offsets = clustered_db(200, 5, 9, gen)
+    aug = _aug(db, "poincare")
+    packed, boff = kernels.ivf_pack(aug, offsets)
+    sizes = torch.diff(offsets)
+    assert torch.equal(torch.diff(boff), (sizes + 15) // 16)
+    for c in range(9):  # row j of cluster c is lane j % 16 of block boff[c] + j // 16
+        for j in range(int(sizes[c])):
+            assert torch.equal(packed[boff[c] + j // 16, :, j % 16], aug[offsets[c] + j])
+    with pytest.raises(RuntimeError, match="must end at"):
+        kernels.ivf_pack(aug, torch.tensor([0, 50, 199]))
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        kernels.ivf_pack(aug, torch.tensor([0, 120, 50, 200]))
+
+
+@needs_ext
+def test_ivf_knn_rejects_bad_inputs():
+    gen = torch.Generator().manual_seed(5)
+    db, ids, offsets = clustered_db(100, 4, 5, gen)
+    q = ball(3, 4, gen)
+    packed, boff = kernels.ivf_pack(_aug(db, "poincare"), offsets)
+    with pytest.raises(RuntimeError, match="probes must hold cluster numbers"):
+        kernels.ivf_knn(q, db, packed, boff, ids, offsets, torch.tensor([[0], [5], [1]]), 2)
+    with pytest.raises(RuntimeError, match="must start at 0"):
+        kernels.ivf_knn(q, db, packed, boff, ids, offsets + 1, torch.zeros(3, 1, dtype=torch.long), 2)
+    with pytest.raises(RuntimeError, match="dimension"):
+        kernels.ivf_knn(ball(3, 5, gen), db, packed, boff, ids, offsets, torch.zeros(3, 1, dtype=torch.long), 2)
+
+
+@needs_ext
+@pytest.mark.parametrize("geometry", ["poincare", "euclidean"])
+def test_ivf_probe_picks_the_nearest_centroids(geometry):
+    gen = torch.Generator().manual_seed(6)
+    cen = ball(37, 17, gen, boundary=5 if geometry == "poincare" else 0)
+    q = ball(300, 17, gen)
+    P = 6
+    pr = kernels.ivf_probe(q, _aug(cen, geometry), P, geometry)
+    assert pr.shape == (300, P)
+    d = kernels.ref_pairwise_dist(q, cen, geometry)
+    ref = torch.argsort(d, dim=1, stable=True)[:, :P]
+    chosen = torch.gather(d, 1, pr)
+    best = torch.gather(d, 1, ref)
+    # the float32 bound ranks like the float64 distance up to rounding
+    assert torch.allclose(chosen, best, rtol=1e-4, atol=1e-5)
+    assert (pr == ref).float().mean() > 0.99
+    assert kernels.ivf_probe(q, _aug(cen, geometry), 100, geometry).shape == (300, 37)  # nprobe >= C
+
+
+def test_ann_index_recall_and_exact_at_full_probe():
+    """On clustered synthetic data recall@10 grows with nprobe; nprobe >= C is exact search."""
+    gen = torch.Generator().manual_seed(7)
+    centres = ball(40, 16, gen, rmax=0.8).double()
+    z = torch.randint(0, 40, (4200,), generator=gen)
+    pts = manifold.project(centres[z] + 0.05 * torch.randn(4200, 16, generator=gen, dtype=torch.float64)).float()
+    db, q = pts[:4000].contiguous(), pts[4000:].contiguous()
+    idx = make_index("ann", n_clusters=40, seed=0).add(db)
+    De, Ie = make_index("exact").add(db).search(q, 10)
+
+    def recall(I):
+        return (I[:, :, None] == Ie[:, None, :]).any(2).float().mean().item()
+
+    C = idx.centroids.shape[0]
+    r = [recall(idx.search(q, 10, nprobe=p)[1]) for p in (1, 4, 12)]
+    assert r[0] <= r[1] <= r[2] and r[2] > 0.95, r
+    D, I = idx.search(q, 10, nprobe=C)
+    assert torch.equal(I, Ie)
+    assert torch.allclose(D, De, rtol=1e-6, atol=1e-7)
+
+
+def test_ann_index_balances_big_clusters():
+    gen = torch.Generator().manual_seed(8)
+    # one dense blob holding most of the points, plus a spread background
+    blob = (0.3 + 0.01 * torch.randn(3000, 8, generator=gen, dtype=torch.float64)).float()
+    back = ball(1000, 8, gen, rmax=0.9)
+    db = torch.cat([blob, back]).contiguous()
+    plain = make_index("ann", n_clusters=20, balance=0).add(db)
+    bal = make_index("ann", n_clusters=20, balance=1.5).add(db)
+    assert bal.cluster_sizes.sum() == 4000 and torch.equal(torch.sort(bal.ids).values, torch.arange(4000))
+    assert bal.cluster_sizes.max() <= plain.cluster_sizes.max()
+    assert bal.cluster_sizes.max() <= 1.5 * 4000 / 20 * 2  # at most a few rounds short of the cap
+    with pytest.raises(ValueError, match="balance"):
+        AnnIndex(balance=0.5)
+
+
+def test_make_index_ann_params():
+    with pytest.raises(ValueError, match="does not take"):
+        make_index("ann", nlist=3)
+    idx = make_index("ann", nprobe=3, n_clusters=4).add(ball(50, 3, torch.Generator().manual_seed(9)))
+    D, I = idx.search(ball(5, 3, torch.Generator().manual_seed(10)), 4)
+    assert D.shape == (5, 4) and I.shape == (5, 4) and (I >= 0).all()
