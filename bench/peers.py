@@ -374,12 +374,13 @@ def make_data(name, Xtr, Ytr, Xte, Yte, ab=(0.55, 1.5)) -> dict:
             "X_train_l2": l2_rows(Xtr), "X_test_l2": l2_rows(Xte), "propensity": tuple(map(float, ab))}
 
 
-def run_dataset(data: dict, peers, work: Path, args, log=print) -> dict:
+def run_dataset(data: dict, peers, work: Path, args, log=print, on_update=None) -> dict:
     """Train, predict and score every requested peer on one data set.
 
     Returns ``{"name", "n_train", "n_test", "n_features", "n_labels", "propensity", "methods":
     {method: {...}}}``; a method that could not run has ``"status": "unavailable"`` or
     ``"failed"`` and a ``"reason"``. Predictions go to ``work/METHOD/predictions.npz``.
+    ``on_update(res)`` (optional) is called after each peer, with the results so far.
     """
     from xhyp.eval.metrics import inv_propensity
     from xhyp.utils import atomic_save_sparse
@@ -399,10 +400,14 @@ def run_dataset(data: dict, peers, work: Path, args, log=print) -> dict:
         except Unavailable as e:
             log(f"[peers] {data['name']}: {peer} skipped: {e}")
             res["methods"][peer] = {"status": "unavailable", "reason": str(e)}
+            if on_update:
+                on_update(res)
             continue
         except Exception as e:  # a peer that crashes must not lose the others' results
             log(f"[peers] {data['name']}: {peer} failed: {type(e).__name__}: {e}")
             res["methods"][peer] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+            if on_update:
+                on_update(res)
             continue
         for method, r in outs:
             S = sp.csr_matrix(r.pop("scores"))
@@ -417,6 +422,8 @@ def run_dataset(data: dict, peers, work: Path, args, log=print) -> dict:
             log(f"[peers] {data['name']}: {method}: P@1 {100 * m['P@1']:.2f} P@3 {100 * m['P@3']:.2f} "
                 f"P@5 {100 * m['P@5']:.2f}  train {r['train_seconds']:.1f}s  "
                 f"predict {r['predict_ms_per_point']:.3f} ms/pt  ({time.time() - t0:.0f}s wall)")
+            if on_update:
+                on_update(res)
     return res
 
 
@@ -504,23 +511,31 @@ def main(argv=None) -> dict:
     command = "python bench/peers.py " + " ".join(argv_used)
     load_start = _load_avg()
     t0 = time.time()
-    results = []
+    out = Path(args.out)
+    results: list[dict] = []
+
+    def write(current=None, final=False) -> str:
+        """Write the JSON and the table of everything measured so far (atomically, after each
+        method), so that an interrupted run leaves its finished rows behind."""
+        done = results + ([current] if current is not None else [])
+        env = environment()
+        doc = {"command": command, "environment": env, "threads": args.threads, "load_avg_start": load_start,
+               "load_avg_end": _load_avg(), "wall_seconds": round(time.time() - t0, 1), "complete": final,
+               "datasets": done}
+        atomic_save_json(doc, out)
+        md = (f"Command: `{command}`\n\nMachine: {env['cpu_count']} CPUs, {env['machine']}, torch {env['torch']}, "
+              f"threads {args.threads or 'default'}; load average (1, 5, 15 min) at start {load_start}, at end "
+              f"{doc['load_avg_end']}; {env['date']}; {doc['wall_seconds']} s wall in all"
+              f"{'' if final else ' (run still in progress or interrupted: partial)'}.\n\n" + markdown_table(done))
+        atomic_write(out.with_suffix(".md"), lambda f: f.write(md.encode()))
+        return md
+
     for name in args.datasets:
         data = prepare(name, args.data_dir)
-        results.append(run_dataset(data, args.peers, Path(args.work) / name, args))
-    table = markdown_table(results)
-    env = environment()
-    doc = {"command": command, "environment": env, "threads": args.threads, "load_avg_start": load_start,
-           "load_avg_end": _load_avg(), "wall_seconds": round(time.time() - t0, 1), "datasets": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(doc, out)
-    md = (f"Command: `{command}`\n\nMachine: {env['cpu_count']} CPUs, {env['machine']}, torch {env['torch']}, "
-          f"threads {args.threads or 'default'}; load average at start {load_start}, at end {doc['load_avg_end']}; "
-          f"{env['date']}; {doc['wall_seconds']} s wall in all.\n\n" + table)
-    atomic_write(out.with_suffix(".md"), lambda f: f.write(md.encode()))
+        results.append(run_dataset(data, args.peers, Path(args.work) / name, args, on_update=write))
+    md = write(final=True)
     print(md)
-    return doc
+    return json.loads(out.read_text())
 
 
 if __name__ == "__main__":
