@@ -114,8 +114,9 @@ def _load_avg() -> list:
 # ------------------------------------------------------------------------------------------------
 # peers: each returns {"train_seconds", "predict_seconds", "model_bytes", "scores", "settings", ...}
 # ------------------------------------------------------------------------------------------------
-def run_xhyp(data: dict, work: Path, args) -> list[tuple[str, dict]]:
-    """xhyp, one learner and (``args.xhyp_learners > 1``) an ensemble sharing learner 0."""
+def run_xhyp(data: dict, work: Path, args):
+    """xhyp, one learner and (``args.xhyp_learners > 1``) an ensemble sharing learner 0 (a generator:
+    yields the single learner's row before the ensemble trains)."""
     try:
         import torch
 
@@ -153,7 +154,6 @@ def run_xhyp(data: dict, work: Path, args) -> list[tuple[str, dict]]:
             S = aggregate((p.predict(Xte, top_k=member_top_k, **predict_kw) for p in preds), args.top_k)
         return S, time.perf_counter() - t0
 
-    out = []
     train_ensemble(Xtr, Ytr, ens_dir, n_learners=1, model_config=mcfg, train_config=tcfg, jobs=1,
                    progress=args.progress, extra_config=extra)
     d0 = ens_dir / "learner_00"
@@ -161,9 +161,9 @@ def run_xhyp(data: dict, work: Path, args) -> list[tuple[str, dict]]:
     S, secs = timed_predict([d0], args.top_k)
     settings = {"model": mcfg, "train": tcfg, "knn": args.xhyp_knn or "training default",
                 "model_dir": str(d0)}
-    out.append(("xhyp", {"train_seconds": st["train_seconds"], "to_best_seconds": st["to_best_seconds"],
+    yield ("xhyp", {"train_seconds": st["train_seconds"], "to_best_seconds": st["to_best_seconds"],
                          "predict_seconds": secs, "model_bytes": st["model_bytes"], "scores": S,
-                         "settings": settings, "learners": [st]}))
+                         "settings": settings, "learners": [st]})
     if args.xhyp_learners > 1:
         n = args.xhyp_learners
         train_ensemble(Xtr, Ytr, ens_dir, n_learners=n, model_config=mcfg, train_config=tcfg, jobs=1,
@@ -171,14 +171,13 @@ def run_xhyp(data: dict, work: Path, args) -> list[tuple[str, dict]]:
         dirs = [ens_dir / f"learner_{i:02d}" for i in range(n)]
         sts = [learner_stats(d) for d in dirs]
         S, secs = timed_predict(dirs, args.xhyp_member_top_k)
-        out.append((f"xhyp-ens{n}", {
+        yield (f"xhyp-ens{n}", {
             "train_seconds": sum(s["train_seconds"] for s in sts),
             "to_best_seconds": round(sum(s["to_best_seconds"] for s in sts), 3),
             "predict_seconds": secs, "model_bytes": sum(s["model_bytes"] for s in sts), "scores": S,
             "settings": dict(settings, learners=n, member_top_k=args.xhyp_member_top_k, model_dir=str(ens_dir),
                              seeds=list(range(args.seed, args.seed + n))),
-            "learners": sts}))
-    return out
+            "learners": sts})
 
 
 def _omikuji(data: dict, work: Path, args, bonsai: bool) -> dict:
@@ -391,37 +390,39 @@ def run_dataset(data: dict, peers, work: Path, args, log=print, on_update=None) 
            "n_features": int(data["X_train"].shape[1]), "n_labels": int(data["Y_train"].shape[1]),
            "propensity": [A, B], "methods": {}}
     n_test = data["X_test"].shape[0]
+    def record(method, r, load0, t0):
+        S = sp.csr_matrix(r.pop("scores"))
+        pred_path = work / method / "predictions.npz"
+        pred_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_sparse(pred_path, S)
+        r.update(status="ok", metrics=score(data["Y_test"], S, inv_prop),
+                 predict_ms_per_point=1000.0 * r["predict_seconds"] / max(n_test, 1),
+                 predictions=str(pred_path), load_avg_before=load0, load_avg_after=_load_avg())
+        res["methods"][method] = r
+        m = r["metrics"]
+        log(f"[peers] {data['name']}: {method}: P@1 {100 * m['P@1']:.2f} P@3 {100 * m['P@3']:.2f} "
+            f"P@5 {100 * m['P@5']:.2f}  train {r['train_seconds']:.1f}s  "
+            f"predict {r['predict_ms_per_point']:.3f} ms/pt  ({time.time() - t0:.0f}s wall)")
+
     for peer in peers:
         log(f"[peers] {data['name']}: {peer} ...")
         load0 = _load_avg()
         t0 = time.time()
         try:
-            outs = RUNNERS[peer](data, work / peer, args)
-        except Unavailable as e:
-            log(f"[peers] {data['name']}: {peer} skipped: {e}")
-            res["methods"][peer] = {"status": "unavailable", "reason": str(e)}
-            if on_update:
-                on_update(res)
-            continue
+            # a runner yields (or returns a list of) (method, result) pairs: xhyp's single learner is
+            # recorded before its ensemble trains
+            for method, r in RUNNERS[peer](data, work / peer, args):
+                record(method, r, load0, t0)
+                if on_update:
+                    on_update(res)
         except Exception as e:  # a peer that crashes must not lose the others' results
-            log(f"[peers] {data['name']}: {peer} failed: {type(e).__name__}: {e}")
-            res["methods"][peer] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
-            if on_update:
-                on_update(res)
-            continue
-        for method, r in outs:
-            S = sp.csr_matrix(r.pop("scores"))
-            pred_path = work / method / "predictions.npz"
-            pred_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save_sparse(pred_path, S)
-            r.update(status="ok", metrics=score(data["Y_test"], S, inv_prop),
-                     predict_ms_per_point=1000.0 * r["predict_seconds"] / max(n_test, 1),
-                     predictions=str(pred_path), load_avg_before=load0, load_avg_after=_load_avg())
-            res["methods"][method] = r
-            m = r["metrics"]
-            log(f"[peers] {data['name']}: {method}: P@1 {100 * m['P@1']:.2f} P@3 {100 * m['P@3']:.2f} "
-                f"P@5 {100 * m['P@5']:.2f}  train {r['train_seconds']:.1f}s  "
-                f"predict {r['predict_ms_per_point']:.3f} ms/pt  ({time.time() - t0:.0f}s wall)")
+            key = peer if peer not in res["methods"] else f"{peer} (further rows)"
+            if isinstance(e, Unavailable):
+                log(f"[peers] {data['name']}: {peer} skipped: {e}")
+                res["methods"][key] = {"status": "unavailable", "reason": str(e)}
+            else:
+                log(f"[peers] {data['name']}: {peer} failed: {type(e).__name__}: {e}")
+                res["methods"][key] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
             if on_update:
                 on_update(res)
     return res
@@ -491,6 +492,8 @@ def parse_args(argv=None):
     p.add_argument("--pecos-venv", default=str(HERE / ".venv-pecos"))
     p.add_argument("--no-pecos-install", action="store_true", help="never create the pecos environment")
     p.add_argument("--progress", action="store_true", help="xhyp's per-epoch progress bars")
+    p.add_argument("--render", nargs="+", metavar="JSON", help="train nothing: merge the data sets of these "
+                   "earlier --out files into one table and JSON (--out)")
     args = p.parse_args(argv)
     if args.top_k < max(KS):
         p.error(f"--top-k must be >= {max(KS)}")
@@ -506,6 +509,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from xhyp.eval.common import environment
     from xhyp.utils import atomic_save_json, atomic_write
+
+    if args.render:
+        return render(args.render, Path(args.out))
 
     argv_used = sys.argv[1:] if argv is None else list(argv)
     command = "python bench/peers.py " + " ".join(argv_used)
@@ -536,6 +542,29 @@ def main(argv=None) -> dict:
     md = write(final=True)
     print(md)
     return json.loads(out.read_text())
+
+
+def render(paths, out: Path) -> dict:
+    """Merge earlier runs' JSON (``--render``) into one JSON and table; each run keeps its command,
+    machine and load in the merged JSON's ``runs`` and in the table's header lines."""
+    from xhyp.utils import atomic_save_json, atomic_write
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    head = []
+    for r in runs:
+        env = r["environment"]
+        names = ", ".join(d["name"] for d in r["datasets"])
+        head.append(f"- {names}: `{r['command']}` ({env['cpu_count']} CPUs, torch {env['torch']}, threads "
+                    f"{r['threads'] or 'default'}; load average (1, 5, 15 min) at start {r['load_avg_start']}, "
+                    f"at end {r['load_avg_end']}; finished {env['date']}; {r['wall_seconds']} s wall"
+                    f"{'' if r.get('complete') else '; partial: interrupted'})")
+    datasets = [d for r in runs for d in r["datasets"]]
+    doc = {"runs": [{k: v for k, v in r.items() if k != "datasets"} for r in runs], "datasets": datasets}
+    atomic_save_json(doc, out)
+    md = "Commands, machine and load:\n\n" + "\n".join(head) + "\n\n" + markdown_table(datasets)
+    atomic_write(out.with_suffix(".md"), lambda f: f.write(md.encode()))
+    print(md)
+    return doc
 
 
 if __name__ == "__main__":
