@@ -104,6 +104,28 @@ def pairs_to_csr(rows, n_labels: int) -> sp.csr_matrix:
     return sp.csr_matrix((val, ind, indptr), shape=(len(rows), n_labels))
 
 
+class _StderrToFile:
+    """Send file descriptor 2 to ``path`` for a while (omikuji's Rust code draws progress bars on
+    it, tens of thousands of lines per run); Python's ``sys.stderr`` is flushed around the switch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.f = open(self.path, "ab")
+        os.dup2(self.f.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.f.close()
+        return False
+
+
 def _load_avg() -> list:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -200,12 +222,13 @@ def _omikuji(data: dict, work: Path, args, bonsai: bool) -> dict:
                 isinstance(getattr(hp, k), (int, float, bool))}
     settings["beam_size"] = 10
     n_threads = args.threads or None
-    t0 = time.perf_counter()
-    model = omikuji.Model.train_on_data(str(train_file), hp, n_threads=n_threads)
     model_dir = work / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
-    model.save(str(model_dir))
-    train_s = time.perf_counter() - t0
+    with _StderrToFile(work / "omikuji.log"):  # its log and progress bars
+        t0 = time.perf_counter()
+        model = omikuji.Model.train_on_data(str(train_file), hp, n_threads=n_threads)
+        model.save(str(model_dir))
+        train_s = time.perf_counter() - t0
     train_file.unlink()
     if n_threads:
         model.init_prediction_thread_pool(n_threads)

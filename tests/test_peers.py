@@ -127,6 +127,14 @@ def test_main_writes_json_and_md(peers, tiny, tmp_path, monkeypatch):
     assert "environment" in doc and doc["command"].startswith("python bench/peers.py")
     md = out.with_suffix(".md").read_text()
     assert "| tiny | plt |" in md and "Command:" in md
+    assert doc["complete"] is True
+    # --render: two runs merged into one table, each run's command kept
+    merged = tmp_path / "merged.json"
+    peers.main(["--render", str(out), str(out), "--out", str(merged)])
+    mdoc = json.loads(merged.read_text())
+    assert len(mdoc["datasets"]) == 2 and len(mdoc["runs"]) == 2
+    assert mdoc["runs"][0]["command"] == doc["command"]
+    assert merged.with_suffix(".md").read_text().count("| tiny | plt |") == 2
 
 
 def test_l2_rows(peers):
