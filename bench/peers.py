@@ -455,12 +455,32 @@ COLUMNS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5", "train (s)", "to best
            "predict (ms/pt)", "model (MB)")
 
 
+FOOTER = """
+How to read it: P@k and PSP@k in percent, every method scored by `xhyp.eval.metrics` on its saved
+top-5 test predictions (PSP with the Jain et al. 2016 inverse propensities, `A, B` from xhyp's
+registry); the peers get L2-normalised features, xhyp normalises them itself (`features="l2"`).
+`train (s)`: fit and save, wall clock (xhyp: includes each epoch's validation and the final embedding
+of the training set; an ensemble: the sum over its learners, learned one after another, learner 0
+being the single learner). `to best epoch (s)`: xhyp only, the sum of the epoch times of
+`history.json` up to the best validation epoch. `predict (ms/pt)`: the whole test set with the model
+in memory, divided by the test size (omikuji's Python binding predicts a point per call).
+`model (MB)`: what prediction needs on disk (xhyp: without the resumable checkpoint). Parabel =
+omikuji defaults (3 trees); Bonsai = omikuji unbalanced k-means, cluster_k 100, max_depth 3;
+PLT = napkinxc defaults; XR-Linear = libpecos PIFA + hierarchical k-means + XLinearModel defaults,
+in its own virtualenv.
+"""
+
+
 def markdown_table(results: list[dict]) -> str:
     """One Markdown table, a row per (data set, method); metrics in percent."""
     head = "| dataset | method | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|---|---|" + "---:|" * len(COLUMNS)]
+    def order(method):  # xhyp, xhyp-ensN, then the peers as in ALL_PEERS (JSON keys come back sorted)
+        base = method.split("-")[0].split(" ")[0]
+        return (ALL_PEERS.index(base) if base in ALL_PEERS else len(ALL_PEERS), method)
+
     for d in results:
-        for method, r in d["methods"].items():
+        for method, r in sorted(d["methods"].items(), key=lambda kv: order(kv[0])):
             if r.get("status") != "ok":
                 lines.append(f"| {d['name']} | {method} | " + " | ".join(["—"] * len(COLUMNS))
                              + " |")
@@ -489,7 +509,8 @@ def markdown_table(results: list[dict]) -> str:
         out += "\n" + "\n".join(ratios) + "\n"
     if notes:
         out += "\nNot run:\n" + "\n".join(notes) + "\n"
-    return out
+    props = ", ".join(f"{d['name']} A={d['propensity'][0]}, B={d['propensity'][1]}" for d in results)
+    return out + FOOTER.replace("registry);", f"registry: {props});" if props else "registry);")
 
 
 def parse_args(argv=None):
