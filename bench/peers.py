@@ -47,6 +47,12 @@ Timings (wall clock, ``--threads`` threads for every method):
 * ``model (MB)``: bytes on disk of what prediction needs (xhyp: the files of
   ``xhyp.predict.PREDICTOR_FILES``, i.e. without the resumable ``checkpoint.pt``; the others:
   their saved model directory), in 10^6 bytes.
+
+Threads: ``--threads`` is given to every method. On a machine shared with other jobs use
+``--threads 1``: torch's 2-thread parallel regions wait for each other's time slices, and on the
+2-core development machine at load average 17-19 a Delicious xhyp epoch took 333-475 s with 2
+threads against 49-73 s with 1 thread (bench/peers.md). The results in bench/peers.md were
+measured that way, on a loaded machine: compare methods within a run, not with idle-machine times.
 """
 from __future__ import annotations
 
@@ -530,7 +536,8 @@ def parse_args(argv=None):
     p.add_argument("--xhyp-member-top-k", type=int, default=100, help="labels kept per ensemble member "
                    "before summing (xhyp predict's default)")
     p.add_argument("--xhyp-set", nargs="*", default=[], metavar="KEY=VALUE", help="xhyp TrainConfig overrides")
-    p.add_argument("--threads", type=int, default=0, help="threads for every method (0: each one's default)")
+    p.add_argument("--threads", type=int, default=0, help="threads for every method (0: each one's default; "
+                   "1 on a loaded machine, see the module docstring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5, help="labels predicted per test point (>= 5)")
     p.add_argument("--pecos-venv", default=str(HERE / ".venv-pecos"))
