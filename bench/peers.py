@@ -159,7 +159,8 @@ def run_xhyp(data: dict, work: Path, args):
     tcfg = dict(parse_overrides(args.xhyp_set), seed=args.seed, threads=args.threads)
     mcfg = {"dim": args.xhyp_dim}
     ens_dir = work / "xhyp-ensemble"
-    shutil.rmtree(ens_dir, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(ens_dir, ignore_errors=True)
     Xtr, Ytr, Xte = data["X_train"], data["Y_train"], data["X_test"]
     extra = {"dataset": data["name"]}
     predict_kw = {"k": args.xhyp_knn} if args.xhyp_knn else {}
@@ -540,6 +541,9 @@ def parse_args(argv=None):
                    "1 on a loaded machine, see the module docstring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5, help="labels predicted per test point (>= 5)")
+    p.add_argument("--resume", action="store_true", help="keep WORK's xhyp learners: complete ones (same "
+                   "settings and data) are reused with the times measured when they were trained, interrupted "
+                   "ones resume from their checkpoint (their train (s) then covers the resumed part only)")
     p.add_argument("--pecos-venv", default=str(HERE / ".venv-pecos"))
     p.add_argument("--no-pecos-install", action="store_true", help="never create the pecos environment")
     p.add_argument("--progress", action="store_true", help="xhyp's per-epoch progress bars")
