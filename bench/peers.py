@@ -488,8 +488,9 @@ def markdown_table(results: list[dict]) -> str:
 
     for d in results:
         for method, r in sorted(d["methods"].items(), key=lambda kv: order(kv[0])):
+            label = f"{method} ({r['run']})" if "run" in r else method
             if r.get("status") != "ok":
-                lines.append(f"| {d['name']} | {method} | " + " | ".join(["—"] * len(COLUMNS))
+                lines.append(f"| {d['name']} | {label} | " + " | ".join(["—"] * len(COLUMNS))
                              + " |")
                 continue
             m = r["metrics"]
@@ -498,7 +499,7 @@ def markdown_table(results: list[dict]) -> str:
             cells.append(f"{r['to_best_seconds']:.1f}" if "to_best_seconds" in r else "")
             cells.append(f"{r['predict_ms_per_point']:.3f}")
             cells.append(f"{r['model_bytes'] / 1e6:.2f}")
-            lines.append(f"| {d['name']} | {method} | " + " | ".join(cells) + " |")
+            lines.append(f"| {d['name']} | {label} | " + " | ".join(cells) + " |")
     notes = [f"- {d['name']} / {method}: {r['status']}: {r['reason']}"
              for d in results for method, r in d["methods"].items() if r.get("status") != "ok"]
     ratios = []
@@ -604,19 +605,31 @@ def render(paths, out: Path) -> dict:
     machine and load in the merged JSON's ``runs`` and in the table's header lines."""
     from xhyp.utils import atomic_save_json, atomic_write
 
-    runs = [json.loads(Path(p).read_text()) for p in paths]
+    runs = []
+    for p in paths:
+        try:
+            runs.append(json.loads(Path(p).read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--render: cannot read {p}: {e}")
     head = []
-    for r in runs:
+    merged: dict[str, dict] = {}
+    for i, r in enumerate(runs, 1):
         env = r["environment"]
         names = ", ".join(d["name"] for d in r["datasets"])
-        head.append(f"- {names}: `{r['command']}` ({env['cpu_count']} CPUs, torch {env['torch']}, threads "
+        head.append(f"{i}. {names}: `{r['command']}` ({env['cpu_count']} CPUs, torch {env['torch']}, threads "
                     f"{r['threads'] or 'default'}; load average (1, 5, 15 min) at start {r['load_avg_start']}, "
                     f"at end {r['load_avg_end']}; finished {env['date']}; {r['wall_seconds']} s wall"
                     f"{'' if r.get('complete') else '; partial: interrupted'})")
-    datasets = [d for r in runs for d in r["datasets"]]
+        for d in r["datasets"]:  # one data set measured by several runs: the first run's row of a method wins
+            m = merged.setdefault(d["name"], dict(d, methods={}))
+            for method, res in d["methods"].items():
+                if method not in m["methods"]:
+                    m["methods"][method] = dict(res, run=i)
+    datasets = list(merged.values())
     doc = {"runs": [{k: v for k, v in r.items() if k != "datasets"} for r in runs], "datasets": datasets}
     atomic_save_json(doc, out)
-    md = "Commands, machine and load:\n\n" + "\n".join(head) + "\n\n" + markdown_table(datasets)
+    md = ("Runs (the number after each method in the table), their commands, machine and load:\n\n"
+          + "\n".join(head)) + "\n\n" + markdown_table(datasets)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(md.encode()))
     print(md)
     return doc

@@ -132,9 +132,10 @@ def test_main_writes_json_and_md(peers, tiny, tmp_path, monkeypatch):
     merged = tmp_path / "merged.json"
     peers.main(["--render", str(out), str(out), "--out", str(merged)])
     mdoc = json.loads(merged.read_text())
-    assert len(mdoc["datasets"]) == 2 and len(mdoc["runs"]) == 2
+    assert len(mdoc["datasets"]) == 1 and len(mdoc["runs"]) == 2  # same data set: merged, first run wins
     assert mdoc["runs"][0]["command"] == doc["command"]
-    assert merged.with_suffix(".md").read_text().count("| tiny | plt |") == 2
+    assert "| tiny | plt (1) |" in merged.with_suffix(".md").read_text()
+    assert mdoc["datasets"][0]["methods"]["plt"]["run"] == 1
 
 
 def test_l2_rows(peers):
