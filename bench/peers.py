@@ -548,6 +548,7 @@ def parse_args(argv=None):
     p.add_argument("--pecos-venv", default=str(HERE / ".venv-pecos"))
     p.add_argument("--no-pecos-install", action="store_true", help="never create the pecos environment")
     p.add_argument("--progress", action="store_true", help="xhyp's per-epoch progress bars")
+    p.add_argument("--note", default="", help="with --render: a paragraph put above the table")
     p.add_argument("--render", nargs="+", metavar="JSON", help="train nothing: merge the data sets of these "
                    "earlier --out files into one table and JSON (--out)")
     args = p.parse_args(argv)
@@ -567,7 +568,7 @@ def main(argv=None) -> dict:
     from xhyp.utils import atomic_save_json, atomic_write
 
     if args.render:
-        return render(args.render, Path(args.out))
+        return render(args.render, Path(args.out), note=args.note)
 
     argv_used = sys.argv[1:] if argv is None else list(argv)
     command = "python bench/peers.py " + " ".join(argv_used)
@@ -600,7 +601,7 @@ def main(argv=None) -> dict:
     return json.loads(out.read_text())
 
 
-def render(paths, out: Path) -> dict:
+def render(paths, out: Path, note: str = "") -> dict:
     """Merge earlier runs' JSON (``--render``) into one JSON and table; each run keeps its command,
     machine and load in the merged JSON's ``runs`` and in the table's header lines."""
     from xhyp.utils import atomic_save_json, atomic_write
@@ -626,9 +627,10 @@ def render(paths, out: Path) -> dict:
                 if method not in m["methods"]:
                     m["methods"][method] = dict(res, run=i)
     datasets = list(merged.values())
-    doc = {"runs": [{k: v for k, v in r.items() if k != "datasets"} for r in runs], "datasets": datasets}
+    doc = {"runs": [{k: v for k, v in r.items() if k != "datasets"} for r in runs], "datasets": datasets,
+           "note": note}
     atomic_save_json(doc, out)
-    md = ("Runs (the number after each method in the table), their commands, machine and load:\n\n"
+    md = ((note.strip() + "\n\n" if note.strip() else "") + "Runs (the number after each method in the table), their commands, machine and load:\n\n"
           + "\n".join(head)) + "\n\n" + markdown_table(datasets)
     atomic_write(out.with_suffix(".md"), lambda f: f.write(md.encode()))
     print(md)
