@@ -111,8 +111,8 @@ def targets(summary: dict, contrastive: str = "none") -> dict:
 
 def markdown(summary: dict, tg: dict, meta: dict) -> str:
     lines = [f"Command: `{meta['command']}`", "",
-             f"Seeds {meta['seeds']}; total wall time {meta['wall_seconds'] / 60:.1f} min with {meta['jobs']} "
-             f"worker(s); model {json.dumps(meta['model'])}; training {json.dumps(meta['train'])}.", "",
+             f"Seeds {meta['seeds']}; {meta['runs_done']} of {meta['runs_asked']} runs; sum of training times "
+             f"{meta['sum_train_seconds'] / 60:.1f} min; model {json.dumps(meta['model'])}; training {json.dumps(meta['train'])}.", "",
              "### Test results (mean ± std over seeds, %)", "",
              "| dataset | method | contrastive | AU(PRC) | micro-F1 | macro-F1 | micro-F1@0.5 | P@1 | train s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--model", default="{}", help="JSON HMCModelConfig overrides")
     p.add_argument("--train", default="{}", help="JSON HMCTrainConfig overrides")
+    p.add_argument("--summarise-only", action="store_true",
+                   help="train nothing: tabulate the runs already cached under OUT/runs (a reduced grid)")
     return p
 
 
@@ -163,7 +165,10 @@ def main(argv=None) -> int:
     jobs = [(ds, m, c, s, args.data_dir, model_cfg, train_cfg, cache) for ds in args.datasets for m in args.methods
             for c in args.contrastive for s in args.seeds]
     t0 = time.time()
-    if args.jobs > 1:
+    if args.summarise_only:
+        records = [json.loads((cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").read_text()) for j in jobs
+                   if (cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").is_file()]
+    elif args.jobs > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.jobs) as pool:
@@ -181,6 +186,7 @@ def main(argv=None) -> int:
     summary = summarise(records)
     tg = targets(summary)
     meta = {"command": command_line("hmc_table", argv), "seeds": args.seeds, "jobs": args.jobs,
+            "runs_done": len(records), "runs_asked": len(jobs),
             "wall_seconds": round(time.time() - t0, 1), "model": model_cfg, "train": train_cfg,
             "sum_train_seconds": round(sum(r["train_seconds"] for r in records), 1)}
     md = markdown(summary, tg, meta)

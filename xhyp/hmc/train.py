@@ -156,13 +156,13 @@ def pretrain_label_embeddings(model: HMCModel, Y, cfg: HMCTrainConfig, rng) -> l
 
 
 def _val_au_prc(model, X_val, Y_val, labels):
-    from xhyp.eval.metrics import au_prc
+    from xhyp.eval.metrics import au_prc_fast
 
     P = model.predict_proba(X_val)
     T = Y_val.toarray()
     if labels is not None:
-        T, P = T[:, labels], P[:, labels]
-    return au_prc(T, P), P
+        return au_prc_fast(T[:, labels], P[:, labels]), P
+    return au_prc_fast(T, P), P
 
 
 def train_hmc(X, Y, X_val, Y_val, model_config: dict, train_config: dict, hierarchy=None, eval_labels=None,
