@@ -411,3 +411,35 @@ def test_cli_train_predict_evaluate_ensemble(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", "--method", "flat", *d, "--out", str(tmp_path / "x"), "--knn", "5"]) == 2
     assert "--knn apply only to --method xmc" in capsys.readouterr().err
+
+
+def test_au_prc_fast_equals_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    for decimals in (1, 6):  # many ties, few ties
+        T = rng.random((40, 25)) < 0.2
+        S = np.round(rng.random((40, 25)), decimals)
+        assert M.au_prc_fast(T, S) == pytest.approx(average_precision_score(T.ravel(), S.ravel()), abs=1e-12)
+    assert M.au_prc_fast(np.zeros((2, 2)), np.ones((2, 2))) == 0.0
+
+
+def test_hmc_table_summary_and_targets():
+    from xhyp.eval import hmc_table as H
+
+    def rec(ds, m, seed, au, mp):
+        return {"dataset": ds, "method": m, "contrastive": "none", "seed": seed, "train_seconds": 1.0,
+                "best_epoch": 3, "test": {"au_prc": au, "micro_f1": 0.5, "macro_f1": 0.1, "micro_f1@0.5": 0.4,
+                                          "P@1": 0.9}, "faithfulness": {"map": mp, "mean_rank": 2.0,
+                                                                        "spearman_norm_depth": 0.3}}
+
+    recs = [rec("Enron_corr", "flat", 0, 0.70, 0.1), rec("Enron_corr", "flat", 1, 0.72, 0.1),
+            rec("Enron_corr", "joint", 0, 0.76, 0.5), rec("Enron_corr", "cascaded", 0, 0.6, 0.6)]
+    s = H.summarise(recs)
+    assert s["Enron_corr"]["flat"]["none"]["au_prc"] == pytest.approx([0.71, 0.01, 2])
+    tg = H.targets(s)
+    assert tg["joint_beats_flat_au_prc"] == {"Enron_corr": True} and tg["joint_reaches_chmcnn"] == {"Enron_corr": True}
+    assert tg["joint_map_above_cascaded"] == {"Enron_corr": False} and not tg["met"]["beats_on_3_of_4"]
+    md = H.markdown(s, tg, {"command": "x", "seeds": [0, 1], "runs_done": 4, "runs_asked": 4, "sum_train_seconds": 4,
+                            "model": {}, "train": {}})
+    assert "| Enron_corr | flat | none | 2 | 71.00 ± 1.00 |" in md
