@@ -32,8 +32,8 @@ from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-packages = ["xhyp", "xhyp.datasets", "xhyp.eval"]
-package_dir = {"xhyp": "xhyp", "xhyp.datasets": "datasets", "xhyp.eval": "eval"}
+packages = ["xhyp", "xhyp.hmc", "xhyp.datasets", "xhyp.eval"]
+package_dir = {"xhyp": "xhyp", "xhyp.hmc": "xhyp/hmc", "xhyp.datasets": "datasets", "xhyp.eval": "eval"}
 
 
 def _rel(paths):

@@ -656,6 +656,15 @@ def _mulan_label_names(xml_path) -> list[str]:
     return names
 
 
+def _check_finite(path, line: int, v: str, j: int) -> None:
+    """Refuse ``nan``/``inf`` and values beyond float32 (the XC reader refuses them too)."""
+    x = float(v)
+    if not math.isfinite(x):
+        raise DataFormatError(path, line, f"non-finite value {v!r} of attribute {j}")
+    if abs(x) > _FLT_MAX:
+        raise DataFormatError(path, line, f"value {v!r} of attribute {j} overflows float32")
+
+
 def _parse_arff_row(path, line: int, text: str, n_attr: int) -> tuple[list[int], list[float]]:
     """``(attribute indices, values)`` of the non-zero entries of one sparse or dense ARFF row."""
     if text.startswith("{"):
@@ -674,6 +683,7 @@ def _parse_arff_row(path, line: int, text: str, n_attr: int) -> tuple[list[int],
                 raise DataFormatError(path, line, f"duplicate attribute index {j}")
             if not _FLOAT.fullmatch(v):
                 raise DataFormatError(path, line, f"non-numeric value {v!r} of attribute {j}")
+            _check_finite(path, line, v, j)
             seen.add(j)
             idx.append(j)
             vals.append(float(v))
@@ -685,6 +695,7 @@ def _parse_arff_row(path, line: int, text: str, n_attr: int) -> tuple[list[int],
     for j, v in enumerate(fields):
         if not _FLOAT.fullmatch(v):
             raise DataFormatError(path, line, f"non-numeric value {v!r} of attribute {j}")
+        _check_finite(path, line, v, j)
         if float(v) != 0:
             idx.append(j)
             vals.append(float(v))
@@ -705,7 +716,8 @@ def _arff_rows_to_coo(path, rows: list[str], row_lines: list[int], n_attr: int):
             if nums is not None and len(nums) == 2 * counts.sum():
                 cols, vals = nums[0::2], nums[1::2]
                 rows_idx = np.repeat(np.arange(len(rows)), counts)
-                bad = (cols != np.floor(cols)) | (cols < 0) | (cols >= n_attr)
+                bad = (cols != np.floor(cols)) | (cols < 0) | (cols >= n_attr) | ~np.isfinite(cols) | \
+                    ~(np.abs(vals) <= _FLT_MAX)  # NaN fails the comparison too
                 keys = rows_idx * n_attr + np.where(bad, 0, cols).astype(np.int64)
                 bad_rows = set(rows_idx[bad].tolist())
                 uk, cnt = np.unique(keys, return_counts=True)
@@ -721,6 +733,32 @@ def _arff_rows_to_coo(path, rows: list[str], row_lines: list[int], n_attr: int):
         c_idx.extend(idx)
         v_all.extend(vals)
     return np.asarray(r_idx, np.int64), np.asarray(c_idx, np.int64), np.asarray(v_all, np.float64)
+
+
+def _common_prefix(names: list[str]) -> str:
+    lo, hi = min(names), max(names)
+    k = next((i for i, (a, b) in enumerate(zip(lo, hi)) if a != b), min(len(lo), len(hi)))
+    return lo[:k]
+
+
+def _check_no_unlisted_label(arff_path, xml_path, feature_attrs, names: list[str]) -> None:
+    """Refuse a feature attribute right before the label block that looks like a label the XML
+    omits: every label name shares a prefix of 3+ characters (Mulan's ``TAG_``...) and that
+    attribute has it too (an omitted first label would otherwise silently become a feature)."""
+    prefix = _common_prefix(names) if len(names) > 1 else ""
+    if len(prefix) < 3 or not feature_attrs:
+        return
+    unlisted = []
+    for a_name, _, a_line in reversed(feature_attrs):  # the attributes just before the labels
+        if not a_name.startswith(prefix):
+            break
+        unlisted.append((a_name, a_line))
+    if unlisted:
+        a_name, a_line = unlisted[-1]
+        raise DataFormatError(arff_path, a_line, f"attribute {a_name!r} looks like a label (every label of "
+                                                 f"{xml_path} starts with {prefix!r}) but the XML label list "
+                                                 f"does not name it ({len(unlisted)} such attribute(s) before the "
+                                                 "labels); add it to the XML file or rename it")
 
 
 def read_mulan_arff(arff_path, xml_path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -742,8 +780,11 @@ def read_mulan_arff(arff_path, xml_path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     Raises:
         FileNotFoundError: a missing file.
         DataFormatError: malformed ARFF or XML, label names that are not the last attributes,
-            a non-numeric attribute, an index out of range, a duplicate index, or a label value
-            other than 0/1.
+            an XML label that is not an ARFF attribute, an attribute just before the labels
+            that carries the labels' common name prefix (3+ characters, e.g. ``TAG_``) but is
+            not in the XML list (an omitted label), a non-numeric attribute, a non-finite
+            (``nan``, ``inf``) or float32-overflowing value, an index out of range, a duplicate
+            index, or a label value other than 0/1.
     """
     names = _mulan_label_names(xml_path)
     attrs, rows, row_lines = _read_arff(arff_path)
@@ -752,6 +793,13 @@ def read_mulan_arff(arff_path, xml_path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     if n_feat < 0:
         raise DataFormatError(arff_path, None, f"{n_lab} labels in {xml_path} but only {n_attr} attributes")
     tail = [a[0] for a in attrs[n_feat:]]
+    attr_line = {a[0]: a[2] for a in attrs}
+    absent = [nm for nm in names if nm not in attr_line]
+    if absent:
+        raise DataFormatError(xml_path, None, f"label {absent[0]!r} of the XML label list is not an attribute of "
+                                              f"{arff_path}" + (f" ({len(absent)} such labels)" if len(absent) > 1
+                                                                else ""))
+    _check_no_unlisted_label(arff_path, xml_path, attrs[:n_feat], names)
     if set(tail) != set(names):
         missing = next((nm for nm in names if nm not in set(tail)), None)
         where = next((a for a in attrs[n_feat:] if a[0] not in set(names)), attrs[n_feat])
@@ -834,39 +882,99 @@ def _topological_order(path, line: int, names: list[str], parents: list[list[int
     return order
 
 
-def read_hmc_arff(path) -> tuple[np.ndarray, sp.csr_matrix, list[str], list[list[int]]]:
-    """Read a Clus-HMC hierarchical multi-label ARFF file (e.g. ``cellcycle_FUN``, ``derisi_GO``).
+def _nominal_values(typ: str) -> list[str] | None:
+    """The values of a nominal ARFF type ``{a, b, 'c d'}`` (unquoted), or None for other types."""
+    t = typ.strip()
+    if not (t.startswith("{") and t.endswith("}")):
+        return None
+    return [v.strip().strip("'\"") for v in t[1:-1].split(",")]
 
-    All attributes are numeric except the last, declared ``hierarchical`` with the hierarchy:
-    either paths (FunCat trees: ``01/01/03`` is a child of ``01/01``) or ``parent/child`` edges
-    (Gene Ontology DAGs; the pseudo-node ``root`` is dropped). Each data row ends with its
-    classes separated by ``@``. The returned label sets are closed under ancestors (a class
-    implies all its ancestors), as in C-HMCNN. Labels are numbered in order of first appearance
-    in the declaration.
+
+def _hmc_feature_layout(path, attrs) -> list[tuple[str, list[str] | None]]:
+    """``[(attribute name, None for numeric | its nominal values)]`` of the feature attributes."""
+    layout = []
+    for a_name, a_typ, a_line in attrs:
+        if a_typ.lower() in ("numeric", "real", "integer"):
+            layout.append((a_name, None))
+            continue
+        values = _nominal_values(a_typ)
+        if values is None or not all(values) or len(set(values)) != len(values):
+            raise DataFormatError(path, a_line, f"attribute {a_name!r} has type {a_typ!r}; only numeric and "
+                                                "nominal ({a,b,...}, distinct non-empty values) features are "
+                                                "supported")
+        layout.append((a_name, values))
+    return layout
+
+
+def _hmc_row_features(path, line: int, text: str, layout, width: int) -> list[float]:
+    """One row's feature values, nominal ones one-hot (``?``: NaN if numeric, all zeros if nominal)."""
+    vals = text.split(",") if layout else []
+    if len(vals) != len(layout):
+        raise DataFormatError(path, line, f"row has {len(vals) + 1} values, expected {len(layout) + 1}")
+    out: list[float] = []
+    for (a_name, values), v in zip(layout, vals):
+        v = v.strip()
+        if values is None:
+            if v == "?":
+                out.append(math.nan)
+                continue
+            if not _FLOAT.fullmatch(v):
+                raise DataFormatError(path, line, f"unparsable value {v!r} of attribute {a_name!r}")
+            x = float(v)
+            if not math.isfinite(x):
+                raise DataFormatError(path, line, f"non-finite value {v!r} of attribute {a_name!r} (write a "
+                                                  "missing value as '?')")
+            if abs(x) > _FLT_MAX:
+                raise DataFormatError(path, line, f"value {v!r} of attribute {a_name!r} overflows float32")
+            out.append(x)
+        else:
+            v = v.strip("'\"")
+            hot = [0.0] * len(values)
+            if v != "?":
+                try:
+                    hot[values.index(v)] = 1.0
+                except ValueError:
+                    raise DataFormatError(path, line, f"value {v!r} of nominal attribute {a_name!r} is not one "
+                                                      f"of its declared values {{{','.join(values)}}}") from None
+            out.extend(hot)
+    return out
+
+
+def read_hmc_arff(path) -> tuple[np.ndarray, sp.csr_matrix, list[str], list[list[int]]]:
+    """Read a Clus-HMC hierarchical multi-label ARFF file (Vens et al. 2008; the collection used
+    by C-HMCNN: the FunCat and GO yeast sets, Diatoms, Enron, ImCLEF07A/D).
+
+    The features are numeric or nominal attributes; a nominal attribute with ``K`` declared
+    values becomes ``K`` one-hot columns (in declaration order, as C-HMCNN's ``parse_arff``
+    does; a missing nominal value ``?`` is all zeros). The last attribute is declared
+    ``hierarchical`` with the hierarchy: either paths (FunCat trees: ``01/01/03`` is a child of
+    ``01/01``) or ``parent/child`` edges (Gene Ontology DAGs; the pseudo-node ``root`` is
+    dropped). Each data row ends with its classes separated by ``@``; a ``%`` starts a comment.
+    The returned label sets are closed under ancestors (a class implies all its ancestors), as
+    in C-HMCNN. Labels are numbered in order of first appearance in the declaration.
 
     Args:
         path: the ``.arff`` file.
 
     Returns:
-        ``(X, Y, label_names, parents)``: ``X`` ``(N, F)`` float32 ndarray with NaN for missing
-        values (``?``; impute before use), ``Y`` ``(N, L)`` binary float32 CSR (sorted
-        indices), the ``L`` node names, and for each label the list of its parents' label ids
-        (empty for top-level nodes).
+        ``(X, Y, label_names, parents)``: ``X`` ``(N, F)`` float32 ndarray (``F`` counts the
+        one-hot columns) with NaN for missing numeric values (``?``; impute before use), ``Y``
+        ``(N, L)`` binary float32 CSR (sorted indices), the ``L`` node names, and for each label
+        the list of its parents' label ids (empty for top-level nodes).
 
     Raises:
         FileNotFoundError: no such file.
-        DataFormatError: no hierarchical last attribute, a non-numeric feature attribute, a
-            cyclic hierarchy, a row with the wrong number of values, an unparsable value, or a
-            class that is not in the hierarchy.
+        DataFormatError: no hierarchical last attribute, a feature attribute that is neither
+            numeric nor nominal, a cyclic hierarchy, a row with the wrong number of values, an
+            unparsable, non-finite (``nan``, ``inf``: write missing values as ``?``) or
+            float32-overflowing value, a nominal value not declared, or a class that is not in
+            the hierarchy.
     """
     attrs, rows, row_lines = _read_arff(path)
     name, typ, hline = attrs[-1]
     if not typ.lower().startswith("hierarchical"):
         raise DataFormatError(path, hline, f"the last attribute ({name!r}) must be declared 'hierarchical'")
-    for a_name, a_typ, a_line in attrs[:-1]:
-        if a_typ.lower() not in ("numeric", "real", "integer"):
-            raise DataFormatError(path, a_line, f"attribute {a_name!r} has type {a_typ!r}; only numeric "
-                                                "features are supported")
+    layout = _hmc_feature_layout(path, attrs[:-1])
     labels, parents, is_dag = _hierarchy(path, typ.split(None, 1)[1] if " " in typ else "", hline)
     order = _topological_order(path, hline, labels, parents)
     closure: list[set[int]] = [set() for _ in labels]  # ancestors-or-self
@@ -876,12 +984,14 @@ def read_hmc_arff(path) -> tuple[np.ndarray, sp.csr_matrix, list[str], list[list
             closure[v] |= closure[p]
     index = {nm: i for i, nm in enumerate(labels)}
 
-    n_feat = len(attrs) - 1
+    n_attr = len(layout)
+    width = sum(1 if vals is None else len(vals) for _, vals in layout)
     feats, y_rows, y_cols = [], [], []
     for i, (text, line) in enumerate(zip(rows, row_lines)):
+        text = text.split("%", 1)[0].strip()
         head, sep, classes = text.rpartition(",")
-        if not sep and n_feat:
-            raise DataFormatError(path, line, f"row has 1 value, expected {n_feat + 1}")
+        if not sep and n_attr:
+            raise DataFormatError(path, line, f"row has 1 value, expected {n_attr + 1}")
         feats.append(head)
         labs = set()
         for c in classes.strip().strip("'\"").split("@"):
@@ -894,23 +1004,20 @@ def read_hmc_arff(path) -> tuple[np.ndarray, sp.csr_matrix, list[str], list[list
         y_rows.extend([i] * len(labs))
         y_cols.extend(sorted(labs))
     n = len(rows)
-    try:
-        X = np.fromstring(",".join(feats).replace("?", "nan"), dtype=np.float64, sep=",") if n_feat else \
-            np.zeros(0)
-        if X.size != n * n_feat:
-            raise ValueError
-    except ValueError:
-        for text, line in zip(feats, row_lines):  # find the first bad row
-            vals = text.split(",")
-            if len(vals) != n_feat:
-                raise DataFormatError(path, line, f"row has {len(vals) + 1} values, expected {n_feat + 1}") from None
-            for j, v in enumerate(vals):
-                v = v.strip()
-                if v != "?" and not _FLOAT.fullmatch(v):
-                    raise DataFormatError(path, line, f"unparsable value {v!r} of attribute "
-                                                      f"{attrs[j][0]!r}") from None
-        raise DataFormatError(path, None, "unparsable data section") from None
-    X = X.reshape(n, n_feat).astype(np.float32)
+    X = None
+    numeric = all(vals is None for _, vals in layout)
+    if numeric and n_attr:  # fast path: one np.fromstring; any doubt -> the row-by-row parser below
+        joined = ",".join(feats)
+        if not re.search(r"[a-df-zA-DF-Z]", joined):  # no 'nan', 'inf' or other words ('e' = exponent)
+            try:
+                flat = np.fromstring(joined.replace("?", "nan"), dtype=np.float64, sep=",")
+            except ValueError:
+                flat = None
+            if flat is not None and flat.size == n * n_attr and np.all(np.abs(flat[~np.isnan(flat)]) <= _FLT_MAX):
+                X = flat.reshape(n, n_attr).astype(np.float32)
+    if X is None:
+        X = np.asarray([_hmc_row_features(path, line, text, layout, width) for text, line in zip(feats, row_lines)],
+                       dtype=np.float64).reshape(n, width).astype(np.float32)
     Y = sp.csr_matrix((np.ones(len(y_rows), np.float32), (y_rows, y_cols)), shape=(n, len(labels)))
     Y.sort_indices()
     return X, Y, labels, parents

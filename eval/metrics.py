@@ -511,3 +511,179 @@ def au_prc(Y_true, scores_dense, labels=None) -> float:
         T = T[:, labels]
         S = S[:, labels]
     return float(average_precision_score(T, S, average="micro"))
+
+
+def au_prc_fast(Y_true, scores) -> float:
+    """:func:`au_prc` (micro-averaged average precision, ``sum_n (R_n - R_{n-1}) P_n`` over the
+    distinct score thresholds, ties grouped, as sklearn's ``average_precision_score``) with one
+    sort of the flattened matrix and no input validation: the per-epoch validation score of
+    :mod:`xhyp.hmc.train`.
+
+    Args:
+        Y_true: ``(N, L)`` binary (dense or sparse). scores: ``(N, L)`` float array.
+
+    Returns:
+        the area (0 when there is no positive).
+    """
+    t = (Y_true.toarray() if sp.issparse(Y_true) else np.asarray(Y_true)).ravel() != 0
+    s = (scores.toarray() if sp.issparse(scores) else np.asarray(scores)).ravel()
+    n_pos = int(t.sum())
+    if n_pos == 0 or s.size == 0:
+        return 0.0
+    order = np.argsort(-s)  # order within a tie group does not matter: groups are scored at their end
+    s, t = s[order], t[order]
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each group of tied scores
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1.0)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def threshold_f1(Y_true, probs, threshold: float, labels=None) -> dict:
+    """Micro- and macro-F1 of ``probs >= threshold`` (HiddeN reports them at 0.5).
+
+    Args:
+        Y_true: ``(N, L)`` binary (dense or sparse). probs: ``(N, L)`` float scores in [0, 1].
+        threshold: decision threshold. labels: optional column ids to keep.
+
+    Returns:
+        ``{"micro_f1": float, "macro_f1": float}``.
+    """
+    T = Y_true.toarray() if sp.issparse(Y_true) else np.asarray(Y_true)
+    S = probs.toarray() if sp.issparse(probs) else np.asarray(probs)
+    if labels is not None:
+        T, S = T[:, labels], S[:, labels]
+    P = S >= threshold
+    return {"micro_f1": micro_f1(T, P), "macro_f1": macro_f1(T, P)}
+
+
+def choose_threshold(Y_val, probs_val, grid=None, labels=None) -> tuple[float, float]:
+    """The threshold maximising micro-F1 on validation data (ties: the lowest threshold).
+
+    Args:
+        Y_val: ``(N, L)`` binary validation labels. probs_val: ``(N, L)`` scores.
+        grid: candidate thresholds (default 0.02, 0.04, ..., 0.98).
+        labels: optional column ids to keep.
+
+    Returns:
+        ``(threshold, validation micro-F1 at it)``.
+    """
+    grid = np.round(np.arange(0.02, 0.99, 0.02), 2) if grid is None else np.asarray(grid, np.float64)
+    T = Y_val.toarray() if sp.issparse(Y_val) else np.asarray(Y_val)
+    S = probs_val.toarray() if sp.issparse(probs_val) else np.asarray(probs_val)
+    if labels is not None:
+        T, S = T[:, labels], S[:, labels]
+    T = T != 0
+    n_true = T.sum()
+    best = (float(grid[0]), -1.0)
+    for t in grid:
+        P = S >= t
+        tp = np.logical_and(P, T).sum()
+        d = P.sum() + n_true
+        f = 2.0 * tp / d if d else 0.0
+        if f > best[1]:
+            best = (float(t), float(f))
+    return best
+
+
+def hmc_evaluate(Y_true, probs, threshold: float = 0.5, labels=None, ks: Sequence[int] = (1, 3, 5)) -> dict:
+    """The HMC metrics of one score matrix: AU(PRC) (C-HMCNN), micro/macro-F1 at ``threshold``
+    (chosen on validation, :func:`choose_threshold`) and at 0.5 (HiddeN), and P@k (pyxclib).
+
+    Args:
+        Y_true: ``(N, L)`` binary labels. probs: ``(N, L)`` scores in [0, 1] (dense or CSR).
+        threshold: F1 threshold. labels: evaluated column ids (e.g. without the GO roots).
+        ks: P@k cut-offs.
+
+    Returns:
+        ``{"au_prc", "micro_f1", "macro_f1", "micro_f1@0.5", "macro_f1@0.5", "threshold", "P@k"...}``.
+    """
+    T = Y_true.toarray() if sp.issparse(Y_true) else np.asarray(Y_true)
+    S = probs.toarray() if sp.issparse(probs) else np.asarray(probs, dtype=np.float64)
+    if labels is not None:
+        T, S = T[:, labels], S[:, labels]
+    out = {"au_prc": au_prc(T, S), **threshold_f1(T, S, threshold), "threshold": float(threshold)}
+    half = threshold_f1(T, S, 0.5)
+    out["micro_f1@0.5"], out["macro_f1@0.5"] = half["micro_f1"], half["macro_f1"]
+    pk = precision_at_k(sp.csr_matrix(T), S, k=max(ks))
+    out.update({f"P@{k}": float(pk[k - 1]) for k in ks})
+    return out
+
+
+def _distances(emb: np.ndarray, geometry: str) -> np.ndarray:
+    x = np.asarray(emb, np.float64)
+    sq = np.maximum((x * x).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * x @ x.T, 0.0)
+    if geometry == "euclidean":
+        return np.sqrt(sq)
+    if geometry != "poincare":
+        raise ValueError(f"geometry must be 'poincare' or 'euclidean', got {geometry!r}")
+    n2 = (x * x).sum(1)
+    if np.any(n2 >= 1):
+        raise ValueError("Poincaré embeddings must lie inside the unit ball (|x| < 1)")
+    return np.arccosh(1 + 2 * sq / np.outer(1 - n2, 1 - n2))
+
+
+def hierarchy_reconstruction(emb, ancestors, geometry: str = "poincare") -> dict:
+    """How well label embeddings reconstruct a known hierarchy (Nickel & Kiela 2017, section
+    4.1, "reconstruction"): for every node ``u`` with ancestors, all other nodes are ranked by
+    distance to ``u``; each true ancestor ``v`` gets the rank of ``d(u, v)`` among ``{d(u, v)} U
+    {d(u, w): w not an ancestor of u}`` (1 = closer than every non-ancestor), and the ranking gets
+    the average precision of retrieving the ancestor set.
+
+    Args:
+        emb: ``(L, n)`` label embeddings (inside the unit ball for ``"poincare"``).
+        ancestors: length-``L`` sequence of sets of ancestor ids (strict, transitive).
+        geometry: ``"poincare"`` (``arccosh(1 + 2|x-y|^2/((1-|x|^2)(1-|y|^2)))``) or ``"euclidean"``.
+
+    Returns:
+        ``{"mean_rank": mean over (u, v) pairs, "map": mean over nodes u of AP(u), "n_nodes", "n_pairs"}``;
+        NaN values when no node has an ancestor.
+
+    Raises:
+        ValueError: a Poincaré point outside the ball, or ``len(ancestors) != L``.
+    """
+    emb = np.asarray(emb, np.float64)
+    if len(ancestors) != len(emb):
+        raise ValueError(f"{len(ancestors)} ancestor sets for {len(emb)} embeddings")
+    D = _distances(emb, geometry)
+    ranks, aps = [], []
+    for u, anc in enumerate(ancestors):
+        anc = np.fromiter(anc, np.int64) if len(anc) else np.zeros(0, np.int64)
+        if not len(anc):
+            continue
+        d = D[u]
+        rel = np.zeros(len(d), bool)
+        rel[anc] = True
+        others = np.ones(len(d), bool)
+        others[u] = False
+        neg = np.sort(d[others & ~rel])
+        # rank of each ancestor among the non-ancestors (ties count against it)
+        ranks.extend((1 + np.searchsorted(neg, d[anc], side="right")).tolist())
+        # average precision: ancestors sorted by distance; precision at each one's position
+        pos_sorted = np.sort(d[anc])
+        n_neg_before = np.searchsorted(neg, pos_sorted, side="right")
+        k = np.arange(1, len(anc) + 1)
+        aps.append(float(np.mean(k / (k + n_neg_before))))
+    if not aps:
+        return {"mean_rank": float("nan"), "map": float("nan"), "n_nodes": 0, "n_pairs": 0}
+    return {"mean_rank": float(np.mean(ranks)), "map": float(np.mean(aps)), "n_nodes": len(aps),
+            "n_pairs": len(ranks)}
+
+
+def norm_depth_spearman(emb, depth) -> float:
+    """Spearman's rank correlation between the embedding norms ``|x_i|`` and the node depths
+    (positive: deeper nodes lie further from the origin, as in Nickel & Kiela's embeddings).
+
+    Args:
+        emb: ``(L, n)`` embeddings. depth: ``(L,)`` depths (1 = top level).
+
+    Returns:
+        rho in [-1, 1] (NaN if either side is constant).
+    """
+    from scipy.stats import spearmanr
+
+    norms = np.linalg.norm(np.asarray(emb, np.float64), axis=1)
+    depth = np.asarray(depth, np.float64)
+    if np.ptp(norms) == 0 or np.ptp(depth) == 0:
+        return float("nan")
+    return float(spearmanr(norms, depth).statistic)

@@ -72,6 +72,12 @@ def _print_json(d):
     print(json.dumps(d, indent=2, sort_keys=True))
 
 
+def _add_hmc_args(p):
+    from .hmc.commands import add_hmc_args  # --method flat|cascaded|joint and the HMC-only flags
+
+    add_hmc_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="xhyp", description="Extreme multi-label classification with a joint "
@@ -87,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     _add_dataclass_args(t, ModelConfig, "model")
     _add_dataclass_args(t, TrainConfig, "training")
+    _add_hmc_args(t)
 
     en = sub.add_parser("ensemble", help="train M learners (seeds seed, seed+1, ...) into OUT/learner_XX "
                         "plus OUT/ensemble.json; rerunning skips complete learners")
@@ -98,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--no-progress", action="store_true")
     _add_dataclass_args(en, ModelConfig, "model")
     _add_dataclass_args(en, TrainConfig, "training")
+    _add_hmc_args(en)
 
     pr = sub.add_parser("predict", help="score queries; saves a sparse (Q x L) score matrix (.npz)")
     src = pr.add_mutually_exclusive_group(required=True)
@@ -153,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     _add_dataclass_args(r, ModelConfig, "model")
     _add_dataclass_args(r, TrainConfig, "training")
+    _add_hmc_args(r)
 
     inf = sub.add_parser("info", help="what a model or ensemble directory holds: configuration, data "
                          "fingerprint, best epoch, validation curve, files")
@@ -205,6 +214,11 @@ def _run(args) -> int:
             model, train_cfg = dict(cfg.get("model", {})), dict(cfg.get("train", {}))
         model.update(_collect(args, ModelConfig))
         train_cfg.update(_collect(args, TrainConfig))
+        if getattr(args, "method", "xmc") != "xmc":  # HMC classifiers (xhyp.hmc)
+            from .hmc.commands import run_hmc_verb
+
+            _print_json(run_hmc_verb(args, model, train_cfg))
+            return 0
         if args.verb == "ensemble":
             _print_json(commands.ensemble_model(args.out, args.dataset, args.path, args.data_dir, model, train_cfg,
                                                 n_learners=args.learners, jobs=args.jobs,

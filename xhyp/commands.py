@@ -6,6 +6,7 @@ an Extreme Classification Repository text file (``path``).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -105,7 +106,13 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
     dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
     t0 = time.time()
     kw = dict(k=k, top_k=top_k, index=index, weighting=weighting, index_params=index_params)
-    if len(dirs) == 1 and not is_ensemble_dir(dirs[0]):
+    from .hmc.commands import THRESHOLD_SUFFIX, hmc_member_dirs, hmc_predict
+
+    hmc_dirs = hmc_member_dirs(dirs)
+    if hmc_dirs:  # HMC models: mean probabilities of every label (top_k and kNN options do not apply)
+        S, thr = hmc_predict(hmc_dirs, X)
+        atomic_save_json({"threshold": thr}, str(out) + THRESHOLD_SUFFIX)
+    elif len(dirs) == 1 and not is_ensemble_dir(dirs[0]):
         S = Predictor.load(dirs[0]).predict(X, **kw)
     else:  # summed votes of every member (ensemble directories expanded)
         S = Ensemble(expand_model_dirs(dirs)).predict(X, **kw)
@@ -218,6 +225,11 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
         a, b = propensity_params(dataset)
         inv_p = inv_propensity(Ytr, A if A is not None else a, B if B is not None else b)
     metrics = evaluate(Y, S, ks=tuple(ks), inv_prop=inv_p)
+    from .hmc.commands import THRESHOLD_SUFFIX, hmc_metrics
+
+    thr_file = Path(str(pred) + THRESHOLD_SUFFIX)  # HMC: AU(PRC), F1 at the validation threshold
+    metrics.update(hmc_metrics(dataset, Y, S, json.loads(thr_file.read_text())["threshold"] if thr_file.is_file()
+                               else None, data_dir) or {})
     metrics = {k: float(v) for k, v in metrics.items()}
     if out is not None:
         atomic_save_json(metrics, out)

@@ -49,6 +49,10 @@ class Predictor:
             FileNotFoundError: a required file is missing (the message names it).
         """
         d = Path(directory)
+        from .hmc.train import HMCPredictor, is_hmc_dir
+
+        if is_hmc_dir(d):  # an HMC model directory (xhyp.hmc): same load/predict interface
+            return HMCPredictor.load(d)
         for name in PREDICTOR_FILES:
             if not (d / name).exists():
                 raise FileNotFoundError(f"{d / name} is missing: {d} is not a complete xhyp model "

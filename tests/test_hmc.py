@@ -1,0 +1,445 @@
+"""Hierarchical multi-label classification: ARFF reading, registry sets, hierarchy, losses,
+metrics (hand-computed cases), the three methods, and the CLI."""
+import json
+import math
+import urllib.error
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from xhyp import manifold
+from xhyp.datasets import registry
+from xhyp.datasets.formats import DataFormatError, read_hmc_arff, read_mulan_arff
+from xhyp.eval import metrics as M
+from xhyp.hmc.data import Hierarchy, load_hmc, preprocess_dense
+from xhyp.hmc.losses import cooccurrence_pairs, himulcon_loss, poincare_label_loss, sample_negatives
+
+# -- ARFF -------------------------------------------------------------------------------------
+
+NOMINAL = ("@RELATION t\n@ATTRIBUTE a numeric\n@ATTRIBUTE s {w, 'c'}\n@ATTRIBUTE b REAL\n"
+           "@ATTRIBUTE class hierarchical 1,1/2,3\n@DATA\n")
+
+
+def test_hmc_nominal_attributes_one_hot(tmp_path):
+    p = tmp_path / "n.arff"
+    p.write_text(NOMINAL + "0.5,w,1,1/2\n1,'c',?,3 % a comment\n2,?,3,1\n")
+    X, Y, names, parents = read_hmc_arff(p)
+    np.testing.assert_array_equal(X, [[0.5, 1, 0, 1], [1, 0, 1, np.nan], [2, 0, 0, 3]])  # missing nominal: zeros
+    assert names == ["1", "1/2", "3"] and Y.toarray().tolist() == [[1, 1, 0], [0, 0, 1], [1, 0, 0]]
+    p.write_text(NOMINAL + "0.5,w,1,1\n0.5,x,1,1\n")
+    with pytest.raises(DataFormatError, match=r"n\.arff:8: value 'x' of nominal attribute 's' is not one of"):
+        read_hmc_arff(p)
+    p.write_text(NOMINAL.replace("{w, 'c'}", "string") + "0.5,w,1,1\n")
+    with pytest.raises(DataFormatError, match=r"n\.arff:3: attribute 's' has type 'string'"):
+        read_hmc_arff(p)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1e39"])
+def test_hmc_refuses_non_finite(tmp_path, value):
+    p = tmp_path / "h.arff"
+    p.write_text("@RELATION t\n@ATTRIBUTE a numeric\n@ATTRIBUTE b numeric\n@ATTRIBUTE class hierarchical 1\n@DATA\n"
+                 f"1,2,1\n1,{value},1\n")
+    with pytest.raises(DataFormatError, match=r"h\.arff:7: .*(non-finite value .* of attribute 'b'|of attribute 'b' overflows)"):
+        read_hmc_arff(p)
+
+
+MULAN_XML = ('<?xml version="1.0" encoding="utf-8"?>\n<labels xmlns="http://mulan.sourceforge.net/labels">'
+             '{}</labels>\n')
+MULAN_HEAD = ("@relation m\n@attribute w1 {0,1}\n@attribute w2 numeric\n@attribute TAG_a {0,1}\n"
+              "@attribute TAG_b {0,1}\n@attribute TAG_c {0,1}\n@data\n")
+
+
+def _xml(*names):
+    return MULAN_XML.format("".join(f'<label name="{n}"></label>' for n in names))
+
+
+@pytest.mark.parametrize("row", ["{1 nan,2 1}", "{1 inf}", "0,nan,1,0,0", "0,-inf,1,0,0", "{1 1e40}"])
+def test_mulan_refuses_non_finite(tmp_path, row):
+    (tmp_path / "m.xml").write_text(_xml("TAG_a", "TAG_b", "TAG_c"))
+    (tmp_path / "a.arff").write_text(MULAN_HEAD + "{0 1,2 1}\n" + row + "\n")
+    with pytest.raises(DataFormatError, match=r"a\.arff:9: .*(non-finite|overflows)"):
+        read_mulan_arff(tmp_path / "a.arff", tmp_path / "m.xml")
+
+
+def test_mulan_xml_and_header_must_agree(tmp_path):
+    (tmp_path / "a.arff").write_text(MULAN_HEAD + "{0 1,2 1}\n")
+    (tmp_path / "m.xml").write_text(_xml("TAG_b", "TAG_c"))  # omits the first label
+    with pytest.raises(DataFormatError, match=r"a\.arff:4: attribute 'TAG_a' looks like a label .* does not name"):
+        read_mulan_arff(tmp_path / "a.arff", tmp_path / "m.xml")
+    (tmp_path / "m.xml").write_text(_xml("TAG_a", "TAG_b", "TAG_c", "TAG_d"))  # a label the ARFF lacks
+    with pytest.raises(DataFormatError, match=r"m\.xml: label 'TAG_d' of the XML label list is not an attribute"):
+        read_mulan_arff(tmp_path / "a.arff", tmp_path / "m.xml")
+    (tmp_path / "m.xml").write_text(_xml("TAG_a", "TAG_b", "TAG_c"))
+    X, Y = read_mulan_arff(tmp_path / "a.arff", tmp_path / "m.xml")
+    assert X.shape == (1, 2) and Y.toarray().tolist() == [[1, 0, 0]]
+
+
+def test_mulan_bibtex_with_first_label_omitted(shared_data_dir, tmp_path):
+    d = shared_data_dir / "bibtex"
+    text = (d / "bibtex.xml").read_text()
+    first = text.index("<label ")
+    (tmp_path / "b.xml").write_text(text[:first] + text[text.index("</label>", first) + len("</label>"):])
+    with pytest.raises(DataFormatError, match=r"bibtex-test\.arff:1839: attribute 'TAG_2005' looks like a label"):
+        read_mulan_arff(d / "bibtex-test.arff", tmp_path / "b.xml")
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,shapes,n_eval,from_train", [
+    ("cellcycle_FUN", (1628, 848, 1281, 77, 499), 499, False),
+    ("derisi_GO", (1605, 842, 1272, 63, 4119), 4116, False),
+    ("Enron_corr", (790, 198, 660, 1001, 56), 56, True),
+    ("ImCLEF07D", (8000, 2000, 1006, 80, 46), 46, True),
+])
+def test_registry_hmc_sets(shared_data_dir, name, shapes, n_eval, from_train):
+    d = load_hmc(name, shared_data_dir)
+    got = (d.X_train.shape[0], d.X_val.shape[0], d.X_test.shape[0], d.X_train.shape[1], d.Y_train.shape[1])
+    assert got == shapes and len(d.eval_labels) == n_eval and d.val_from_train == from_train
+    for X in (d.X_train, d.X_val, d.X_test):
+        assert X.dtype == np.float32 and np.isfinite(X).all()
+    np.testing.assert_allclose(d.X_train.mean(0), 0, atol=1e-4)
+    sd = d.X_train.std(0)
+    assert np.all((np.abs(sd - 1) < 1e-3) | (sd == 0))
+    assert all(d.hierarchy.is_closed(Y) for Y in (d.Y_train, d.Y_val, d.Y_test))
+    X, Y = registry.load_dataset(name, "test", shared_data_dir)  # the generic loader gives the same test split
+    assert sp.issparse(X) and np.allclose(X.toarray(), d.X_test) and (Y != d.Y_test).nnz == 0
+
+
+def test_rcv1_offline_message(tmp_path, monkeypatch):
+    import sklearn.datasets
+
+    def offline(**kw):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(sklearn.datasets, "fetch_rcv1", offline)
+    for call in (lambda: registry.load_dataset("rcv1", "train", tmp_path), lambda: registry.fetch("rcv1", tmp_path)):
+        with pytest.raises(registry.DatasetNotFoundError) as info:
+            call()
+        msg = str(info.value)
+        assert "'rcv1' is not in" in msg and "could not be downloaded" in msg and "fetch_rcv1" in msg
+        assert "name resolution" in msg and str(tmp_path / "rcv1") in msg
+
+
+def test_preprocess_dense_by_hand():
+    tr = np.array([[1.0, np.nan, 5], [3.0, 2.0, 5]])
+    te = np.array([[np.nan, 4.0, 7]])
+    a, b = preprocess_dense(tr, te)
+    # column 0: mean 2, std 1; column 1: NaN -> 2 (train mean), std 0 -> scale 1; column 2: constant
+    np.testing.assert_allclose(a, [[-1, 0, 0], [1, 0, 0]])
+    np.testing.assert_allclose(b, [[0, 2, 2]])
+
+
+# -- hierarchy --------------------------------------------------------------------------------
+
+def test_hierarchy_dag_by_hand():
+    #   0     1
+    #   |\   /
+    #   2  3        4 child of 2 and 3; 5 child of 4
+    #    \ /
+    #     4 - 5
+    h = Hierarchy(list("abcdef"), [[], [], [0], [0, 1], [2, 3], [4]])
+    assert [sorted(a) for a in h.ancestors()] == [[], [], [0], [0, 1], [0, 1, 2, 3], [0, 1, 2, 3, 4]]
+    assert h.depth().tolist() == [1, 1, 2, 2, 3, 4]
+    assert [lv.tolist() for lv in h.levels()] == [[0, 1], [2, 3], [4], [5]]
+    assert h.ancestor_matrix().toarray()[4].tolist() == [1, 1, 1, 1, 0, 0]
+    assert h.is_closed([[1, 1, 1, 1, 1, 0]]) and not h.is_closed([[1, 0, 1, 1, 1, 0]])
+    assert Hierarchy.from_dict(json.loads(json.dumps(h.to_dict()))).parents == h.parents
+    with pytest.raises(ValueError):
+        Hierarchy(["a", "b"], [[1], [0]]).depth()
+
+
+# -- losses -----------------------------------------------------------------------------------
+
+def test_cooccurrence_and_negatives():
+    Y = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 0]]))
+    pairs, C = cooccurrence_pairs(Y)
+    assert pairs.tolist() == [[0, 1], [1, 2]]
+    rng = np.random.default_rng(0)
+    u = np.array([0, 1, 2, 3] * 50)
+    neg = sample_negatives(u, C, 5, rng)
+    dense = C.toarray()
+    assert neg.shape == (200, 5) and not dense[u[:, None], neg].any() and not (neg == u[:, None]).any()
+
+
+def test_poincare_label_loss_float64_reference():
+    g = torch.Generator().manual_seed(0)
+    E = manifold.project(torch.randn(7, 3, generator=g, dtype=torch.float64) * 0.6)
+    E[0] = E[0] / E[0].norm() * 0.999  # near the boundary
+    pairs = torch.tensor([[0, 1], [2, 3], [4, 0]])
+    negs = torch.tensor([[5, 6], [0, 6], [1, 2]])
+
+    def d(x, y):
+        x, y = x.tolist(), y.tolist()
+        sq = sum((a - b) ** 2 for a, b in zip(x, y))
+        return math.acosh(1 + 2 * sq / ((1 - sum(a * a for a in x)) * (1 - sum(b * b for b in y))))
+
+    want = 0.0
+    for (u, v), ns in zip(pairs.tolist(), negs.tolist()):
+        num = math.exp(-d(E[u], E[v]))
+        want += -math.log(num / (num + sum(math.exp(-d(E[u], E[n])) for n in ns)))
+    assert poincare_label_loss(E, pairs, negs).item() == pytest.approx(want / 3, rel=1e-9)
+
+
+def _naive_supcon(z, W, tau):
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    B, losses = len(z), []
+    for i in range(B):
+        den = sum(math.exp(z[i] @ z[a] / tau) for a in range(B) if a != i)
+        w = [W[i][j] if j != i else 0.0 for j in range(B)]
+        if sum(w) == 0:
+            continue
+        losses.append(-sum(w[j] * (z[i] @ z[j] / tau - math.log(den)) for j in range(B)) / sum(w))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def test_himulcon_float64_reference():
+    rng = np.random.default_rng(1)
+    h = Hierarchy(list("abcdefg"), [[], [], [0], [0], [1], [2], [3]])  # depths 1,1,2,2,2,3,3
+    levels = h.levels()
+    z = rng.normal(size=(6, 4))
+    Y = np.zeros((6, 7))
+    for i, leaf in enumerate([5, 5, 6, 4, 2, 1]):
+        Y[i, [leaf, *h.ancestors()[leaf]]] = 1
+    per_level = []  # from the deepest level up
+    for cols in reversed(levels):
+        Yl = Y[:, cols]
+        per_level.append(_naive_supcon(z, (Yl @ Yl.T > 0).astype(float), 0.2))
+    D = len(levels)
+    want_hmc = sum(2 ** (1 / (l + 1)) * v for l, v in enumerate(per_level)) / D
+    constrained = np.maximum.accumulate(per_level)
+    want_hmce = sum(2 ** (1 / (l + 1)) * v for l, v in enumerate(constrained)) / D
+    zt, Yt = torch.tensor(z, requires_grad=True), torch.tensor(Y)
+    got = himulcon_loss(zt, Yt, levels, "hmc", 0.2)
+    assert got.item() == pytest.approx(want_hmc, rel=1e-9)
+    assert himulcon_loss(zt, Yt, levels, "hmce", 0.2).item() == pytest.approx(want_hmce, rel=1e-9)
+    assert want_hmce > want_hmc  # the constraint is active on this input
+    got.backward()
+    assert torch.isfinite(zt.grad).all() and zt.grad.abs().sum() > 0
+    # no hierarchy: Jaccard-weighted positives
+    inter = Y @ Y.T
+    n = Y.sum(1)
+    jac = inter / (n[:, None] + n[None, :] - inter)
+    assert himulcon_loss(zt, Yt, None, "hmce", 0.2).item() == pytest.approx(_naive_supcon(z, jac, 0.2), rel=1e-9)
+    assert himulcon_loss(zt, Yt, levels, "none").item() == 0.0
+    with pytest.raises(ValueError, match="contrastive kind"):
+        himulcon_loss(zt, Yt, levels, "supcon")
+
+
+# -- metrics (hand-computed) ------------------------------------------------------------------
+
+def test_hierarchy_reconstruction_by_hand():
+    # 1-D Euclidean points; ancestors: node 2 -> {0, 1}, node 3 -> {0}
+    emb = np.array([[0.0], [1.0], [1.5], [2.9]])
+    anc = [set(), set(), {0, 1}, {0}]
+    r = M.hierarchy_reconstruction(emb, anc, "euclidean")
+    # node 2: distances 0:1.5, 1:0.5, 3:1.4 -> ancestor 1 rank 1, ancestor 0 rank 2 (node 3 closer);
+    #   AP = mean(1/1, 2/3). node 3: distances 0:2.9, 1:1.9, 2:1.4 -> ancestor 0 rank 3; AP = 1/3
+    assert r["mean_rank"] == pytest.approx((1 + 2 + 3) / 3)
+    assert r["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 3) / 2)
+    assert (r["n_nodes"], r["n_pairs"]) == (2, 3)
+    # Poincaré: on a line through the origin d(a, b) = |2 artanh(a) - 2 artanh(b)|
+    line = np.array([[0.0], [0.3], [0.5], [0.7]])
+    q = M.hierarchy_reconstruction(line, [set(), {0}, {0, 1}, {2}])
+    # node1: d to 0 = 2artanh(.3)=.619, to 2 = 2artanh(.5)-.619=.480, to 3 = 1.733-.619=1.114 -> rank 2
+    # node2: ancestors 0 (1.099), 1 (.480); non-ancestor 3 (.635) -> ranks 2, 1; AP = mean(1, 2/3)
+    # node3: ancestor 2 (.635) vs 0 (1.733), 1 (1.114) -> rank 1; AP = 1
+    assert q["mean_rank"] == pytest.approx((2 + 2 + 1 + 1) / 4)
+    assert q["map"] == pytest.approx((1 / 2 + (1 + 2 / 3) / 2 + 1) / 3)
+    with pytest.raises(ValueError, match="inside the unit ball"):
+        M.hierarchy_reconstruction(np.array([[1.0], [0.0]]), [set(), {0}])
+
+
+def test_norm_depth_spearman_by_hand():
+    emb = np.array([[0.1, 0], [0, 0.2], [0.5, 0], [0, 0.4]])
+    assert M.norm_depth_spearman(emb, [1, 2, 4, 3]) == pytest.approx(1.0)
+    # norms rank 1,2,4,3 vs depth 1,1,2,2 (ranks 1.5,1.5,3.5,3.5): rho = 0.8944
+    assert M.norm_depth_spearman(emb, [1, 1, 2, 2]) == pytest.approx(2 / math.sqrt(5))
+    assert math.isnan(M.norm_depth_spearman(emb, [1, 1, 1, 1]))
+
+
+def test_choose_threshold_and_hmc_evaluate_by_hand():
+    Y = np.array([[1, 0, 1], [0, 1, 0]])
+    P = np.array([[0.9, 0.35, 0.3], [0.2, 0.6, 0.1]])
+    # 3 positives. t=0.1: 6 predicted, 3 TP -> F1 = 6/9; t=0.2: 5 predicted -> 6/8; t=0.3: 4 predicted
+    # (0.9, 0.35, 0.3, 0.6) -> 6/7; t=0.35: 2 TP of 3 predicted -> 4/6; t=0.5: 2 TP of 2 -> 4/5; t=0.7: 2/4
+    t, f = M.choose_threshold(Y, P, grid=[0.1, 0.2, 0.3, 0.35, 0.5, 0.7])
+    assert t == pytest.approx(0.3) and f == pytest.approx(6 / 7)
+    m = M.hmc_evaluate(Y, P, threshold=0.5, ks=(1, 2))
+    # at 0.5: predictions (0,0) and (1,1): TP 2, FN 1 -> micro 4/5; per label F1: 1, 1, 0 -> macro 2/3
+    assert m["micro_f1"] == pytest.approx(0.8) and m["macro_f1"] == pytest.approx(2 / 3)
+    # top-2: row 0 -> labels 0 (hit), 1; row 1 -> labels 1 (hit), 0: P@1 = 1, P@2 = 1/2
+    assert m["P@1"] == 1.0 and m["P@2"] == pytest.approx(0.5)
+    from sklearn.metrics import average_precision_score
+
+    assert m["au_prc"] == pytest.approx(average_precision_score(Y.ravel(), P.ravel()))
+    # by hand: ranked 0.9(+) 0.6(+) 0.35(-) 0.3(+) 0.2 0.1 -> AP = (1 + 1 + 3/4) / 3
+    assert m["au_prc"] == pytest.approx((1 + 1 + 0.75) / 3)
+    assert M.hmc_evaluate(Y, P, 0.5, labels=[0])["au_prc"] == pytest.approx(1.0)
+
+
+# -- methods ----------------------------------------------------------------------------------
+
+def _toy(n=240, seed=0):
+    """Two-level tree (2 roots x 2 children); features = noisy one-hot of the leaf."""
+    rng = np.random.default_rng(seed)
+    h = Hierarchy(["a", "b", "a/1", "a/2", "b/1", "b/2"], [[], [], [0], [0], [1], [1]])
+    leaf = rng.integers(2, 6, n)
+    Y = np.zeros((n, 6), np.float32)
+    Y[np.arange(n), leaf] = 1
+    Y[np.arange(n), [h.parents[lf][0] for lf in leaf]] = 1
+    X = (np.eye(6)[leaf] * 2 + rng.normal(size=(n, 6)) * 0.5).astype(np.float32)
+    return X, sp.csr_matrix(Y), h
+
+
+@pytest.mark.parametrize("method,contrastive", [("flat", "none"), ("cascaded", "hmce"), ("joint", "hmc")])
+def test_methods_learn_and_save(tmp_path, method, contrastive):
+    from xhyp.hmc.train import train_hmc
+    from xhyp.predict import Predictor
+
+    X, Y, h = _toy()
+    r = train_hmc(X[:160], Y[:160], X[160:], Y[160:], {"method": method, "dim": 4, "hidden": 16, "dropout": 0.0},
+                  {"epochs": 30, "batch_size": 32, "lr": 1e-2, "pretrain_epochs": 300, "pair_batch": 64,
+                   "lr_labels": 3e-2, "contrastive": contrastive, "patience": 30, "threads": 1}, hierarchy=h, out_dir=tmp_path / "m")
+    assert r.best_val_au_prc > 0.85  # a separable toy problem (label frequencies alone: about 0.4)
+    E = r.model.label_vectors.detach()
+    if method != "flat":
+        assert torch.all(E.norm(dim=1) < 1)
+    p = Predictor.load(tmp_path / "m")  # dispatches to the HMC predictor
+    S = p.predict(X[160:])
+    assert S.shape == (80, 6) and np.allclose(S.toarray(), r.model.predict_proba(X[160:]), atol=1e-6)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["kind"] == "xhyp-hmc" and cfg["model"]["method"] == method and cfg["train"]["contrastive"] == contrastive
+    assert not (tmp_path / "m" / "checkpoint.pt").exists() and (tmp_path / "m" / "hierarchy.json").is_file()
+
+
+def test_cascaded_keeps_label_embeddings_fixed():
+    from xhyp.hmc.train import train_hmc
+
+    X, Y, h = _toy()
+    seen = {}
+    import xhyp.hmc.train as T
+
+    orig = T._val_au_prc
+
+    def spy(model, *a):
+        seen.setdefault("E", []).append(model.label_vectors.detach().clone())
+        return orig(model, *a)
+
+    T._val_au_prc = spy
+    try:
+        train_hmc(X[:160], Y[:160], X[160:], Y[160:], {"method": "cascaded", "dim": 3, "hidden": 8},
+                  {"epochs": 3, "pretrain_epochs": 2, "patience": 10, "threads": 1})
+    finally:
+        T._val_au_prc = orig
+    assert all(torch.equal(seen["E"][0], e) for e in seen["E"][1:]) and seen["E"][0].abs().sum() > 0
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    import xhyp.hmc.train as T
+
+    X, Y, h = _toy()
+    args = (X[:160], Y[:160], X[160:], Y[160:], {"method": "joint", "dim": 3, "hidden": 8},
+            {"epochs": 4, "patience": 10, "batch_size": 40, "threads": 1})
+    full = T.train_hmc(*args, hierarchy=h, out_dir=tmp_path / "a")
+    orig, calls = T._val_au_prc, []
+
+    def interrupt(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return orig(*a)
+
+    T._val_au_prc = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            T.train_hmc(*args, hierarchy=h, out_dir=tmp_path / "b")
+    finally:
+        T._val_au_prc = orig
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    with pytest.raises(ValueError, match=r"different settings \(\['lr'\]\)"):
+        T.train_hmc(*args[:5], {**args[5], "lr": 0.5}, hierarchy=h, out_dir=tmp_path / "b", resume=True)
+    res = T.train_hmc(*args, hierarchy=h, out_dir=tmp_path / "b", resume=True)
+    assert len(res.history) == len(full.history) == 4
+    assert [e["val_au_prc"] for e in res.history] == pytest.approx([e["val_au_prc"] for e in full.history])
+    for k, v in full.model.state_dict().items():
+        assert torch.allclose(v, res.model.state_dict()[k], atol=1e-5)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+def _tiny_registry(tmp_path, monkeypatch):
+    X, Y, h = _toy(n=90)
+    names = h.names
+    head = "@RELATION toy\n" + "".join(f"@ATTRIBUTE f{j} numeric\n" for j in range(6)) + \
+        "@ATTRIBUTE class hierarchical " + ",".join(names) + "\n@DATA\n"
+    (tmp_path / "hmc").mkdir()
+    for split, rows in (("train", range(0, 50)), ("valid", range(50, 70)), ("test", range(70, 90))):
+        body = "".join(",".join(f"{v:.4f}" for v in X[i]) + "," + "@".join(names[j] for j in Y[i].indices) + "\n"
+                       for i in rows)
+        (tmp_path / "hmc" / f"toy.{split}.arff").write_text(head + body)
+    spec = registry.DatasetSpec("toy_hmc", "local", 50, 20, 6, 6, files=("hmc/toy.train.arff", "hmc/toy.test.arff"),
+                                fmt="hmc-arff", valid_file="hmc/toy.valid.arff", n_valid=20)
+    monkeypatch.setitem(registry.DATASETS, "toy_hmc", spec)
+
+
+def test_cli_train_predict_evaluate_ensemble(tmp_path, monkeypatch, capsys):
+    from xhyp.cli import main
+
+    _tiny_registry(tmp_path, monkeypatch)
+    d = ["--dataset", "toy_hmc", "--data-dir", str(tmp_path)]
+    common = ["--epochs", "3", "--dim", "4", "--hidden", "8", "--no-progress", "--pretrain-epochs", "2", "--threads", "1"]
+    assert main(["train", "--method", "cascaded", *d, "--out", str(tmp_path / "m"), *common,
+                 "--contrastive", "hmce"]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["contrastive"] == "hmce"
+    assert main(["predict", "--model", str(tmp_path / "m"), *d, "--out", str(tmp_path / "p.npz")]) == 0
+    assert sp.load_npz(tmp_path / "p.npz").shape == (20, 6)
+    assert main(["evaluate", "--pred", str(tmp_path / "p.npz"), *d, "--out", str(tmp_path / "e.json")]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    thr = json.loads((tmp_path / "m" / "config.json").read_text())["threshold"]
+    assert {"au_prc", "micro_f1", "macro_f1", "P@1"} <= set(e) and e["threshold"] == pytest.approx(thr)
+    assert main(["ensemble", "--method", "joint", *d, "--out", str(tmp_path / "ens"), "-M", "2", *common]) == 0
+    assert main(["predict", "--model", str(tmp_path / "ens"), *d, "--out", str(tmp_path / "pe.npz")]) == 0
+    from xhyp.hmc.train import HMCPredictor
+
+    mean = sum(HMCPredictor.load(tmp_path / "ens" / f"learner_0{i}").predict(
+        registry.load_dataset("toy_hmc", "test", tmp_path)[0]).toarray() for i in range(2)) / 2
+    assert np.allclose(sp.load_npz(tmp_path / "pe.npz").toarray(), mean, atol=1e-6)
+    assert main(["run", "--method", "flat", *d, "--out", str(tmp_path / "r"), *common]) == 0
+    assert "au_prc" in json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
+    capsys.readouterr()
+    assert main(["train", "--method", "flat", *d, "--out", str(tmp_path / "x"), "--knn", "5"]) == 2
+    assert "--knn apply only to --method xmc" in capsys.readouterr().err
+
+
+def test_au_prc_fast_equals_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    for decimals in (1, 6):  # many ties, few ties
+        T = rng.random((40, 25)) < 0.2
+        S = np.round(rng.random((40, 25)), decimals)
+        assert M.au_prc_fast(T, S) == pytest.approx(average_precision_score(T.ravel(), S.ravel()), abs=1e-12)
+    assert M.au_prc_fast(np.zeros((2, 2)), np.ones((2, 2))) == 0.0
+
+
+def test_hmc_table_summary_and_targets():
+    from xhyp.eval import hmc_table as H
+
+    def rec(ds, m, seed, au, mp):
+        return {"dataset": ds, "method": m, "contrastive": "none", "seed": seed, "train_seconds": 1.0,
+                "best_epoch": 3, "test": {"au_prc": au, "micro_f1": 0.5, "macro_f1": 0.1, "micro_f1@0.5": 0.4,
+                                          "P@1": 0.9}, "faithfulness": {"map": mp, "mean_rank": 2.0,
+                                                                        "spearman_norm_depth": 0.3}}
+
+    recs = [rec("Enron_corr", "flat", 0, 0.70, 0.1), rec("Enron_corr", "flat", 1, 0.72, 0.1),
+            rec("Enron_corr", "joint", 0, 0.76, 0.5), rec("Enron_corr", "cascaded", 0, 0.6, 0.6)]
+    s = H.summarise(recs)
+    assert s["Enron_corr"]["flat"]["none"]["au_prc"] == pytest.approx([0.71, 0.01, 2])
+    tg = H.targets(s)
+    assert tg["joint_beats_flat_au_prc"] == {"Enron_corr": True} and tg["joint_reaches_chmcnn"] == {"Enron_corr": True}
+    assert tg["joint_map_above_cascaded"] == {"Enron_corr": False} and not tg["met"]["beats_on_3_of_4"]
+    md = H.markdown(s, tg, {"command": "x", "seeds": [0, 1], "runs_done": 4, "runs_asked": 4, "sum_train_seconds": 4,
+                            "model": {}, "train": {}})
+    assert "| Enron_corr | flat | none | 2 | 71.00 ± 1.00 |" in md
