@@ -29,6 +29,11 @@ def test_run_synthetic_end_to_end(tmp_path, capsys):
     assert metrics["metrics"]["P@1"] > 0.75
     hist = json.loads((out / "model" / "history.json").read_text())
     assert len(hist) == 3 and hist[-1]["loss"] < hist[0]["loss"]
+    # the metrics are `xhyp evaluate`'s on the saved scores (propensities from the training split)
+    from xhyp.commands import evaluate_predictions
+
+    again = evaluate_predictions(out / "test_scores.npz", dataset="synthetic-hier")
+    assert again == pytest.approx(metrics["metrics"], rel=1e-9) and "PSP@5" in again
     for name in ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz", "history.json"):
         assert (out / "model" / name).exists(), name
     assert "P@1" in capsys.readouterr().out

@@ -206,3 +206,17 @@ def test_parallel_jobs_equal_sequential(tmp_path, data):
     assert (a0 - a1).abs().max() > 1e-4
     np.testing.assert_array_equal(Ensemble.load(runs[1]).predict(Xt, top_k=4).toarray(),
                                   Ensemble.load(runs[2]).predict(Xt, top_k=4).toarray())
+
+
+def test_aggregate_files_cuts_the_sum(ens, data, tmp_path):
+    out, _ = ens
+    _, (Xt, _) = data
+    full = [Predictor.load(out / f"learner_{i:02d}").predict(Xt, top_k=L) for i in range(3)]
+    paths = []
+    for i, M in enumerate(full):
+        sp.save_npz(tmp_path / f"p{i}.npz", M)
+        paths.append(tmp_path / f"p{i}.npz")
+    want = np_top_k(sum(M.toarray().astype(np.float64) for M in full), 3)
+    np.testing.assert_allclose(aggregate_files(paths, top_k=3).toarray(), want, rtol=1e-6)
+    assert main(["aggregate", "--pred", *map(str, paths), "--out", str(tmp_path / "s.npz"), "--top-k", "3"]) == 0
+    np.testing.assert_allclose(sp.load_npz(tmp_path / "s.npz").toarray(), want, rtol=1e-6)

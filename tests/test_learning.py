@@ -243,3 +243,40 @@ def test_paper_adam_many_steps_matches_numpy(betas, lr):
     assert clipped > 0  # the max-norm projection was exercised
     # far from the start point: a wrong beta would have shown up
     assert np.abs(ref[-1] - x0).max() > 10 * lr
+
+
+@pytest.mark.parametrize("option", [{}, {"optimizer": "paper"}, {"geometry": "euclidean"}, {"projector": "mlp"}],
+                         ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "base")
+def test_learning_rates_reach_their_parameters(toy, option):
+    """`lr` drives the projector, `lr_labels` the label embeddings (a tiny one freezes its part;
+    torch's SparseAdam refuses 0)."""
+    (X, Y), _ = toy
+    m, t = configs(option, epochs=1)
+
+    def params(**kw):
+        r = train(X, Y, m, dict(t, **kw), progress=False).model
+        return {k: v.detach().clone() for k, v in r.named_parameters() if v.requires_grad}
+
+    init = params(epochs=0)
+    frozen_labels = params(lr_labels=1e-12)
+    frozen_projector = params(lr=1e-12)
+    for name, v in init.items():
+        moved_a = (frozen_labels[name] - v).abs().max().item()
+        moved_b = (frozen_projector[name] - v).abs().max().item()
+        if name == "labels":
+            assert moved_a < 1e-8 and moved_b > 1e-4, (name, moved_a, moved_b)
+        else:
+            assert moved_a > 1e-4 and moved_b < 1e-8, (name, moved_a, moved_b)
+
+
+def test_uniform_sampler_covers_every_label():
+    s = T.NegativeSampler(np.array([5.0, 0.0, 1.0, 9.0, 2.0]), "uniform", torch.Generator().manual_seed(2))
+    draws = s.sample((100000,)).numpy()
+    np.testing.assert_allclose(np.bincount(draws, minlength=5) / len(draws), 0.2, atol=6e-3)
+    assert draws.min() == 0 and draws.max() == 4
+
+
+def test_paper_adam_defaults_are_adams():
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    d = PaperAdam([p]).defaults
+    assert d["lr"] == 1e-3 and tuple(d["betas"]) == (0.9, 0.999) and d["eps"] == 1e-8

@@ -172,3 +172,57 @@ def test_cli_predict_settings(model_dir, tmp_path):
     assert_matches(run("--index", "faiss-ivf", "--nprobe", "64"), ref, clear)
     one = run("--index", "faiss-ivf", "--nprobe", "1")
     assert np.abs(one - ref).max() > 1e-3
+
+
+def np_tfidf_l2(X_fit, X):
+    """scikit-learn's smooth idf by hand: idf = ln((1 + n) / (1 + df)) + 1, then rows L2-normalised."""
+    n = X_fit.shape[0]
+    df = np.asarray((X_fit > 0).sum(0)).ravel()
+    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    Xd = X.toarray().astype(np.float64) * idf
+    return Xd / np.maximum(np.linalg.norm(Xd, axis=1, keepdims=True), 1e-300)
+
+
+def test_tfidf_model_embeds_with_training_idf(tmp_path):
+    (X, Y), (Xq, _) = noisy_toy(300, n_lab=L, seed=6), noisy_toy(40, n_lab=L, seed=7)
+    d = tmp_path / "m"
+    train(X, Y, {"dim": 4}, dict(TRAIN, epochs=1, features="tfidf"), out_dir=d, progress=False)
+    W = torch.load(d / "model.pt", weights_only=True)["bag.weight"].double().numpy()
+
+    def emb(Z):
+        u = np_tfidf_l2(X, Z) @ W
+        return u / (1.0 + np.sqrt(1.0 + (u * u).sum(1, keepdims=True)))
+
+    np.testing.assert_allclose(torch.load(d / "train_emb.pt", weights_only=True).numpy(), emb(X), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(Predictor.load(d).embed(Xq).numpy(), emb(Xq), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", ["count", "distance"])
+def test_validation_score_is_knn_p1_of_held_out_rows(tmp_path, weighting):
+    """history's val P@1: the held-out rows' top-1 kNN vote among the other training rows, by hand."""
+    X, Y = noisy_toy(400, n_lab=L, seed=8)
+    cfg = dict(TRAIN, epochs=1, val_fraction=0.25, knn=5, weighting=weighting, alpha=3.0, seed=4)
+    d = tmp_path / "m"
+    res = train(X, Y, {"dim": 4}, cfg, out_dir=d, progress=False)
+    perm = np.random.default_rng(4).permutation(400)  # the split: a seeded permutation, the first 25 % held out
+    va, tr = np.sort(perm[:100]), np.sort(perm[100:])
+    emb = np_embed(d, X)
+    I, D, clear = np_knn(emb[va], emb[tr], 5)
+    S = np_top_k(np_vote(I, D, Y[tr], weighting, 3.0), 1)
+    hits = (S > 0) & (Y[va].toarray() > 0)
+    assert clear.mean() > 0.9
+    assert res.history[0]["val_p1"] == pytest.approx(hits.sum(1).mean(), abs=1.5 * (1 - clear.mean()) + 1e-9)
+    assert 0.0 < res.history[0]["val_p1"] < 1.0
+
+
+def test_index_cache_follows_the_parameters(model_dir):
+    d, _, (Xq, _) = model_dir
+    pred = Predictor.load(d)
+    kw = dict(k=5, top_k=L, index="clustered")
+    a = pred.predict(Xq, index_params={"n_clusters": 4, "nprobe": 1}, **kw).toarray()
+    b = pred.predict(Xq, index_params={"n_clusters": 4, "nprobe": 4}, **kw).toarray()
+    np.testing.assert_array_equal(b, Predictor.load(d).predict(Xq, index_params={"n_clusters": 4, "nprobe": 4},
+                                                               **kw).toarray())
+    np.testing.assert_array_equal(a, Predictor.load(d).predict(Xq, index_params={"n_clusters": 4, "nprobe": 1},
+                                                               **kw).toarray())
+    assert np.abs(a - b).max() > 1e-3
