@@ -76,20 +76,6 @@ def test_p1(res, X, Y):
 test_p1.__test__ = False  # a helper, not a test
 
 
-@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "base")
-def test_trained_far_above_untrained(toy, option):
-    (X, Y), (Xt, Yt) = toy
-    m, t = configs(option)
-    untrained = test_p1(train(X, Y, m, dict(t, epochs=0), progress=False), Xt, Yt)
-    trained = train(X, Y, m, t, progress=False)
-    p1 = test_p1(trained, Xt, Yt)
-    assert untrained < 0.4, untrained  # the raw-feature neighbourhoods do not give the label away
-    assert p1 >= 0.95, (p1, untrained)
-    assert p1 - untrained >= 0.55, (p1, untrained)
-    losses = [h["loss"] for h in trained.history]
-    assert len(losses) == t["epochs"] and losses[-1] < 0.5 * losses[0]
-
-
 @pytest.mark.parametrize("option", [{}, {"projector": "mlp"}, {"optimizer": "paper"}, {"geometry": "euclidean"},
                                     {"projector": "mlp", "geometry": "euclidean"}],
                          ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "base")
@@ -137,6 +123,58 @@ def test_input_dropout_is_inverted_dropout(toy, monkeypatch):
     seen.clear()
     train(X, Y, m, dict(t, input_dropout=0.0), progress=False)
     np.testing.assert_array_equal(torch.cat(seen).numpy(), 1.0)
+
+
+def test_batches_are_reshuffled_every_epoch(toy, monkeypatch):
+    """Each epoch visits every training example once, in a new order."""
+    (X, Y), _ = toy
+    batches = []
+    forward = HyperbolicXMC.forward
+
+    def spy(self, idx, off, w):
+        if self.training:
+            batches.append(idx.clone())
+        return forward(self, idx, off, w)
+
+    monkeypatch.setattr(HyperbolicXMC, "forward", spy)
+    m, t = configs({}, epochs=2, batch_size=50)
+    train(X, Y, m, t, progress=False)
+    assert len(batches) == 2 * 12  # 600 examples in batches of 50, twice
+    ep1, ep2 = torch.cat(batches[:12]), torch.cat(batches[12:])
+    assert torch.equal(ep1.sort().values, ep2.sort().values)  # the same examples (features)...
+    assert not torch.equal(batches[0], batches[12])  # ...in another order
+
+
+@pytest.mark.parametrize("optimizer,sampling", [("paper", "frequency"), ("radam", "uniform")])
+def test_options_reach_the_loop(toy, monkeypatch, optimizer, sampling):
+    """optimizer, sampling, negatives and alpha reach the optimiser, the sampler and the loss."""
+    (X, Y), _ = toy
+    seen = {"paper_steps": 0, "kinds": [], "loss_args": set()}
+
+    class SpyAdam(T.PaperAdam):
+        def step(self, closure=None):
+            seen["paper_steps"] += 1
+            return super().step(closure)
+
+    class SpySampler(T.NegativeSampler):
+        def __init__(self, label_freq, kind, generator):
+            seen["kinds"].append(kind)
+            super().__init__(label_freq, kind, generator)
+
+    loss = T.sampled_softmax_loss
+
+    def spy_loss(model, r, Yb, sampler, negatives, alpha):
+        seen["loss_args"].add((negatives, alpha))
+        return loss(model, r, Yb, sampler, negatives, alpha)
+
+    monkeypatch.setattr(T, "PaperAdam", SpyAdam)
+    monkeypatch.setattr(T, "NegativeSampler", SpySampler)
+    monkeypatch.setattr(T, "sampled_softmax_loss", spy_loss)
+    m, t = configs({"optimizer": optimizer, "sampling": sampling}, epochs=1, negatives=4, alpha=7.0)
+    train(X, Y, m, t, progress=False)
+    assert (seen["paper_steps"] > 0) == (optimizer == "paper")
+    assert seen["kinds"] == [sampling]
+    assert seen["loss_args"] == {(4, 7.0)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,3 +318,18 @@ def test_paper_adam_defaults_are_adams():
     p = torch.nn.Parameter(torch.zeros(2, 2))
     d = PaperAdam([p]).defaults
     assert d["lr"] == 1e-3 and tuple(d["betas"]) == (0.9, 0.999) and d["eps"] == 1e-8
+
+
+# the option grid last: the cheaper tests above fail first on a broken loop (scripts/mutation.py runs -x)
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "base")
+def test_trained_far_above_untrained(toy, option):
+    (X, Y), (Xt, Yt) = toy
+    m, t = configs(option)
+    untrained = test_p1(train(X, Y, m, dict(t, epochs=0), progress=False), Xt, Yt)
+    trained = train(X, Y, m, t, progress=False)
+    p1 = test_p1(trained, Xt, Yt)
+    assert untrained < 0.4, untrained  # the raw-feature neighbourhoods do not give the label away
+    assert p1 >= 0.95, (p1, untrained)
+    assert p1 - untrained >= 0.55, (p1, untrained)
+    losses = [h["loss"] for h in trained.history]
+    assert len(losses) == t["epochs"] and losses[-1] < 0.5 * losses[0]

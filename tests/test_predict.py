@@ -209,9 +209,11 @@ def test_validation_score_is_knn_p1_of_held_out_rows(tmp_path, weighting):
     emb = np_embed(d, X)
     I, D, clear = np_knn(emb[va], emb[tr], 5)
     S = np_top_k(np_vote(I, D, Y[tr], weighting, 3.0), 1)
-    hits = (S > 0) & (Y[va].toarray() > 0)
+    hits = ((S > 0) & (Y[va].toarray() > 0)).any(1)
     assert clear.mean() > 0.9
-    assert res.history[0]["val_p1"] == pytest.approx(hits.sum(1).mean(), abs=1.5 * (1 - clear.mean()) + 1e-9)
+    # rows whose 5th/6th neighbours float32 could swap may go either way; the others are exact
+    lo, hi = hits[clear].sum() / 100, (hits[clear].sum() + (~clear).sum()) / 100
+    assert lo - 1e-12 <= res.history[0]["val_p1"] <= hi + 1e-12, (res.history[0]["val_p1"], lo, hi)
     assert 0.0 < res.history[0]["val_p1"] < 1.0
 
 
