@@ -333,3 +333,8 @@ def test_trained_far_above_untrained(toy, option):
     assert p1 - untrained >= 0.55, (p1, untrained)
     losses = [h["loss"] for h in trained.history]
     assert len(losses) == t["epochs"] and losses[-1] < 0.5 * losses[0]
+    # the joint embedding: a test example's nearest label embedding is its label (the objective)
+    model = trained.model
+    D = model.pairwise_distance(Predictor.from_train_result(trained).embed(Xt), model.labels.detach())
+    nearest_label_p1 = (Yt.toarray()[np.arange(Xt.shape[0]), D.argmin(1).numpy()] > 0).mean()
+    assert nearest_label_p1 >= 0.95, nearest_label_p1
