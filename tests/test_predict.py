@@ -51,12 +51,12 @@ def np_poincare(q, db):
     return np.arccosh(1 + 2 * sq / den)
 
 
-def np_knn(q, db, k):
+def np_knn(q, db, k, floor=1.0):
     D = np_poincare(q, db)
     order = np.argsort(D, axis=1, kind="stable")
     Ds = np.take_along_axis(D, order, 1)
     # rows whose k-th and (k+1)-th neighbours are clearly apart (float32 search cannot swap them)
-    clear = (Ds[:, k] - Ds[:, k - 1]) > 1e-4 * np.maximum(Ds[:, k], 1.0) if Ds.shape[1] > k else np.ones(len(q), bool)
+    clear = (Ds[:, k] - Ds[:, k - 1]) > 1e-4 * np.maximum(Ds[:, k], floor) if Ds.shape[1] > k else np.ones(len(q), bool)
     return order[:, :k], Ds[:, :k], clear
 
 
@@ -199,22 +199,33 @@ def test_tfidf_model_embeds_with_training_idf(tmp_path):
 
 @pytest.mark.parametrize("weighting", ["count", "distance"])
 def test_validation_score_is_knn_p1_of_held_out_rows(tmp_path, weighting):
-    """history's val P@1: the held-out rows' top-1 kNN vote among the other training rows, by hand."""
+    """history's val P@1: the held-out rows' top-1 kNN vote among the other training rows, by hand,
+    with the configured k, weighting and alpha (a barely trained model, so that neighbours disagree)."""
     X, Y = noisy_toy(400, n_lab=L, seed=8)
-    cfg = dict(TRAIN, epochs=1, val_fraction=0.25, knn=5, weighting=weighting, alpha=3.0, seed=4)
+    cfg = dict(TRAIN, epochs=1, val_fraction=0.25, knn=9, weighting=weighting, alpha=3.0, seed=4, lr=5e-4,
+               lr_labels=5e-4)
     d = tmp_path / "m"
     res = train(X, Y, {"dim": 4}, cfg, out_dir=d, progress=False)
     perm = np.random.default_rng(4).permutation(400)  # the split: a seeded permutation, the first 25 % held out
     va, tr = np.sort(perm[:100]), np.sort(perm[100:])
     emb = np_embed(d, X)
-    I, D, clear = np_knn(emb[va], emb[tr], 5)
-    S = np_top_k(np_vote(I, D, Y[tr], weighting, 3.0), 1)
-    hits = ((S > 0) & (Y[va].toarray() > 0)).any(1)
-    assert clear.mean() > 0.9
-    # rows whose 5th/6th neighbours float32 could swap may go either way; the others are exact
-    lo, hi = hits[clear].sum() / 100, (hits[clear].sum() + (~clear).sum()) / 100
-    assert lo - 1e-12 <= res.history[0]["val_p1"] <= hi + 1e-12, (res.history[0]["val_p1"], lo, hi)
-    assert 0.0 < res.history[0]["val_p1"] < 1.0
+
+    def p1_range(k, weighting, alpha):
+        """Bounds of the by-hand P@1: rows whose k-th/(k+1)-th neighbours float32 could swap may go
+        either way; the others are exact."""
+        I, D, clear = np_knn(emb[va], emb[tr], k, floor=1e-2)
+        S = np_top_k(np_vote(I, D, Y[tr], weighting, alpha), 1)
+        hits = ((S > 0) & (Y[va].toarray() > 0)).any(1)
+        assert clear.mean() > 0.9
+        return hits[clear].sum() / 100 - 1e-12, (hits[clear].sum() + (~clear).sum()) / 100 + 1e-12
+
+    got = res.history[0]["val_p1"]
+    lo, hi = p1_range(9, weighting, 3.0)
+    assert lo <= got <= hi, (got, lo, hi)
+    # another k gives another score here (the weighting and alpha change the top-1 vote of too few
+    # rows of this toy set to tell them apart; scripts/mutation.py lists them as survivors)
+    olo, ohi = p1_range(5, weighting, 3.0)
+    assert ohi < lo or olo > hi, ((olo, ohi), (lo, hi))
 
 
 def test_index_cache_follows_the_parameters(model_dir):
