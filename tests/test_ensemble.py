@@ -220,3 +220,35 @@ def test_aggregate_files_cuts_the_sum(ens, data, tmp_path):
     np.testing.assert_allclose(aggregate_files(paths, top_k=3).toarray(), want, rtol=1e-6)
     assert main(["aggregate", "--pred", *map(str, paths), "--out", str(tmp_path / "s.npz"), "--top-k", "3"]) == 0
     np.testing.assert_allclose(sp.load_npz(tmp_path / "s.npz").toarray(), want, rtol=1e-6)
+
+
+def test_is_complete_needs_every_predictor_file(ens, tmp_path):
+    import shutil
+
+    from xhyp.predict import PREDICTOR_FILES
+
+    out, _ = ens
+    for name in ("train_summary.json", *PREDICTOR_FILES):
+        d = tmp_path / name
+        shutil.copytree(out / "learner_00", d)
+        assert is_complete(d)
+        (d / name).unlink()
+        assert not is_complete(d), name
+
+
+def test_parallel_jobs_train_in_worker_processes(tmp_path, data, monkeypatch):
+    """jobs=2: the parent process trains nothing itself (it only checks complete learners)."""
+    import xhyp.ensemble as E
+
+    (X, Y), _ = data
+    calls = []
+    real = E.train_learner
+
+    def spy(X, Y, out_dir, *a, **kw):
+        calls.append(str(out_dir))  # in a forked worker this appends to the worker's copy
+        return real(X, Y, out_dir, *a, **kw)
+
+    monkeypatch.setattr(E, "train_learner", spy)
+    res = train_ensemble(X, Y, tmp_path / "par", n_learners=2, model_config={"dim": 3},
+                         train_config=dict(TINY, epochs=1), jobs=2, progress=False)
+    assert res["trained"] == 2 and calls == []
