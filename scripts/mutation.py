@@ -215,6 +215,19 @@ MUTANTS = [
 ]
 
 
+# mutants known to survive, and why they are harmless (or not worth a test)
+KNOWN_SURVIVORS = {
+    "T26": "only the validation score (early-stopping choice) with weighting='distance' changes; on the "
+           "test data the top-1 vote is the same for alpha=1 and the configured alpha; prediction uses alpha",
+    "T27": "same as T26: count and distance weighting give the same validation top-1 on the test data; "
+           "prediction uses the configured weighting",
+    "T28": "equivalent: the final model.save() writes the best (restored) weights to model.pt anyway; the "
+           "per-epoch write only refreshes model.pt of an interrupted run, which is not loadable "
+           "(no train_emb.pt) until training completes",
+    "E04": "redundant check: train_learner() refuses the other configuration with the same error",
+}
+
+
 def check(root: Path, mutants) -> dict:
     """``{id: None}`` when a mutant's snippet occurs exactly once, else ``{id: error message}``."""
     out = {}
@@ -365,7 +378,8 @@ def main(argv=None) -> int:
           f"errors: {sum(r['status'] == 'ERROR' for r in real)}; {time.time() - t_start:.0f}s")
     survivors = [r for r in real if r["status"] != "caught"]
     for r in survivors:
-        print(f"  not caught: {r['id']} {r['description']} ({r['status']})")
+        why = KNOWN_SURVIVORS.get(r["id"], "NEW SURVIVOR: add a test or explain it in KNOWN_SURVIVORS")
+        print(f"  not caught: {r['id']} {r['description']} ({r['status']}): {why}")
     report = {"score": score, "caught": len(caught), "total": len(real),
               "issue_caught": sum(r["status"] == "caught" for r in issue), "issue_total": len(issue),
               "seconds": round(time.time() - t_start, 1), "python": sys.executable, "mutants": results}
