@@ -20,3 +20,24 @@ def shared_data_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def require(module: str):
+    """Import an optional test dependency (faiss, napkinxc...): skipped when it is missing, except
+    under CI (``$CI`` set), where a missing extra must fail the run instead of hiding its tests.
+
+    Args:
+        module: dotted module name, e.g. ``"napkinxc.metrics"``.
+
+    Returns:
+        the imported module.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        msg = f"optional test dependency {module!r} is not installed ({exc}); pip install -e '.[test]'"
+        if os.environ.get("CI"):
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from xhyp.cli import main
 from xhyp.ensemble import (Ensemble, aggregate_files, expand_model_dirs, is_complete, is_ensemble_dir,
@@ -146,3 +147,108 @@ def test_cli_ensemble_predict_aggregate(tmp_path, data, capsys):
     assert main(["ensemble", "--file", str(tmp_path / "train.txt"), "--out", str(out), "--learners", "2",
                  "--no-progress", *tiny]) == 0
     assert json.loads(capsys.readouterr().out)["trained"] == 0
+
+
+def np_top_k(S, top_k):
+    """By hand: keep each row's ``top_k`` largest positive entries (ties: lower label id first)."""
+    out = np.zeros_like(S)
+    for q in range(S.shape[0]):
+        cols = sorted(np.flatnonzero(S[q]), key=lambda c: (-S[q, c], c))[:top_k]
+        out[q, cols] = S[q, cols]
+    return out
+
+
+@pytest.mark.parametrize("top_k", [2, 4])
+def test_ensemble_sum_with_top_k_below_labels(ens, data, tmp_path, top_k):
+    """With top_k < L: each member is cut to top_k, the cut votes summed, the sum cut to top_k
+    (member_top_k=None); member_top_k=L sums the full votes."""
+    out, _ = ens
+    _, (Xt, Yt) = data
+    full = [Predictor.load(out / f"learner_{i:02d}").predict(Xt, top_k=L).toarray().astype(np.float64)
+            for i in range(3)]
+    assert max((F > 0).sum(1).max() for F in full) > top_k  # the per-member cut matters
+    want = np_top_k(sum(np_top_k(F, top_k) for F in full), top_k)
+    S = Ensemble.load(out).predict(Xt, top_k=top_k).toarray()
+    np.testing.assert_allclose(S, want, rtol=1e-6)
+    want_full = np_top_k(sum(full), top_k)
+    np.testing.assert_allclose(Ensemble.load(out).predict(Xt, top_k=top_k, member_top_k=L).toarray(), want_full,
+                               rtol=1e-6)
+    # the CLI predicts the same from the ensemble directory
+    write_xc(tmp_path / "t.txt", Xt, Yt)
+    assert main(["predict", "--model", str(out), "--file", str(tmp_path / "t.txt"), "--top-k", str(top_k),
+                 "--out", str(tmp_path / "e.npz")]) == 0
+    np.testing.assert_allclose(sp.load_npz(tmp_path / "e.npz").toarray(), want, rtol=1e-6)
+
+
+def test_parallel_jobs_equal_sequential(tmp_path, data):
+    """`jobs=2` trains exactly the learners `jobs=1` trains (same weights, same votes)."""
+    (X, Y), (Xt, _) = data
+    cfg = dict(TINY, epochs=2)
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        res = train_ensemble(X, Y, out, n_learners=2, model_config={"dim": 3}, train_config=cfg, jobs=jobs,
+                             progress=False)
+        assert res["trained"] == 2
+        runs[jobs] = out
+    for m in ("learner_00", "learner_01"):
+        a = torch.load(runs[1] / m / "model.pt", weights_only=True)
+        b = torch.load(runs[2] / m / "model.pt", weights_only=True)
+        assert set(a) == set(b)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+        ha = json.loads((runs[1] / m / "history.json").read_text())
+        hb = json.loads((runs[2] / m / "history.json").read_text())
+        assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+    # the two learners differ (different seeds)
+    a0 = torch.load(runs[1] / "learner_00" / "model.pt", weights_only=True)["labels"]
+    a1 = torch.load(runs[1] / "learner_01" / "model.pt", weights_only=True)["labels"]
+    assert (a0 - a1).abs().max() > 1e-4
+    np.testing.assert_array_equal(Ensemble.load(runs[1]).predict(Xt, top_k=4).toarray(),
+                                  Ensemble.load(runs[2]).predict(Xt, top_k=4).toarray())
+
+
+def test_aggregate_files_cuts_the_sum(ens, data, tmp_path):
+    out, _ = ens
+    _, (Xt, _) = data
+    full = [Predictor.load(out / f"learner_{i:02d}").predict(Xt, top_k=L) for i in range(3)]
+    paths = []
+    for i, M in enumerate(full):
+        sp.save_npz(tmp_path / f"p{i}.npz", M)
+        paths.append(tmp_path / f"p{i}.npz")
+    want = np_top_k(sum(M.toarray().astype(np.float64) for M in full), 3)
+    np.testing.assert_allclose(aggregate_files(paths, top_k=3).toarray(), want, rtol=1e-6)
+    assert main(["aggregate", "--pred", *map(str, paths), "--out", str(tmp_path / "s.npz"), "--top-k", "3"]) == 0
+    np.testing.assert_allclose(sp.load_npz(tmp_path / "s.npz").toarray(), want, rtol=1e-6)
+
+
+def test_is_complete_needs_every_predictor_file(ens, tmp_path):
+    import shutil
+
+    from xhyp.predict import PREDICTOR_FILES
+
+    out, _ = ens
+    for name in ("train_summary.json", *PREDICTOR_FILES):
+        d = tmp_path / name
+        shutil.copytree(out / "learner_00", d)
+        assert is_complete(d)
+        (d / name).unlink()
+        assert not is_complete(d), name
+
+
+def test_parallel_jobs_train_in_worker_processes(tmp_path, data, monkeypatch):
+    """jobs=2: the parent process trains nothing itself (it only checks complete learners)."""
+    import xhyp.ensemble as E
+
+    (X, Y), _ = data
+    calls = []
+    real = E.train_learner
+
+    def spy(X, Y, out_dir, *a, **kw):
+        calls.append(str(out_dir))  # in a forked worker this appends to the worker's copy
+        return real(X, Y, out_dir, *a, **kw)
+
+    monkeypatch.setattr(E, "train_learner", spy)
+    res = train_ensemble(X, Y, tmp_path / "par", n_learners=2, model_config={"dim": 3},
+                         train_config=dict(TINY, epochs=1), jobs=2, progress=False)
+    assert res["trained"] == 2 and calls == []

@@ -55,6 +55,22 @@ def test_table4_sweep_tables_and_cache(sweep_dir, data_dir):
         assert cell["prefix"]["1"]["P@1"] == pytest.approx(cell["per_learner"][0]["P@1"])
     md = (sweep_dir / "table4.md").read_text()
     assert "| Poincaré | 5 |" in md and "| Euclidean | 2 |" in md and "2 learners" in md
+    # content: a cell's numbers are its cached learners' test metrics, recomputed here
+    from xhyp.ensemble import Ensemble
+    from xhyp.predict import Predictor
+
+    Xt, Yt = read_xc(data_dir / "toy" / "test.txt")
+    cell_dir = sweep_dir / "cache" / "toy" / "poincare_d5_epochs1_knn5_negatives5"
+    cell = cells["poincare"]["5"]
+    for i in range(2):
+        S = Predictor.load(cell_dir / f"learner_{i:02d}").predict(Xt, top_k=100)
+        assert cell["per_learner"][i]["P@1"] == pytest.approx(evaluate(Yt, S)["P@1"])
+        assert cell["per_learner"][i]["P@5"] == pytest.approx(evaluate(Yt, S)["P@5"])
+    S2 = Ensemble.load(cell_dir, n_members=2).predict(Xt, top_k=100)
+    assert cell["prefix"]["2"]["P@1"] == pytest.approx(evaluate(Yt, S2)["P@1"])
+    assert cell["prefix"]["2"]["P@3"] == pytest.approx(evaluate(Yt, S2)["P@3"])
+    # the markdown shows those numbers (percentages, 2 decimals)
+    assert f"{100 * cell['prefix']['2']['P@1']:.2f}" in md
     assert data["timing"]["toy"]["trained_now"] == 8
     # resuming a finished sweep trains nothing and gives the same numbers
     assert table4.main(["--datasets", "toy", "--data-dir", str(data_dir), "--out", str(sweep_dir), "--dims", "2",
@@ -85,6 +101,17 @@ def test_table6_and_fig2(tmp_path, sweep_dir, data_dir):
     assert set(res) == {"toy Poincaré n=5", "toy Euclidean n=5"}
     r = res["toy Poincaré n=5"]
     assert -1.0 <= r["spearman_rho"] <= 1.0 and sum(b["labels"] for b in r["bins"]) == L
+    # content: rho of the training label frequencies against d(0, w) of the cached model's labels
+    import torch
+    from scipy.stats import spearmanr
+
+    model = sweep_dir / "cache" / "toy" / "poincare_d5_epochs1_knn5_negatives5" / "learner_00"
+    W = torch.load(model / "model.pt", weights_only=True)["labels"].double().numpy()
+    _, Ytr = read_xc(data_dir / "toy" / "train.txt")
+    freq = np.asarray(Ytr.sum(0)).ravel()
+    d0 = 2 * np.arctanh(np.linalg.norm(W, axis=1))
+    assert r["spearman_rho"] == pytest.approx(spearmanr(freq, d0)[0], abs=1e-9)
+    assert r["n_labels"] == L
     assert "Spearman" in (tmp_path / "table6.md").read_text()
     assert fig2.main([*common, "--out", str(tmp_path)]) == 0
     png = tmp_path / "fig2_toy.png"

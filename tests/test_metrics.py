@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from xhyp.eval import metrics as M
+from conftest import require
 
 L3 = math.log2(3)  # discount of rank 2 is 1/log2(3); rank 1 -> 1/log2(2) = 1; rank 3 -> 1/log2(4) = 1/2
 
@@ -226,7 +227,7 @@ def test_inv_propensity_by_hand():
 
 
 def test_inv_propensity_matches_napkinxc():
-    nm = pytest.importorskip("napkinxc.metrics")
+    nm = require("napkinxc.metrics")
     Y = sp.csr_matrix(np.random.default_rng(3).random((500, 80)) < 0.05, dtype=np.float64)
     for A, B in [(0.55, 1.5), (0.6, 2.6), (0.5, 0.4)]:
         np.testing.assert_allclose(M.inv_propensity(Y, A, B), nm.Jain_et_al_inverse_propensity(Y, A, B))
@@ -274,7 +275,7 @@ def _to_lists(Y):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_against_napkinxc_random(seed):
-    nm = pytest.importorskip("napkinxc.metrics")
+    nm = require("napkinxc.metrics")
     rng = np.random.default_rng(seed)
     N, L, k = 400, 60, 5
     Y = sp.csr_matrix(rng.random((N, L)) < rng.uniform(0.01, 0.1, size=(N, 1)))
@@ -297,7 +298,7 @@ def test_against_napkinxc_random(seed):
 
 
 def test_against_napkinxc_sparse_short_rows():
-    nm = pytest.importorskip("napkinxc.metrics")
+    nm = require("napkinxc.metrics")
     rng = np.random.default_rng(7)
     N, L, k = 300, 50, 5
     Y = sp.csr_matrix(rng.random((N, L)) < 0.08)
