@@ -205,9 +205,13 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
     """
     from xhyp.eval.metrics import evaluate, inv_propensity
 
-    S = sp.load_npz(pred).tocsr()
+    from .modeldir import load_file
+
+    S = load_file(pred, lambda p: sp.load_npz(p).tocsr(), "score matrix (.npz from `xhyp predict`)")
     if Y is None:
         _, Y = load_split(dataset, split, path, data_dir)
+    if Y.shape[0] == 0:
+        raise ValueError(f"{path or dataset}: no rows to evaluate (N = 0); metrics of zero queries are undefined")
     if S.shape != Y.shape:
         raise ValueError(f"{pred}: score matrix is {S.shape[0]} x {S.shape[1]} but the labels are "
                          f"{Y.shape[0]} x {Y.shape[1]}")

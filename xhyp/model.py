@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import manifold
-from .utils import atomic_save_json, atomic_torch_save
+from .utils import atomic_save_json, atomic_torch_save, check_finite_fields
 
 GEOMETRIES = ("poincare", "euclidean")
 PROJECTORS = ("linear", "mlp")
@@ -62,6 +62,9 @@ class ModelConfig:
             raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
         if self.dim < 1 or self.n_features < 1 or self.n_labels < 1:
             raise ValueError(f"dim, n_features and n_labels must be positive: {self}")
+        check_finite_fields(self)
+        if not 0.0 < self.max_norm < 1.0 or self.init_std_projector < 0 or self.init_std_labels < 0:
+            raise ValueError(f"max_norm must be in (0, 1) and the init stds >= 0: {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

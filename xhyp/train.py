@@ -36,7 +36,9 @@ from .features import FeaturePipeline
 from .index import make_index
 from .model import HyperbolicXMC, ModelConfig, csr_to_bag
 from .optim import PaperAdam
-from .utils import atomic_save_json, atomic_save_sparse, atomic_torch_save, resolve_device, seed_everything
+from .modeldir import model_dir_writer
+from .utils import (atomic_save_json, atomic_save_sparse, atomic_torch_save, check_finite_fields, resolve_device,
+                    seed_everything)
 from .vote import WEIGHTINGS, vote
 
 SAMPLINGS = ("uniform", "frequency")
@@ -105,6 +107,10 @@ class TrainConfig:
             raise ValueError(f"knn must be >= 1, got {self.knn}")
         if self.negatives < 1 or self.batch_size < 1 or self.epochs < 0 or self.alpha <= 0:
             raise ValueError(f"negatives, batch_size, alpha must be positive and epochs >= 0: {self}")
+        check_finite_fields(self)
+        if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
+            raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
+                             f"lr={self.lr}, lr_labels={self.lr_labels}): larger values overflow float32")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -260,6 +266,7 @@ def evaluate_knn(model: HyperbolicXMC, X_db: sp.csr_matrix, Y_db: sp.csr_matrix,
     return vote(I, D, Y_db, top_k=top_k, weighting=weighting, alpha=alpha)
 
 
+@model_dir_writer  # lock, refuse a used directory (unless resume/overwrite), manifest last: xhyp.modeldir
 def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict | None = None,
           train_config: TrainConfig | dict | None = None, out_dir: str | Path | None = None,
           resume: bool = False, progress: bool = True, extra_config: dict | None = None) -> TrainResult:
@@ -275,6 +282,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         resume: continue from ``out_dir/checkpoint.pt`` (same data and configuration required).
         progress: show tqdm progress bars.
         extra_config: more keys for ``config.json`` (e.g. the dataset name).
+        overwrite: (keyword, added by :func:`xhyp.modeldir.model_dir_writer`) replace the model
+            an ``out_dir`` already holds; without it (or ``resume``) such a directory is refused.
 
     Returns:
         :class:`TrainResult` with the best model loaded.
@@ -282,6 +291,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     Raises:
         ValueError: shape mismatch between X and Y, or a resume with different data/config.
         FileNotFoundError: ``resume`` without a checkpoint.
+        xhyp.modeldir.ModelDirError: ``out_dir`` holds a model (no ``resume``/``overwrite``) or is
+            being written by another process.
     """
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}")
