@@ -106,7 +106,8 @@ def _closed_port_url():
 
 def _assert_installed(data_dir, originals):
     assert sorted(p.name for p in data_dir.iterdir()) == ["tiny"]  # no staging folder left
-    assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == ["test.txt", "train.txt"]
+    assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == [".xhyp-verified.json", "test.txt", "train.txt"]
+    assert registry.dataset_info("tiny", data_dir)["verified"] is True
     for split, (X, Y) in zip(("train", "test"), originals):
         X2, Y2 = load_dataset("tiny", split, data_dir)
         assert (X2 != X).nnz == 0 and (Y2 != Y).nnz == 0

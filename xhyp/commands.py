@@ -45,6 +45,11 @@ def load_split(dataset: str | None = None, split: str = "train", path: str | Non
     return load_dataset(dataset, split=split, data_dir=data_dir)
 
 
+def _require_rows(X, source) -> None:
+    if X.shape[0] == 0:
+        raise ValueError(f"{source}: the training data has no examples (N = 0 in its header); nothing to train")
+
+
 def propensity_params(dataset: str | None) -> tuple[float, float]:
     """Jain et al. (2016) propensity parameters ``(A, B)`` of a registry dataset (default 0.55, 1.5)."""
     if dataset is None:
@@ -57,7 +62,7 @@ def propensity_params(dataset: str | None) -> tuple[float, float]:
 
 def train_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
                 data_dir: str | None = None, model: dict | None = None, train_cfg: dict | None = None,
-                resume: bool = False, progress: bool = True, data=None) -> dict:
+                resume: bool = False, progress: bool = True, data=None, overwrite: bool = False) -> dict:
     """``xhyp train``: train one learner and write its model directory.
 
     Args:
@@ -67,14 +72,16 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
         resume: continue from ``out_dir/checkpoint.pt``.
         progress: tqdm bars.
         data: ``(X, Y)`` already loaded (then nothing is read; ``dataset``/``path`` only name it).
+        overwrite: replace a model ``out_dir`` already holds (see :mod:`xhyp.modeldir`).
 
     Returns:
         summary dict (best epoch, validation P@1, seconds), also written to ``out_dir/train_summary.json``.
     """
     X, Y = data if data is not None else load_split(dataset, "train", path, data_dir)
+    _require_rows(X, path or dataset)
     t0 = time.time()
     res = train(X, Y, model or {}, train_cfg or {}, out_dir=out_dir, resume=resume, progress=progress,
-                extra_config={"dataset": dataset or str(path)})
+                extra_config={"dataset": dataset or str(path)}, overwrite=overwrite)
     summary = {"dataset": dataset or str(path), "best_epoch": res.best_epoch,
                "val_p1": res.best_val_p1, "epochs_run": len(res.history),
                "train_seconds": round(time.time() - t0, 2)}
@@ -117,7 +124,7 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
 
 def ensemble_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
                    data_dir: str | None = None, model: dict | None = None, train_cfg: dict | None = None,
-                   n_learners: int = 3, jobs: int = 1, progress: bool = True) -> dict:
+                   n_learners: int = 3, jobs: int = 1, progress: bool = True, overwrite: bool = False) -> dict:
     """``xhyp ensemble``: train ``n_learners`` learners (seeds ``seed, seed+1, ...``) into ``out_dir``.
 
     ``out_dir/learner_XX`` are ordinary model directories and ``out_dir/ensemble.json`` lists them
@@ -130,14 +137,16 @@ def ensemble_model(out_dir: str | Path, dataset: str | None = None, path: str | 
         model, train_cfg: shared :class:`ModelConfig` / :class:`TrainConfig` fields.
         n_learners: ``M``. jobs: learners trained at once, each in its own process.
         progress: progress output.
+        overwrite: replace the ensemble ``out_dir`` holds instead of completing it.
 
     Returns:
         summary dict (members, per-learner summaries, trained/skipped counts, seconds), also
         written to ``out_dir/ensemble_summary.json``.
     """
     X, Y = load_split(dataset, "train", path, data_dir)
+    _require_rows(X, path or dataset)
     res = train_ensemble(X, Y, out_dir, n_learners=n_learners, model_config=model or {},
-                         train_config=train_cfg or {}, jobs=jobs, progress=progress,
+                         train_config=train_cfg or {}, jobs=jobs, progress=progress, overwrite=overwrite,
                          extra_config={"dataset": dataset or str(path)})
     atomic_save_json(res, Path(out_dir) / "ensemble_summary.json")
     return res
@@ -229,11 +238,12 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
 
 def run_pipeline(out_dir: str | Path, dataset: str = "synthetic-hier", data_dir: str | None = None,
                  model: dict | None = None, train_cfg: dict | None = None, k: int | None = None,
-                 index: str = "exact", progress: bool = True) -> dict:
+                 index: str = "exact", progress: bool = True, overwrite: bool = False) -> dict:
     """``xhyp run``: train, predict the test split, evaluate; everything under ``out_dir``.
 
     Writes ``out_dir/model/`` (the model directory), ``out_dir/test_scores.npz`` and
-    ``out_dir/metrics.json`` (metrics plus train/predict wall times).
+    ``out_dir/metrics.json`` (metrics plus train/predict wall times). ``overwrite`` replaces a
+    model ``out_dir/model`` already holds (otherwise such a directory is refused).
 
     Returns:
         ``{"dataset", "metrics": {name: value}, "train_seconds", "predict_seconds", "best_epoch",
@@ -243,7 +253,7 @@ def run_pipeline(out_dir: str | Path, dataset: str = "synthetic-hier", data_dir:
     X, Y = load_split(dataset, "train", data_dir=data_dir)  # each split is read once
     X_test, Y_test = load_split(dataset, "test", data_dir=data_dir)
     s_train = train_model(out_dir / "model", dataset=dataset, data_dir=data_dir, model=model,
-                          train_cfg=train_cfg, progress=progress, data=(X, Y))
+                          train_cfg=train_cfg, progress=progress, data=(X, Y), overwrite=overwrite)
     s_pred = predict_model(out_dir / "model", out_dir / "test_scores.npz", dataset=dataset,
                            split="test", data_dir=data_dir, k=k, index=index, X=X_test)
     metrics = evaluate_predictions(out_dir / "test_scores.npz", dataset=dataset, split="test",
