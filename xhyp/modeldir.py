@@ -278,8 +278,11 @@ def write_manifest(directory, run_id: str, files=MODEL_FILES, kind: str = MODEL_
 
     man = {"kind": kind, "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "xhyp_version": __version__, "files": entries}
-    if (d / "config.json").is_file() and "config.json" in entries:
-        man["config"] = read_json(d / "config.json", "model configuration")
+    if "config.json" in entries:
+        try:
+            man["config"] = read_json(d / "config.json", "model configuration")
+        except ModelDirError:  # recorded by its checksum anyway
+            pass
     if extra:
         man.update(extra)
     atomic_save_json(man, d / MANIFEST)
@@ -407,6 +410,9 @@ def model_dir_writer(train_fn):
         a = bound.arguments
         if a["X"].shape[0] == a["Y"].shape[0]:  # (a shape mismatch is train's own error)
             check_training_data(a["X"], a["Y"])
+            from .train import normalise_configs  # invalid settings: refused before anything is written
+
+            normalise_configs(a["X"].shape[1], a["Y"].shape[1], a.get("model_config"), a.get("train_config"))
         out = a.get("out_dir")
         if out is None:
             return train_fn(*args, **kwargs)
