@@ -139,6 +139,8 @@ def _parse_header(raw: bytes, path) -> tuple[int, int, int]:
         raise DataFormatError(path, 1, f"bad header {_shown(text)}: expected three non-negative integers "
                                        "'N_points N_features N_labels'")
     n, n_feat, n_lab = (int(p) for p in parts)
+    if max(n, n_feat, n_lab) >= 1 << 62:
+        raise DataFormatError(path, 1, f"header value {max(n, n_feat, n_lab)} is too large (the limit is 2^62)")
     return n, n_feat, n_lab
 
 
