@@ -182,9 +182,12 @@ def plot_model(model_dir: str | Path, out: str | Path, examples: int = 0, title:
     """
     from .plot import plot_model_labels
 
+    from .modeldir import verify
+
     d = Path(model_dir)
     if is_ensemble_dir(d):
         d = Ensemble.load(d).member_dirs[0]
+    verify(d)  # a damaged or mixed directory: one line naming the file
     return plot_model_labels(d, out, examples=examples, title=title)
 
 

@@ -257,7 +257,8 @@ def load_file(path, loader, what: str):
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of a third-party loader on damaged bytes
-        msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        msg = text.splitlines()[0][:200] if text else ""
         raise ModelDirError(p, f"is damaged or not a {what} ({type(exc).__name__}{': ' + msg if msg else ''})") from None
 
 
