@@ -93,8 +93,15 @@ def main() -> int:
     def ens_cmd(out, *extra):
         return xhyp("ensemble", "--file", data, "--out", out, "-M", "3", *epochs, *COMMON, *extra)
 
+    from xhyp.cli import main as xhyp_main
+
     def predict(model) -> int:
-        return run(xhyp("predict", "--model", model, "--file", test, "--out", work / "s.npz"))
+        """``xhyp predict`` in this process (torch imported once; same code path as the CLI)."""
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return xhyp_main(["predict", "--model", str(model), "--file", str(test), "--out", str(work / "s.npz")])
 
     t_train = timed(train_cmd(work / "ref_model"))
     t_ens = timed(ens_cmd(work / "ref_ens"))

@@ -229,6 +229,11 @@ def test_ensemble_manifest_and_mixed_members(tmp_path):
     shutil.copy2(e / "learner_00" / "train_summary.json", e / "learner_01" / "train_summary.json")
     with pytest.raises(ModelDirError, match="learner_01/manifest.json"):
         Ensemble.load(e)
+    # a single model's directory is not completed into an ensemble, nor an ensemble's trained over
+    with pytest.raises(ModelDirError, match="holds a single model"):
+        train_ensemble(X, Y, other, n_learners=1, model_config={"dim": 3}, train_config=FAST, progress=False)
+    with pytest.raises(ModelDirError, match="already holds a model"):
+        train(X, Y, {"dim": 3}, FAST, out_dir=e, progress=False)
     # --overwrite replaces the whole ensemble
     train_ensemble(X, Y, e, n_learners=2, model_config={"dim": 3}, train_config=FAST, progress=False,
                    overwrite=True)

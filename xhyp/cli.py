@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset registry: list, info, fetch")
     dsub = d.add_subparsers(dest="data_verb")
     dsub.add_parser("list", help="registered datasets")
-    di = dsub.add_parser("info", help="a dataset's specification and whether it is present")
+    di = dsub.add_parser("info", help="a dataset's specification, whether it is present and verified")
     di.add_argument("name")
     di.add_argument("--data-dir")
     df = dsub.add_parser("fetch", help="download, unpack and verify a dataset")

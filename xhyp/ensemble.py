@@ -205,6 +205,9 @@ def train_ensemble(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, n_le
         modeldir.clean_stale_temps(out)
         if overwrite:
             _clear_ensemble(out)
+        elif not is_ensemble_dir(out) and any((out / n).exists() for n in modeldir.RUN_FILES):
+            raise modeldir.ModelDirError(out, "holds a single model (from `xhyp train`), not an ensemble; use "
+                                              "--overwrite to replace it, or another --out directory")
         res = _train_ensemble(X, Y, out, n_learners, mdict, tdict, jobs, progress, extra_config)
         modeldir.write_ensemble_manifest(out, [m for m in res["members"] if is_complete(out / m)])
         return res
