@@ -7,7 +7,7 @@ they fall into start-up, epochs, checkpoint saves and the final writes):
 * **train**: ``xhyp train --file D --out M ...`` is killed with SIGKILL; ``xhyp predict`` on the
   killed directory must refuse it (exit 2) unless the run had finished; then the same command
   with ``--resume`` must exit 0, ``xhyp predict`` must exit 0, and no temporary file may remain;
-* **ensemble**: the same with ``xhyp ensemble -M 3`` (every learner directory checked);
+* **ensemble**: the same with ``xhyp ensemble -M M`` (``--learners``, default 3);
 * **mixed**: a finished model A, then ``xhyp train ... --overwrite`` of another configuration
   into the same directory, killed at a random moment: whenever the directory holds files of both
   runs (a file byte-identical to A's beside one that is not), ``xhyp predict`` must refuse it.
@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", type=int, default=1500)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--learners", type=int, default=3, help="ensemble size M")
+    ap.add_argument("--phases", default="train,ensemble,mixed", help="comma-separated subset to run")
     ap.add_argument("--out", default="kill_resume.json")
     ap.add_argument("--work", help="work folder (default: a temporary one, removed)")
     args = ap.parse_args()
@@ -91,7 +93,7 @@ def main() -> int:
         return xhyp("train", "--file", data, "--out", out, *epochs, *COMMON, *extra)
 
     def ens_cmd(out, *extra):
-        return xhyp("ensemble", "--file", data, "--out", out, "-M", "3", *epochs, *COMMON, *extra)
+        return xhyp("ensemble", "--file", data, "--out", out, "-M", str(args.learners), *epochs, *COMMON, *extra)
 
     from xhyp.cli import main as xhyp_main
 
@@ -103,11 +105,12 @@ def main() -> int:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return xhyp_main(["predict", "--model", str(model), "--file", str(test), "--out", str(work / "s.npz")])
 
+    phases = args.phases.split(",")
     t_train = timed(train_cmd(work / "ref_model"))
-    t_ens = timed(ens_cmd(work / "ref_ens"))
+    t_ens = timed(ens_cmd(work / "ref_ens")) if "ensemble" in phases else 0.0
     rows, failures = [], []
     for kind, make, length in (("train", train_cmd, t_train), ("ensemble", ens_cmd, t_ens)):
-        for i in range(args.trials):
+        for i in range(args.trials if kind in phases else 0):
             out = work / f"{kind}_{i:02d}"
             at = rng.uniform(0.2, length)
             finished = run_killed(make(out), at)
@@ -123,10 +126,11 @@ def main() -> int:
                          "temps_left": left, "ok": ok})
             if not ok:
                 failures.append(rows[-1])
+            print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(out, ignore_errors=True)
     # mixed directories: A finished, B (other settings) with --overwrite killed at random moments
     a = work / "A"
-    for i in range(args.trials):
+    for i in range(args.trials if "mixed" in phases else 0):
         if a.exists():
             shutil.rmtree(a)
         shutil.copytree(work / "ref_model", a)
@@ -144,6 +148,7 @@ def main() -> int:
                      "files_of_A": from_a, "mixed": mixed, "sealed": sealed, "predict_rc": rc, "ok": ok})
         if not ok:
             failures.append(rows[-1])
+        print(json.dumps(rows[-1]), flush=True)
     print(f"{'kind':9} {'trials':>6} {'ok':>4} {'finished':>8} {'refused after kill':>18} {'temps left':>10}")
     for kind in ("train", "ensemble", "mixed"):
         r = [x for x in rows if x["kind"] == kind]

@@ -414,3 +414,22 @@ def test_gzip_and_bom_training_files(tmp_path, capsys):
     assert main(["train", "--file", str(tmp_path / "cut.gz"), "--out", str(tmp_path / "m3"), *CLI_FAST]) == 2
     err = _err(capsys)
     assert "cut.gz" in err and "damaged gzip stream" in err and len(err) < 300
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path, monkeypatch):
+    import xhyp.train as T
+
+    m = tmp_path / "m"
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "precision_at_1", boom)  # dies at the end of epoch 1, before its checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train(*_data(), {"dim": 4}, dict(FAST, val_fraction=0.2), out_dir=m, progress=False)
+    monkeypatch.undo()
+    assert (m / "config.json").exists() and not (m / "checkpoint.pt").exists()
+    train(*_data(), {"dim": 4}, dict(FAST, val_fraction=0.2), out_dir=m, resume=True, progress=False)
+    Predictor.load(m)
+    with pytest.raises(FileNotFoundError, match="checkpoint"):  # nothing there at all: still an error
+        train(*_data(), {"dim": 4}, FAST, out_dir=tmp_path / "none", resume=True, progress=False)

@@ -396,7 +396,9 @@ def check_training_data(X, Y) -> None:
 def model_dir_writer(train_fn):
     """Decorator of :func:`xhyp.train.train`: lock, clean, check and finalize ``out_dir``.
 
-    Adds the keyword argument ``overwrite: bool = False``. Before training: the data is checked
+    Adds the keyword argument ``overwrite: bool = False``. ``resume`` in an existing directory
+    that has no checkpoint yet (a run killed before its first epoch ended: only its start-up
+    files, no ``model.pt``, no manifest) starts that run again. Before training: the data is checked
     (:func:`check_training_data`); with an ``out_dir``, its lock is taken (:func:`lock_dir`),
     stale temporary files removed (:func:`clean_stale_temps`) and the directory prepared
     (:func:`prepare_dir`). After training returns: ``manifest.json`` is written
@@ -417,11 +419,20 @@ def model_dir_writer(train_fn):
         out = a.get("out_dir")
         if out is None:
             return train_fn(*args, **kwargs)
+        resume = bool(a.get("resume"))
+        if resume and not Path(out).is_dir():
+            return train_fn(*args, **kwargs)  # train's own "no checkpoint" error
         lock = lock_dir(out)
         try:
             clean_stale_temps(out)
-            prepare_dir(out, bool(a.get("resume")), overwrite)
-            res = train_fn(*args, **kwargs)
+            d = Path(out)
+            if resume and not (d / "checkpoint.pt").exists() and not (d / "model.pt").exists() \
+                    and not (d / MANIFEST).exists():
+                # a run killed before its first checkpoint: nothing was learnt, start it again
+                resume, overwrite = False, True
+                a["resume"] = False
+            prepare_dir(out, resume, overwrite)
+            res = train_fn(*bound.args, **bound.kwargs)
             write_manifest(out, uuid.uuid4().hex)
             return res
         finally:
