@@ -433,3 +433,11 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_
     Predictor.load(m)
     with pytest.raises(FileNotFoundError, match="checkpoint"):  # nothing there at all: still an error
         train(*_data(), {"dim": 4}, FAST, out_dir=tmp_path / "none", resume=True, progress=False)
+
+
+def test_cli_resume_of_a_run_killed_at_start_up(tmp_path, capsys):
+    """kill -9 before anything was written: the same command with --resume starts the run."""
+    data = _files(tmp_path)
+    assert main(["train", "--file", str(data), "--out", str(tmp_path / "m"), *CLI_FAST, "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    Predictor.load(tmp_path / "m")

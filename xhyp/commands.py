@@ -6,6 +6,7 @@ an Extreme Classification Repository text file (``path``).
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
         out_dir: model directory (see :mod:`xhyp.train` for its contents).
         dataset, path, data_dir: training data, see :func:`load_split` (split ``"train"``).
         model: :class:`xhyp.model.ModelConfig` fields. train_cfg: :class:`xhyp.train.TrainConfig` fields.
-        resume: continue from ``out_dir/checkpoint.pt``.
+        resume: continue from ``out_dir/checkpoint.pt`` (an ``out_dir`` that does not exist, e.g. of
+            a run killed at start-up, starts a new run; see also :func:`xhyp.modeldir.model_dir_writer`).
         progress: tqdm bars.
         data: ``(X, Y)`` already loaded (then nothing is read; ``dataset``/``path`` only name it).
         overwrite: replace a model ``out_dir`` already holds (see :mod:`xhyp.modeldir`).
@@ -79,6 +81,9 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
     """
     X, Y = data if data is not None else load_split(dataset, "train", path, data_dir)
     _require_rows(X, path or dataset)
+    if resume and not Path(out_dir).exists():  # killed before it wrote anything: the same command restarts it
+        print(f"xhyp: {out_dir} does not exist: nothing to resume, starting a new run", file=sys.stderr)
+        resume = False
     t0 = time.time()
     res = train(X, Y, model or {}, train_cfg or {}, out_dir=out_dir, resume=resume, progress=progress,
                 extra_config={"dataset": dataset or str(path)}, overwrite=overwrite)
