@@ -59,15 +59,88 @@ _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]
 _SPACE, _TAB, _CR, _LF, _COMMA, _COLON = (ord(c) for c in " \t\r\n,:")
 
 
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+_SHOWN = 60  # characters of a bad line quoted in a message
+
+
+def _shown(text: str) -> str:
+    """``repr`` of (the start of) a bad line, for messages."""
+    return repr(text[:_SHOWN]) + (f" ... ({len(text)} characters)" if len(text) > _SHOWN else "")
+
+
+class _Decompressed:
+    """A binary file object that reads ``path`` transparently decompressed (gzip, bz2, xz, by
+    their magic bytes); damaged compressed streams raise :class:`DataFormatError`."""
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, "rb") as f:
+            head = f.read(6)
+        self.kind = next((k for m, k in _MAGIC.items() if head.startswith(m)), None)
+        if head.startswith(b"PK\x03\x04"):
+            raise DataFormatError(path, None, "is a zip archive, not a text file: unpack it first (or use "
+                                              "`xhyp data fetch`)")
+        if self.kind == "gzip":
+            import gzip
+
+            self.f = gzip.open(path, "rb")
+        elif self.kind == "bz2":
+            import bz2
+
+            self.f = bz2.open(path, "rb")
+        elif self.kind == "xz":
+            import lzma
+
+            self.f = lzma.open(path, "rb")
+        else:
+            self.f = open(path, "rb")
+
+    def _guard(self, fn, *a):
+        try:
+            return fn(*a)
+        except DataFormatError:
+            raise
+        except (EOFError, OSError, ValueError, MemoryError) as exc:
+            if self.kind is None or isinstance(exc, MemoryError):
+                raise
+            what = "ends before its end marker (truncated download?)" if isinstance(exc, EOFError) else str(exc)
+            raise DataFormatError(self.path, None, f"damaged {self.kind} stream: {what}") from None
+        except Exception as exc:  # zlib.error, lzma.LZMAError...
+            if self.kind is None:
+                raise
+            raise DataFormatError(self.path, None, f"damaged {self.kind} stream: {exc}") from None
+
+    def readline(self):
+        return self._guard(self.f.readline)
+
+    def read(self, n=-1):
+        return self._guard(self.f.read, n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def _parse_header(raw: bytes, path) -> tuple[int, int, int]:
+    if raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+        raw = raw[3:]
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataFormatError(path, 1, "the file is UTF-16 text; save it as ASCII (or UTF-8)")
     text = raw.decode("ascii", errors="replace").strip()
     if not text:
         raise DataFormatError(path, 1, "missing header: expected 'N_points N_features N_labels'")
     parts = text.split()
     if len(parts) != 3 or not all(_DIGITS.fullmatch(p) for p in parts):
-        raise DataFormatError(path, 1, f"bad header {text!r}: expected three non-negative integers "
+        if b"\x00" in raw or sum(c > 126 or (c < 32 and c not in (9, 10, 13)) for c in raw[:200]) > 4:
+            raise DataFormatError(path, 1, f"binary data ({len(raw)} bytes before the first newline, starting "
+                                           f"{raw[:16]!r}), not an Extreme Classification Repository text file")
+        raise DataFormatError(path, 1, f"bad header {_shown(text)}: expected three non-negative integers "
                                        "'N_points N_features N_labels'")
     n, n_feat, n_lab = (int(p) for p in parts)
+    if max(n, n_feat, n_lab) >= 1 << 62:
+        raise DataFormatError(path, 1, f"header value {max(n, n_feat, n_lab)} is too large (the limit is 2^62)")
     return n, n_feat, n_lab
 
 
@@ -97,36 +170,36 @@ def _parse_xc_line(raw: bytes, line: int, n_feat: int, n_lab: int, path) -> tupl
     if field:
         for tok in field.split(","):
             if not tok:
-                raise DataFormatError(path, line, f"empty label id in label field {field!r} (stray comma)")
+                raise DataFormatError(path, line, f"empty label id in label field {_shown(field)} (stray comma)")
             if tok.startswith("-") and _DIGITS.fullmatch(tok[1:]):
                 raise DataFormatError(path, line, f"negative label id {tok}")
             if not _DIGITS.fullmatch(tok):
-                raise DataFormatError(path, line, f"label id {tok!r} is not a non-negative integer")
+                raise DataFormatError(path, line, f"label id {_shown(tok)} is not a non-negative integer")
             lab = int(tok)
             if lab >= n_lab:
                 raise DataFormatError(path, line, f"label id {lab} out of range [0, {n_lab})")
             labels.append(lab)
     for tok in feats:
         if "," in tok:
-            raise DataFormatError(path, line, f"unexpected ',' in feature {tok!r} (labels come first, without "
+            raise DataFormatError(path, line, f"unexpected ',' in feature {_shown(tok)} (labels come first, without "
                                               "spaces, e.g. '3,7 0:1.5 4:2')")
         fid, colon, val = tok.partition(":")
         if not colon or ":" in val or not fid or not val:
-            raise DataFormatError(path, line, f"feature {tok!r} is not of the form id:value")
+            raise DataFormatError(path, line, f"feature {_shown(tok)} is not of the form id:value")
         if fid.startswith("-") and _DIGITS.fullmatch(fid[1:]):
             raise DataFormatError(path, line, f"negative feature id {fid}")
         if not _DIGITS.fullmatch(fid):
-            raise DataFormatError(path, line, f"feature id {fid!r} is not a non-negative integer")
+            raise DataFormatError(path, line, f"feature id {_shown(fid)} is not a non-negative integer")
         f = int(fid)
         if f >= n_feat:
             raise DataFormatError(path, line, f"feature id {f} out of range [0, {n_feat})")
         if not _FLOAT.fullmatch(val):
-            raise DataFormatError(path, line, f"unparsable value {val!r} of feature {f}")
+            raise DataFormatError(path, line, f"unparsable value {_shown(val)} of feature {f}")
         v = float(val)
         if not math.isfinite(v):
-            raise DataFormatError(path, line, f"non-finite value {val!r} of feature {f}")
+            raise DataFormatError(path, line, f"non-finite value {_shown(val)} of feature {f}")
         if abs(v) > _FLT_MAX:
-            raise DataFormatError(path, line, f"value {val!r} of feature {f} overflows float32")
+            raise DataFormatError(path, line, f"value {_shown(val)} of feature {f} overflows float32")
         ids.append(f)
         vals.append(v)
     for what, seq in (("label", labels), ("feature", ids)):
@@ -354,7 +427,7 @@ def read_xc_header(path) -> tuple[int, int, int]:
         FileNotFoundError: no such file.
         DataFormatError: the first line is not three non-negative integers.
     """
-    with open(path, "rb") as f:
+    with _Decompressed(path) as f:
         return _parse_header(f.readline(), path)
 
 
@@ -367,6 +440,9 @@ def read_xc(path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     the ``N`` declared points are ignored; a blank line among them is a point with no labels and
     no features.
 
+    A gzip, bz2 or xz compressed file (recognised by its first bytes, whatever its name) is
+    read transparently; a UTF-8 byte order mark before the header is skipped.
+
     Args:
         path: file path.
 
@@ -377,7 +453,8 @@ def read_xc(path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
 
     Raises:
         FileNotFoundError: no such file.
-        DataFormatError: malformed header, fewer or more rows than declared, a label or feature id
+        DataFormatError: malformed header, a damaged compressed stream, fewer or more rows than
+            declared, a label or feature id
             that is not a non-negative integer or is out of range, an unparsable or non-finite
             value, a duplicate label or feature id within a line; the message names the file and
             the line.
@@ -385,7 +462,7 @@ def read_xc(path) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     path = Path(path)
     blocks = []  # per block: (n_lines, y_counts, y_ids, x_counts, x_ids, x_vals)
     n_rows = 0
-    with open(path, "rb") as f:
+    with _Decompressed(path) as f:
         n, n_feat, n_lab = _parse_header(f.readline(), path)
         carry = b""
         while True:

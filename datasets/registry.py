@@ -10,6 +10,8 @@ layout; ``synthetic-hier`` is generated in memory.
 from __future__ import annotations
 
 import html.parser
+import json
+import lzma
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -26,7 +29,8 @@ from pathlib import Path
 from .formats import DataFormatError, read_hmc_arff, read_xc, read_xc_header
 
 __all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "FetchError", "get_spec", "resolve_data_dir",
-           "dataset_paths", "load_dataset", "fetch", "dataset_info", "raw_hmc_splits", "load_hmc_split"]
+           "dataset_paths", "load_dataset", "fetch", "dataset_info", "is_verified", "raw_hmc_splits",
+           "load_hmc_split"]
 
 XC_REPOSITORY = "http://manikvarma.org/downloads/XC/XMLRepository.html"
 MULAN_DATASETS = "https://mulan.sourceforge.net/datasets-mlc.html"
@@ -351,7 +355,9 @@ def load_hmc_split(name: str, split: str = "train", data_dir=None):
 
 def dataset_info(name: str, data_dir=None) -> dict:
     """The spec of a dataset as a dict, plus ``data_dir``, ``train_path``, ``test_path``,
-    ``download_url`` and ``present`` (both files there, or synthetic). Headers are not checked.
+    ``download_url``, ``present`` (both files there, or synthetic) and ``verified`` (both files
+    were read in full by :func:`fetch` and have not changed since: :func:`is_verified`).
+    Nothing is read here.
 
     Raises:
         KeyError: unknown name.
@@ -360,12 +366,13 @@ def dataset_info(name: str, data_dir=None) -> dict:
     info = asdict(spec)
     info["download_url"] = spec.download_url
     if spec.kind == "synthetic":
-        info.update(data_dir=None, train_path=None, test_path=None, present=True)
+        info.update(data_dir=None, train_path=None, test_path=None, present=True, verified=True)
         return info
     root = resolve_data_dir(data_dir)
     paths = [_existing_file(spec, root, s) for s in ("train", "test")]
     info.update(data_dir=str(root), train_path=str(paths[0] or root / spec.files[0]),
-                test_path=str(paths[1] or root / spec.files[1]), present=all(paths))
+                test_path=str(paths[1] or root / spec.files[1]), present=all(paths),
+                verified=all(paths) and is_verified(spec, root))
     return info
 
 
@@ -501,37 +508,113 @@ def _extract(archive: Path, spec: DatasetSpec, out_dir: Path) -> dict[str, tuple
     return out
 
 
-def _count_lines(path: Path) -> int:
-    """Number of lines (a last line without a newline counts)."""
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")
+VERIFIED = ".xhyp-verified.json"
+"""Marker written beside a dataset's files once both were read in full without error."""
 
 
-def _valid_files(spec: DatasetSpec, root: Path) -> bool:
-    """Both split files in place (under their registry or archive names) with the right headers."""
+def _file_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _marker_path(spec: DatasetSpec, root: Path) -> Path:
+    return (root / spec.files[0]).parent / VERIFIED
+
+
+def is_verified(spec: DatasetSpec, root: Path) -> bool:
+    """Whether both split files carry a verification marker that still matches them (same
+    files, sizes and modification times as when they were read in full)."""
+    marker = _marker_path(spec, root)
+    try:
+        m = json.loads(marker.read_text())
+        for split in ("train", "test"):
+            path = _existing_file(spec, root, split)
+            if path is None or m.get(split, {}).get("file") != path.name or \
+                    {k: m[split].get(k) for k in ("size", "mtime_ns")} != _file_stamp(path):
+                return False
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _read_in_full(path: Path, spec: DatasetSpec, split: str, shown: str) -> None:
+    """Parse a whole split file with the training reader and check its shape against the spec.
+
+    Raises:
+        DataFormatError: the first problem, named ``shown:line``.
+    """
+    try:
+        _check_header(path, spec, split, shown)
+        X, _ = read_xc(path)
+    except DataFormatError as exc:
+        raise DataFormatError(shown, exc.line, f"{exc.problem}; nothing was installed") from None
+    want = spec.expected_header(split)
+    if X.shape != want[:2]:  # pragma: no cover - read_xc enforces the header
+        raise DataFormatError(shown, None, f"has {X.shape[0]} x {X.shape[1]} features, expected {want[0]} x {want[1]}")
+
+
+def _write_marker(spec: DatasetSpec, root: Path) -> None:
+    from xhyp.utils import atomic_save_json
+
+    marker = {split: dict(_file_stamp(p), file=p.name)
+              for split in ("train", "test") if (p := _existing_file(spec, root, split)) is not None}
+    atomic_save_json(marker, _marker_path(spec, root))
+
+
+def _verify_in_place(spec: DatasetSpec, root: Path) -> bool:
+    """Both split files present and readable in full (a marker is then written); False otherwise."""
+    if is_verified(spec, root):
+        return True
     for split in ("train", "test"):
         path = _existing_file(spec, root, split)
+        if path is None:
+            return False
         try:
-            if path is None:
-                return False
-            _check_header(path, spec, split)
+            _read_in_full(path, spec, split, str(path))
         except (OSError, DataFormatError):
             return False
+    try:
+        _write_marker(spec, root)
+    except OSError:
+        pass
     return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(root: Path, name: str) -> None:
+    """Remove the staging folders (and their partial downloads) of fetches whose process died."""
+    pat = re.compile(rf"^\.{re.escape(name)}\.fetch-(\d+)-")
+    for p in root.glob(f".{name}.fetch-*"):
+        m = pat.match(p.name)
+        if p.is_dir() and m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError,
+                   NotImplementedError, ValueError)
 
 
 def fetch(name: str, data_dir=None, url: str | None = None, progress: bool = True, timeout: float = 30) -> Path:
     """Download, unpack and verify a dataset into ``DATA_DIR/<name>/{train,test}.txt``.
 
-    Nothing is downloaded when both files are already there with the expected headers. The
-    archive (zip, tar, tar.gz/bz2/xz, recognised by its first bytes) is streamed into a temporary
-    folder inside the data directory, the train and test files are found in it (in any
-    subfolder), their headers and line counts are checked against the spec, and only then moved
-    into place; the temporary folder is always removed.
+    Nothing is downloaded when both files are already there and verified (read in full once:
+    see :func:`is_verified`; files installed by hand are read in full here, and marked). The
+    archive (zip, tar, tar.gz/bz2/xz, recognised by its first bytes) is streamed into a staging
+    folder inside the data directory (``.NAME.fetch-<pid>-*``; those of dead processes, with
+    their partial downloads, are removed by the next fetch), the train and test files are found
+    in it (in any subfolder), read in full with the training reader (:func:`read_xc`) and
+    checked against the spec, and only then installed: the complete dataset folder is renamed
+    into place (or, if the folder exists, each file is), then the verification marker is
+    written. The staging folder is always removed.
 
     Args:
         name: registry name.
@@ -547,10 +630,10 @@ def fetch(name: str, data_dir=None, url: str | None = None, progress: bool = Tru
     Raises:
         KeyError: unknown name. ValueError: a synthetic dataset.
         FetchError: no URL for the dataset, network failure (offline, DNS, timeout, HTTP error),
-            an HTML page or a non-archive instead of the archive, unsafe member paths, or missing
-            train/test files; the message says what to download and where to put the files.
-        DataFormatError: a file's header (or line count) disagrees with the spec; nothing is
-            installed.
+            an HTML page or a non-archive instead of the archive, a damaged archive (truncated,
+            bad CRC), unsafe member paths, or missing train/test files.
+        DataFormatError: a file is malformed or disagrees with the spec (named ``archive/member:line``);
+            nothing is installed.
     """
     spec = get_spec(name)
     if spec.kind == "synthetic":
@@ -560,19 +643,19 @@ def fetch(name: str, data_dir=None, url: str | None = None, progress: bool = Tru
         _rcv1_splits(root)
         return root / "rcv1"
     target = root / name
-    if _valid_files(spec, root):
+    if _verify_in_place(spec, root):
         return target
     src = url or spec.download_url
     if src is None:
         raise FetchError(f"dataset {name!r} has no download link; its files are installed by hand.\n"
                          + _manual_instructions(spec, root))
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.fetch-", dir=root))
+    _remove_stale_staging(root, name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.fetch-{os.getpid()}-", dir=root))
     try:
         archive = staging / (spec.archive_name or "archive")
         try:
             _download(src, archive, None if url else spec.gdrive_id, progress, timeout, name)
-            extracted = _extract(archive, spec, staging / "files")
         except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException, FetchError) as exc:
             if isinstance(exc, urllib.error.HTTPError):
                 reason = f"HTTP error {exc.code} ({exc.reason})"
@@ -582,21 +665,33 @@ def fetch(name: str, data_dir=None, url: str | None = None, progress: bool = Tru
                 reason = getattr(exc, "reason", None) or exc
             raise FetchError(f"could not get {name!r} from {src}: {reason}.\n"
                              + _manual_instructions(spec, root)) from exc
+        try:
+            extracted = _extract(archive, spec, staging / "files")
+        except FetchError:
+            raise
+        except _ARCHIVE_ERRORS as exc:
+            msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise FetchError(f"{archive.name} (from {src}): damaged archive ({type(exc).__name__}: {msg}); "
+                             "nothing was installed; download it again") from None
         archive.unlink()
         for split, (member, path) in extracted.items():
-            shown = f"{archive.name}/{member}"
-            try:
-                _check_header(path, spec, split, shown)
-            except DataFormatError as exc:
-                raise DataFormatError(shown, 1, f"{exc.problem}; nothing was installed") from None
-            n_points, n_lines = spec.expected_header(split)[0], _count_lines(path)
-            if n_lines < n_points + 1:
-                raise DataFormatError(shown, n_lines + 1, f"file ends after {n_lines} lines but the header declares "
-                                                          f"{n_points} points (truncated?); nothing was installed")
+            _read_in_full(path, spec, split, f"{archive.name}/{member}")
+        # the complete folder, then one rename
+        new = staging / "install"
         for split, rel in zip(("train", "test"), spec.files):
-            dst = root / rel
+            dst = new / Path(rel).relative_to(name) if Path(rel).parts[0] == name else new / Path(rel).name
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(extracted[split][1], dst)
+        if not target.exists():
+            os.replace(new, target)
+        else:  # keep whatever else the user has there; replace our files one by one
+            _marker_path(spec, root).unlink(missing_ok=True)
+            for split, rel in zip(("train", "test"), spec.files):
+                dst = root / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                src_file = new / Path(rel).relative_to(name) if Path(rel).parts[0] == name else new / Path(rel).name
+                os.replace(src_file, dst)
+        _write_marker(spec, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

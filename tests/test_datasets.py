@@ -414,3 +414,63 @@ def test_feature_pipeline(tmp_path):
         pipe.transform(sp.csr_matrix((1, 4)))
     with pytest.raises(ValueError):
         FeaturePipeline("bm25")
+
+
+# -- XC text: compressed files, byte order marks, messages that stay short (issue 10, item 7) --------------
+
+def _xc_bytes(tmp_path, n=30, seed=0):
+    X = sp.random(n, 10, density=0.3, format="csr", random_state=seed, dtype=np.float32)
+    Y = sp.csr_matrix((np.random.default_rng(seed).random((n, 5)) < 0.4).astype(np.float32))
+    write_xc(tmp_path / "plain.txt", X, Y)
+    return X, Y, (tmp_path / "plain.txt").read_bytes()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "bz2", "lzma"])
+def test_read_xc_compressed_by_magic_bytes(tmp_path, codec):
+    import importlib
+
+    X, Y, raw = _xc_bytes(tmp_path)
+    p = tmp_path / "data.txt"  # the name says nothing: the first bytes do
+    p.write_bytes(importlib.import_module(codec).compress(raw))
+    X2, Y2 = read_xc(p)
+    assert (X2 != X).nnz == 0 and (Y2 != Y).nnz == 0
+    p.write_bytes(importlib.import_module(codec).compress(raw)[:-20])
+    name = {"lzma": "xz"}.get(codec, codec)
+    with pytest.raises(DataFormatError, match=rf"data\.txt: damaged {name} stream"):
+        read_xc(p)
+
+
+def test_read_xc_skips_a_utf8_bom_and_names_utf16(tmp_path):
+    X, Y, raw = _xc_bytes(tmp_path)
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + raw)
+    X2, _ = read_xc(tmp_path / "bom.txt")
+    assert (X2 != X).nnz == 0
+    (tmp_path / "u16.txt").write_bytes(raw.decode().encode("utf-16"))
+    with pytest.raises(DataFormatError, match="u16.txt:1: the file is UTF-16 text"):
+        read_xc(tmp_path / "u16.txt")
+
+
+def test_read_xc_messages_do_not_dump_the_input(tmp_path):
+    _, _, raw = _xc_bytes(tmp_path)
+    (tmp_path / "nohead.txt").write_bytes(raw.split(b"\n", 1)[1] * 5)  # header missing: a long data line first
+    with pytest.raises(DataFormatError) as info:
+        read_xc(tmp_path / "nohead.txt")
+    assert "nohead.txt:1: bad header" in str(info.value) and len(str(info.value)) < len(str(tmp_path)) + 220
+    (tmp_path / "bin.dat").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(DataFormatError, match="bin.dat:1: binary data") as info:
+        read_xc(tmp_path / "bin.dat")
+    assert len(str(info.value)) < len(str(tmp_path)) + 200
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.writestr("train.txt", raw)
+    with pytest.raises(DataFormatError, match="a.zip: is a zip archive"):
+        read_xc(tmp_path / "a.zip")
+    (tmp_path / "huge.txt").write_text("1 99999999999999999999999 5\n0 1:1\n")
+    with pytest.raises(DataFormatError, match="huge.txt:1: header value .* too large"):
+        read_xc(tmp_path / "huge.txt")
+    line = "0 " + " ".join(f"{i}:x" for i in range(500))
+    (tmp_path / "long.txt").write_text(f"1 600 1\n{line}\n")
+    with pytest.raises(DataFormatError) as info:
+        read_xc(tmp_path / "long.txt")
+    assert len(str(info.value)) < len(str(tmp_path)) + 200

@@ -8,6 +8,7 @@ import threading
 import time
 import zipfile
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +47,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(page)
             return
+        if self.path.startswith("/short/"):  # half the file, no Content-Length, then the connection closes
+            data = (Path(self.directory) / "files" / self.path[len("/short/"):]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return
         self.path = self.path.split("?", 1)[0]
         super().do_GET()
 
@@ -79,6 +88,25 @@ def server(tmp_path_factory):
     tar("wrong.tar.gz", {"tiny_train.txt": wrong, "tiny_test.txt": te})
     tar("evil.tar.gz", {"tiny_train.txt": tr, "tiny_test.txt": te, "../evil.txt": b"x"})
     (files / "page.html").write_text("<html>quota exceeded</html>")
+    # damaged archives: truncated zip / tar.gz, a zip member with a bad CRC
+    zbytes = (files / "tiny.zip").read_bytes()
+    (files / "trunc.zip").write_bytes(zbytes[: len(zbytes) * 2 // 3])
+    tbytes = (files / "tiny.tar.gz").read_bytes()
+    (files / "trunc.tar.gz").write_bytes(tbytes[: len(tbytes) // 2])
+    with zipfile.ZipFile(files / "stored.zip", "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("tiny_train.txt", tr)
+        z.writestr("tiny_test.txt", te)
+    crc = bytearray((files / "stored.zip").read_bytes())
+    at = crc.find(tr[40:60])  # a byte inside the stored train member's data
+    crc[at] = ord("7") if crc[at] != ord("7") else ord("8")
+    (files / "badcrc.zip").write_bytes(bytes(crc))
+    # right header and line count, but the last line cut mid-token / a garbage row
+    cut = tr.rstrip(b"\n")
+    cut = cut[: cut.rfind(b":") + 1] + b"\n"
+    tar("cut.tar.gz", {"tiny_train.txt": cut, "tiny_test.txt": te})
+    lines = tr.split(b"\n")
+    lines[5] = b"this is not a data row"
+    tar("garbage.tar.gz", {"tiny_train.txt": b"\n".join(lines), "tiny_test.txt": te})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -106,7 +134,8 @@ def _closed_port_url():
 
 def _assert_installed(data_dir, originals):
     assert sorted(p.name for p in data_dir.iterdir()) == ["tiny"]  # no staging folder left
-    assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == ["test.txt", "train.txt"]
+    assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == [".xhyp-verified.json", "test.txt", "train.txt"]
+    assert registry.dataset_info("tiny", data_dir)["verified"] is True
     for split, (X, Y) in zip(("train", "test"), originals):
         X2, Y2 = load_dataset("tiny", split, data_dir)
         assert (X2 != X).nnz == 0 and (Y2 != Y).nnz == 0
@@ -188,3 +217,59 @@ def test_confirm_url_variants():
     assert registry._confirm_url("<html>nothing</html>", "https://x/", "ID") == \
         "https://drive.usercontent.google.com/download?id=ID&export=download&confirm=t"
     assert registry._confirm_url("<html>nothing</html>", "https://x/", None) is None
+
+
+@pytest.mark.parametrize("path,problem", [
+    ("files/trunc.zip", r"trunc\.zip|tiny\.zip.*damaged archive"),
+    ("files/trunc.tar.gz", "damaged archive"),
+    ("files/badcrc.zip", "damaged archive .*CRC"),
+    ("short/tiny.zip", "damaged archive"),
+])
+def test_fetch_damaged_archives_are_one_line_errors(tiny_spec, server, tmp_path, path, problem):
+    """Item 3: truncated zip / tar.gz, a bad CRC, a short body without Content-Length."""
+    with pytest.raises(FetchError, match=problem) as info:
+        fetch("tiny", tmp_path, url=f"{server[0]}/{path}", progress=False)
+    assert "\n" not in str(info.value) and "nothing was installed" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("archive,problem", [
+    ("cut.tar.gz", r"tiny\.zip/tiny_train\.txt:21: feature '\d+:' is not of the form id:value; nothing was installed"),
+    ("garbage.tar.gz", r"tiny\.zip/tiny_train\.txt:6: label id .this. is not a non-negative integer; nothing was installed"),
+])
+def test_fetch_reads_files_in_full_before_installing(tiny_spec, server, tmp_path, archive, problem):
+    """Item 4: correct header and line count but a cut last line / a garbage row: not installed."""
+    with pytest.raises(DataFormatError, match=problem):
+        fetch("tiny", tmp_path, url=f"{server[0]}/files/{archive}", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    assert registry.dataset_info("tiny", tmp_path)["present"] is False
+
+
+def test_fetch_removes_stale_staging_and_marks_only_verified_data(tiny_spec, server, tmp_path):
+    """Item 5: a killed fetch's staging folder (dead pid) and partial download are removed."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".tiny.fetch-{dead.pid}-abc123"
+    stale.mkdir(parents=True)
+    (stale / "tiny.zip.part").write_bytes(b"PK\x03\x04partial")
+    fetch("tiny", tmp_path, progress=False)
+    _assert_installed(tmp_path, server[2])
+    # files changed after verification are no longer "verified" (a later fetch reads them again)
+    train = tmp_path / "tiny" / "train.txt"
+    train.write_bytes(train.read_bytes()[:-30])
+    info = registry.dataset_info("tiny", tmp_path)
+    assert info["present"] is True and info["verified"] is False
+    fetch("tiny", tmp_path, progress=False)  # damaged in place: downloaded and installed again
+    _assert_installed(tmp_path, server[2])
+
+
+def test_hand_installed_files_are_verified_in_full(tiny_spec, server, tmp_path):
+    d = tmp_path / "tiny"
+    d.mkdir()
+    for split, (X, Y) in zip(("train", "test"), server[2]):
+        write_xc(d / f"{split}.txt", X, Y)
+    assert registry.dataset_info("tiny", tmp_path)["verified"] is False
+    assert fetch("tiny", tmp_path, url=_closed_port_url(), progress=False) == d  # read in full, no download
+    assert registry.dataset_info("tiny", tmp_path)["verified"] is True

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--out", required=True, help="model directory")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace the model OUT already holds")
     t.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
     t.add_argument("--no-progress", action="store_true")
     _add_dataclass_args(t, ModelConfig, "model")
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", required=True, help="ensemble directory")
     en.add_argument("--learners", "-M", type=int, default=3, help="number of learners M (default: 3)")
     en.add_argument("--jobs", type=int, default=1, help="learners trained at once, one process each (default: 1)")
+    en.add_argument("--resume", action="store_true", help="complete the ensemble OUT holds (the default)")
+    en.add_argument("--overwrite", action="store_true", help="replace the ensemble OUT holds")
     en.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
     en.add_argument("--no-progress", action="store_true")
     _add_dataclass_args(en, ModelConfig, "model")
@@ -159,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--index", default="exact", choices=INDEX_KINDS, help="kNN search backend (default: exact)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--overwrite", action="store_true", help="replace the model OUT/model already holds")
     _add_dataclass_args(r, ModelConfig, "model")
     _add_dataclass_args(r, TrainConfig, "training")
     _add_hmc_args(r)
@@ -176,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset registry: list, info, fetch")
     dsub = d.add_subparsers(dest="data_verb")
     dsub.add_parser("list", help="registered datasets")
-    di = dsub.add_parser("info", help="a dataset's specification and whether it is present")
+    di = dsub.add_parser("info", help="a dataset's specification, whether it is present and verified")
     di.add_argument("name")
     di.add_argument("--data-dir")
     df = dsub.add_parser("fetch", help="download, unpack and verify a dataset")
@@ -209,8 +213,11 @@ def _run(args) -> int:
     if args.verb in ("train", "run", "ensemble"):
         model, train_cfg = {}, {}
         if getattr(args, "config", None):
-            with open(args.config) as f:
-                cfg = json.load(f)
+            from .modeldir import read_json
+
+            cfg = read_json(args.config, "configuration JSON file")
+            if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("model", "train")):
+                raise ValueError(f"{args.config}: expected a JSON object {{\"model\": {{...}}, \"train\": {{...}}}}")
             model, train_cfg = dict(cfg.get("model", {})), dict(cfg.get("train", {}))
         model.update(_collect(args, ModelConfig))
         train_cfg.update(_collect(args, TrainConfig))
@@ -222,14 +229,16 @@ def _run(args) -> int:
         if args.verb == "ensemble":
             _print_json(commands.ensemble_model(args.out, args.dataset, args.path, args.data_dir, model, train_cfg,
                                                 n_learners=args.learners, jobs=args.jobs,
-                                                progress=not args.no_progress))
+                                                progress=not args.no_progress, overwrite=args.overwrite))
         elif args.verb == "train":
             _print_json(commands.train_model(args.out, args.dataset, args.path, args.data_dir, model,
-                                             train_cfg, resume=args.resume, progress=not args.no_progress))
+                                             train_cfg, resume=args.resume, progress=not args.no_progress,
+                                             overwrite=args.overwrite))
         else:
             res = commands.run_pipeline(args.out, args.dataset, args.data_dir, model, train_cfg,
                                         index=args.index, progress=not args.no_progress,
-                                        train_path=args.train_file, test_path=args.test_file)
+                                        train_path=args.train_file, test_path=args.test_file,
+                                        overwrite=args.overwrite)
             from xhyp.eval.metrics import format_table
 
             print(format_table({res["dataset"]: res["metrics"]}))
@@ -277,6 +286,13 @@ def _run(args) -> int:
     return 2
 
 
+def _one_line(exc) -> str:
+    """The message of an expected failure; an OS error without a file name gets its type."""
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in str(exc):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc) or type(exc).__name__
+
+
 def main(argv=None) -> int:
     """Entry point of the ``xhyp`` command; returns the exit status.
 
@@ -291,8 +307,8 @@ def main(argv=None) -> int:
         return 0
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as exc:
-        print(f"xhyp: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, ImportError, EOFError) as exc:
+        print(f"xhyp: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyError as exc:  # unknown names (datasets, options) carry their message as args[0]
         print(f"xhyp: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)

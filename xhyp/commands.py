@@ -7,6 +7,7 @@ an Extreme Classification Repository text file (``path``).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def load_split(dataset: str | None = None, split: str = "train", path: str | Non
     return load_dataset(dataset, split=split, data_dir=data_dir)
 
 
+def _require_rows(X, source) -> None:
+    if X.shape[0] == 0:
+        raise ValueError(f"{source}: the training data has no examples (N = 0 in its header); nothing to train")
+
+
 def propensity_params(dataset: str | None) -> tuple[float, float]:
     """Jain et al. (2016) propensity parameters ``(A, B)`` of a registry dataset (default 0.55, 1.5)."""
     if dataset is None:
@@ -58,24 +64,30 @@ def propensity_params(dataset: str | None) -> tuple[float, float]:
 
 def train_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
                 data_dir: str | None = None, model: dict | None = None, train_cfg: dict | None = None,
-                resume: bool = False, progress: bool = True, data=None) -> dict:
+                resume: bool = False, progress: bool = True, data=None, overwrite: bool = False) -> dict:
     """``xhyp train``: train one learner and write its model directory.
 
     Args:
         out_dir: model directory (see :mod:`xhyp.train` for its contents).
         dataset, path, data_dir: training data, see :func:`load_split` (split ``"train"``).
         model: :class:`xhyp.model.ModelConfig` fields. train_cfg: :class:`xhyp.train.TrainConfig` fields.
-        resume: continue from ``out_dir/checkpoint.pt``.
+        resume: continue from ``out_dir/checkpoint.pt`` (an ``out_dir`` that does not exist, e.g. of
+            a run killed at start-up, starts a new run; see also :func:`xhyp.modeldir.model_dir_writer`).
         progress: tqdm bars.
         data: ``(X, Y)`` already loaded (then nothing is read; ``dataset``/``path`` only name it).
+        overwrite: replace a model ``out_dir`` already holds (see :mod:`xhyp.modeldir`).
 
     Returns:
         summary dict (best epoch, validation P@1, seconds), also written to ``out_dir/train_summary.json``.
     """
     X, Y = data if data is not None else load_split(dataset, "train", path, data_dir)
+    _require_rows(X, path or dataset)
+    if resume and not Path(out_dir).exists():  # killed before it wrote anything: the same command restarts it
+        print(f"xhyp: {out_dir} does not exist: nothing to resume, starting a new run", file=sys.stderr)
+        resume = False
     t0 = time.time()
     res = train(X, Y, model or {}, train_cfg or {}, out_dir=out_dir, resume=resume, progress=progress,
-                extra_config={"dataset": dataset or str(path)})
+                extra_config={"dataset": dataset or str(path)}, overwrite=overwrite)
     summary = {"dataset": dataset or str(path), "best_epoch": res.best_epoch,
                "val_p1": res.best_val_p1, "epochs_run": len(res.history),
                "train_seconds": round(time.time() - t0, 2)}
@@ -124,7 +136,8 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
 
 def ensemble_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
                    data_dir: str | None = None, model: dict | None = None, train_cfg: dict | None = None,
-                   n_learners: int = 3, jobs: int = 1, progress: bool = True, data=None) -> dict:
+                   n_learners: int = 3, jobs: int = 1, progress: bool = True, data=None,
+                   overwrite: bool = False) -> dict:
     """``xhyp ensemble``: train ``n_learners`` learners (seeds ``seed, seed+1, ...``) into ``out_dir``.
 
     ``out_dir/learner_XX`` are ordinary model directories and ``out_dir/ensemble.json`` lists them
@@ -138,14 +151,16 @@ def ensemble_model(out_dir: str | Path, dataset: str | None = None, path: str | 
         n_learners: ``M``. jobs: learners trained at once, each in its own process.
         progress: progress output.
         data: ``(X, Y)`` already loaded (then nothing is read; ``dataset``/``path`` only name it).
+        overwrite: replace the ensemble ``out_dir`` holds instead of completing it.
 
     Returns:
         summary dict (members, per-learner summaries, trained/skipped counts, seconds), also
         written to ``out_dir/ensemble_summary.json``.
     """
     X, Y = data if data is not None else load_split(dataset, "train", path, data_dir)
+    _require_rows(X, path or dataset)
     res = train_ensemble(X, Y, out_dir, n_learners=n_learners, model_config=model or {},
-                         train_config=train_cfg or {}, jobs=jobs, progress=progress,
+                         train_config=train_cfg or {}, jobs=jobs, progress=progress, overwrite=overwrite,
                          extra_config={"dataset": dataset or str(path)})
     atomic_save_json(res, Path(out_dir) / "ensemble_summary.json")
     return res
@@ -181,9 +196,12 @@ def plot_model(model_dir: str | Path, out: str | Path, examples: int = 0, title:
     """
     from .plot import plot_model_labels
 
+    from .modeldir import verify
+
     d = Path(model_dir)
     if is_ensemble_dir(d):
         d = Ensemble.load(d).member_dirs[0]
+    verify(d)  # a damaged or mixed directory: one line naming the file
     return plot_model_labels(d, out, examples=examples, title=title)
 
 
@@ -213,9 +231,13 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
     """
     from xhyp.eval.metrics import evaluate, inv_propensity
 
-    S = sp.load_npz(pred).tocsr()
+    from .modeldir import load_file
+
+    S = load_file(pred, lambda p: sp.load_npz(p).tocsr(), "score matrix (.npz from `xhyp predict`)")
     if Y is None:
         _, Y = load_split(dataset, split, path, data_dir)
+    if Y.shape[0] == 0:
+        raise ValueError(f"{path or dataset}: no rows to evaluate (N = 0); metrics of zero queries are undefined")
     if S.shape != Y.shape:
         raise ValueError(f"{pred}: score matrix is {S.shape[0]} x {S.shape[1]} but the labels are "
                          f"{Y.shape[0]} x {Y.shape[1]}")
@@ -239,11 +261,12 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
 def run_pipeline(out_dir: str | Path, dataset: str | None = "synthetic-hier", data_dir: str | None = None,
                  model: dict | None = None, train_cfg: dict | None = None, k: int | None = None,
                  index: str = "exact", progress: bool = True, train_path: str | Path | None = None,
-                 test_path: str | Path | None = None) -> dict:
+                 test_path: str | Path | None = None, overwrite: bool = False) -> dict:
     """``xhyp run``: train, predict the test split, evaluate; everything under ``out_dir``.
 
     Writes ``out_dir/model/`` (the model directory), ``out_dir/test_scores.npz`` and
-    ``out_dir/metrics.json`` (metrics plus train/predict wall times).
+    ``out_dir/metrics.json`` (metrics plus train/predict wall times). ``overwrite`` replaces a
+    model ``out_dir/model`` already holds (otherwise such a directory is refused).
 
     Args:
         out_dir: output directory.
@@ -277,7 +300,7 @@ def run_pipeline(out_dir: str | Path, dataset: str | None = "synthetic-hier", da
         raise ValueError(f"{test_path or dataset}: test data has {X_test.shape[1]} features and "
                          f"{Y_test.shape[1]} labels, the training data {X.shape[1]} and {Y.shape[1]}")
     s_train = train_model(out_dir / "model", dataset=name, data_dir=data_dir, model=model,
-                          train_cfg=train_cfg, progress=progress, data=(X, Y))
+                          train_cfg=train_cfg, progress=progress, data=(X, Y), overwrite=overwrite)
     s_pred = predict_model(out_dir / "model", out_dir / "test_scores.npz", dataset=name,
                            split="test", data_dir=data_dir, k=k, index=index, X=X_test)
     metrics = evaluate_predictions(out_dir / "test_scores.npz", dataset=dataset, split="test",

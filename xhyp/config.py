@@ -7,6 +7,7 @@ for users); the option tuples mirror the modules that implement them (checked by
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from .utils import check_finite_fields
 
 MAX_NORM = 1.0 - 1e-5
 """Same value as :data:`xhyp.manifold.MAX_NORM` (tested), without importing torch."""
@@ -50,6 +51,9 @@ class ModelConfig:
             raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
         if self.dim < 1 or self.n_features < 1 or self.n_labels < 1:
             raise ValueError(f"dim, n_features and n_labels must be positive: {self}")
+        check_finite_fields(self)
+        if not 0.0 < self.max_norm < 1.0 or self.init_std_projector < 0 or self.init_std_labels < 0:
+            raise ValueError(f"max_norm must be in (0, 1) and the init stds >= 0: {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

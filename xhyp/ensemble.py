@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import scipy.sparse as sp
 
+from . import modeldir
 from .model import ModelConfig
 from .predict import PREDICTOR_FILES, Predictor
 from .train import RUNTIME_KEYS, TrainConfig, data_fingerprint, normalise_configs, train
@@ -55,9 +57,16 @@ def is_ensemble_dir(path: str | Path) -> bool:
 
 
 def is_complete(model_dir: str | Path) -> bool:
-    """Whether a learner directory finished training (summary and all predictor files present)."""
+    """Whether a learner directory finished training: summary and all predictor files present,
+    and their sizes agree with its ``manifest.json`` (see :func:`xhyp.modeldir.verify`)."""
     d = Path(model_dir)
-    return all((d / n).is_file() for n in (SUMMARY_FILE, *PREDICTOR_FILES))
+    if not all((d / n).is_file() for n in (SUMMARY_FILE, *PREDICTOR_FILES)):
+        return False
+    try:
+        modeldir.verify(d, checksums=False)
+    except modeldir.ModelDirError:
+        return False
+    return True
 
 
 def _comparable(train_cfg: dict) -> dict:
@@ -94,7 +103,9 @@ def train_learner(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, model
     d = Path(out_dir)
     resume = False
     if (d / "config.json").is_file():
-        cfg = json.loads((d / "config.json").read_text())
+        cfg = modeldir.read_json(d / "config.json", "model configuration")
+        if not isinstance(cfg, dict):
+            raise modeldir.ModelDirError(d / "config.json", "is not a model configuration (not a JSON object)")
         want_m, _ = _normalise_configs(X.shape[1], Y.shape[1], model_config, {})
         if cfg.get("model") != want_m or _comparable(cfg.get("train", {})) != _comparable(
                 asdict(TrainConfig.from_dict(train_config))):
@@ -103,11 +114,13 @@ def train_learner(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, model
         if cfg.get("data") not in (None, data_fingerprint(X, Y)):
             raise ValueError(f"{d} holds a learner trained on other data ({cfg.get('data')})")
         if is_complete(d):
-            return dict(json.loads((d / SUMMARY_FILE).read_text()), skipped=True)
+            return dict(modeldir.read_json(d / SUMMARY_FILE, "training summary"), skipped=True)
         resume = (d / "checkpoint.pt").is_file()
     t0 = time.time()
+    # no checkpoint: a learner killed before its first epoch ended (its configuration was checked
+    # above), started again from scratch
     res = train(X, Y, model_config, train_config, out_dir=d, resume=resume, progress=progress,
-                extra_config=extra_config)
+                extra_config=extra_config, overwrite=not resume)
     summary = {"seed": int(train_config.get("seed", 0)), "best_epoch": res.best_epoch,
                "val_p1": res.best_val_p1, "epochs_run": len(res.history),
                "train_seconds": round(time.time() - t0, 2), "resumed": resume,
@@ -151,7 +164,7 @@ def _worker(args):
 def train_ensemble(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, n_learners: int = 3,
                    model_config: ModelConfig | dict | None = None,
                    train_config: TrainConfig | dict | None = None, jobs: int = 1,
-                   progress: bool = True, extra_config: dict | None = None) -> dict:
+                   progress: bool = True, extra_config: dict | None = None, overwrite: bool = False) -> dict:
     """Train (or complete) an ensemble of ``n_learners`` learners in ``out_dir``.
 
     Learner ``i`` is a normal model directory ``out_dir/learner_{i:02d}`` trained with seed
@@ -168,13 +181,17 @@ def train_ensemble(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, n_le
             each process uses ``max(1, cpu_count // jobs)`` torch threads.
         progress: tqdm bars (sequential mode only).
         extra_config: more keys for every learner's ``config.json`` (e.g. the dataset name).
+        overwrite: remove the ensemble ``out_dir`` holds (``ensemble.json``, its manifest and the
+            ``learner_XX`` directories) and train a new one.
 
     Returns:
         ``{"members": [...], "learners": [per-learner summary...], "seconds": wall time}``;
-        ``out_dir/ensemble.json`` is written before training starts and again at the end.
+        ``out_dir/ensemble.json`` is written before training starts and again at the end, then
+        ``out_dir/manifest.json`` (:func:`xhyp.modeldir.write_ensemble_manifest`) marks it complete.
 
     Raises:
         ValueError: ``out_dir`` already holds an ensemble with another configuration.
+        xhyp.modeldir.ModelDirError: another process is writing ``out_dir``.
     """
     if n_learners < 1:
         raise ValueError(f"n_learners must be >= 1, got {n_learners}")
@@ -182,10 +199,42 @@ def train_ensemble(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, n_le
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
     mdict, tdict = _normalise_configs(X.shape[1], Y.shape[1], model_config, train_config)
+    modeldir.check_training_data(X, Y)
+    lock = modeldir.lock_dir(out, "ensemble")
+    try:
+        modeldir.clean_stale_temps(out)
+        if overwrite:
+            _clear_ensemble(out)
+        elif not is_ensemble_dir(out) and any((out / n).exists() for n in modeldir.RUN_FILES):
+            raise modeldir.ModelDirError(out, "holds a single model (from `xhyp train`), not an ensemble; use "
+                                              "--overwrite to replace it, or another --out directory")
+        res = _train_ensemble(X, Y, out, n_learners, mdict, tdict, jobs, progress, extra_config)
+        modeldir.write_ensemble_manifest(out, [m for m in res["members"] if is_complete(out / m)])
+        return res
+    finally:
+        lock.release()
+
+
+def _clear_ensemble(out: Path) -> None:
+    """Remove what an ensemble run wrote in ``out`` (for ``overwrite``)."""
+    import re
+    import shutil
+
+    for n in (modeldir.MANIFEST, ENSEMBLE_FILE, "ensemble_summary.json"):
+        (out / n).unlink(missing_ok=True)
+    for p in out.iterdir():
+        if p.is_dir() and re.fullmatch(r"learner_\d+", p.name):
+            shutil.rmtree(p)
+
+
+def _train_ensemble(X, Y, out: Path, n_learners: int, mdict: dict, tdict: dict, jobs: int, progress: bool,
+                    extra_config: dict | None) -> dict:
     base_seed = int(tdict["seed"])
     meta_path = out / ENSEMBLE_FILE
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = modeldir.read_json(meta_path, "ensemble description")
+        if not isinstance(old, dict):
+            raise modeldir.ModelDirError(meta_path, "is not an ensemble description (not a JSON object)")
         if old.get("model") != mdict or _comparable(old.get("train", {})) != _comparable(tdict):
             raise ValueError(f"{out} holds an ensemble with another configuration "
                              f"({old.get('model')}, {old.get('train')}); choose another directory")
@@ -195,11 +244,11 @@ def train_ensemble(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, n_le
     meta = {"kind": "xhyp-ensemble", "members": names, "seed": base_seed, "model": mdict,
             "train": tdict, "xhyp_version": __version__}
     if meta_path.is_file():  # keep members beyond n_learners that an earlier, larger run trained
-        old_members = json.loads(meta_path.read_text()).get("members", [])
+        old_members = old.get("members", [])
         meta["members"] = names + [m for m in old_members if m not in names]
     if extra_config:
         meta.update({k: v for k, v in extra_config.items() if k not in meta})
-    out.mkdir(parents=True, exist_ok=True)
+    (out / modeldir.MANIFEST).unlink(missing_ok=True)  # incomplete until the end of this run
     atomic_save_json(meta, meta_path)
 
     tasks = []
@@ -268,13 +317,17 @@ class Ensemble:
         d = Path(directory)
         if not is_ensemble_dir(d):
             raise FileNotFoundError(f"{d / ENSEMBLE_FILE} is missing: {d} is not an xhyp ensemble directory")
-        meta = json.loads((d / ENSEMBLE_FILE).read_text())
+        meta = modeldir.read_json(d / ENSEMBLE_FILE, "ensemble description")
+        if not isinstance(meta, dict) or not isinstance(meta.get("members"), list) or not meta["members"] or \
+                not all(isinstance(m, str) and re.fullmatch(r"learner_\d+", m) for m in meta["members"]):
+            raise modeldir.ModelDirError(d / ENSEMBLE_FILE, "has no valid \"members\" list of learner_XX names")
         members = meta["members"][:n_members] if n_members else meta["members"]
         dirs = [d / m for m in members]
         for m in dirs:
             if not is_complete(m):
-                raise FileNotFoundError(f"ensemble member {m} is incomplete (training interrupted?); "
-                                        f"rerun `xhyp ensemble --out {d} ...` to finish it")
+                raise modeldir.ModelFileMissingError(m, f"ensemble member is incomplete (training interrupted?); "
+                                                        f"rerun `xhyp ensemble --out {d} ...` to finish it")
+        modeldir.verify_ensemble(d, members, ENSEMBLE_FILE)
         return cls(dirs, meta)
 
     def __len__(self) -> int:
@@ -332,7 +385,7 @@ def aggregate_files(pred_paths, out: str | Path | None = None, top_k: int = 100)
     def load():
         nonlocal shape
         for p in paths:
-            S = sp.load_npz(p).tocsr()
+            S = modeldir.load_file(p, lambda q: sp.load_npz(q).tocsr(), "score matrix (.npz from `xhyp predict`)")
             if shape is not None and S.shape != shape:
                 raise ValueError(f"{p}: score matrix is {S.shape[0]} x {S.shape[1]}, the first file's is "
                                  f"{shape[0]} x {shape[1]}")

@@ -13,6 +13,20 @@ Numerics (measured and recorded in ``../shared/DESIGN.md``):
   default, 0.996, allows only 6.2, which crowds rare labels). ``1 - |x|^2`` is computed as
   ``(1 - |x|) (1 + |x|)`` so it stays accurate near the boundary.
 
+Domain (what happens outside the open ball, the same for every function):
+
+* points with ``|x| >= 1`` (on or outside the boundary, or a float32 point whose computed norm
+  rounds to 1) are treated as lying on the boundary layer: ``1 - |x|^2`` is clamped to
+  ``eps/2`` of the dtype (float32: ``6e-8``) and ``|x|`` to the largest float below 1, so
+  distances, conformal factors, maps and gradients stay finite, positive and large
+  (``dist(x, x/2) > 0``, ``conformal_factor > 0``); they never return 0, a negative or NaN for such
+  input. Every in-domain value is computed exactly as before (the clamps never bind there);
+* tangent / Euclidean vectors of any finite norm are accepted: norms that overflow the dtype
+  (``|u| >= 2e19`` squared in float32) are recomputed with scaling, so ``to_ball``,
+  ``expmap0`` and ``project`` map huge vectors next to the boundary in their direction, never
+  to the origin;
+* NaN input gives NaN output (nothing is silently replaced).
+
 Sources: Nickel & Kiela, *Poincaré Embeddings for Learning Hierarchical Representations*,
 NIPS 2017 (eq. 1 distance, eq. 4 inverse metric); Gerald & Baskiotis, *Joint Label/Example
 Hyperbolic Representation for Extreme Classification*, CAp 2019 (projection p, section 2).
@@ -28,9 +42,31 @@ MAX_NORM = 1.0 - 1e-5
 _SQRT_EPS = {torch.float16: 1e-6, torch.bfloat16: 1e-6, torch.float32: 1e-14, torch.float64: 1e-30}
 
 
+def _half_eps(t: torch.Tensor) -> float:
+    return torch.finfo(t.dtype).eps / 2 if t.is_floating_point() else 1e-16
+
+
 def _one_minus_sq(norm: torch.Tensor) -> torch.Tensor:
-    """``1 - |x|^2`` computed as ``(1 - |x|)(1 + |x|)`` (accurate near the boundary)."""
-    return (1.0 - norm) * (1.0 + norm)
+    """``1 - |x|^2`` computed as ``(1 - |x|)(1 + |x|)`` (accurate near the boundary), clamped
+    at ``eps/2`` for ``|x| >= 1`` (the smallest in-domain value is ``eps``, so in-domain results
+    are unchanged)."""
+    return ((1.0 - norm) * (1.0 + norm)).clamp_min(_half_eps(norm))
+
+
+def _below_one(norm: torch.Tensor) -> torch.Tensor:
+    """``|x|`` clamped to the largest float below 1 (no-op in the open ball)."""
+    return norm.clamp_max(1.0 - _half_eps(norm))
+
+
+def _norm(x: torch.Tensor, keepdim: bool = True) -> torch.Tensor:
+    """Euclidean norm of the last dimension without overflow: rows whose plain norm overflows
+    (float32: ``|x| >= ~1.8e19``) are recomputed as ``max|x_i| * |x / max|x_i||``; other rows
+    are the plain ``x.norm()``, bit for bit."""
+    n = x.norm(dim=-1, keepdim=True)
+    m = x.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    scaled = m * (x / m).norm(dim=-1, keepdim=True)
+    n = torch.where(torch.isinf(n), scaled, n)
+    return n if keepdim else n.squeeze(-1)
 
 
 def project(x: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
@@ -48,7 +84,7 @@ def project(x: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
     """
     if not 0.0 < max_norm < 1.0:
         raise ValueError(f"max_norm must be in (0, 1), got {max_norm}")
-    norm = x.norm(dim=-1, keepdim=True)
+    norm = _norm(x)
     scale = torch.where(norm > max_norm, max_norm / norm.clamp_min(1e-30), torch.ones_like(norm))
     return x * scale
 
@@ -62,14 +98,17 @@ def to_ball(u: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
     The max-norm guard is applied afterwards.
 
     Args:
-        u: ``(..., n)`` float tensor (any norm).
+        u: ``(..., n)`` float tensor (any finite norm; where ``|u|^2`` overflows, ``p(u)`` is
+            computed as ``u / |u|`` with an overflow-free norm, then guarded).
         max_norm: max-norm guard, see :func:`project`.
 
     Returns:
         ``(..., n)`` tensor in the ball.
     """
     sq = (u * u).sum(dim=-1, keepdim=True)
-    return project(u / (1.0 + torch.sqrt(1.0 + sq)), max_norm)
+    p = u / (1.0 + torch.sqrt(1.0 + sq))
+    p = torch.where(torch.isinf(sq), u / _norm(u).clamp_min(torch.finfo(u.dtype).tiny), p)
+    return project(p, max_norm)
 
 
 def from_ball(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +180,8 @@ def pairwise_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     xn = (x * x).sum(-1)
     yn = (y * y).sum(-1)
     sq = (xn[:, None] + yn[None, :] - 2.0 * (x @ y.T)).clamp_min(0.0)
-    denom = _one_minus_sq(xn.sqrt())[:, None] * _one_minus_sq(yn.sqrt())[None, :]
+    tiny = torch.finfo(xn.dtype).tiny  # sqrt'(0) is inf: the origin's gradient would be NaN
+    denom = _one_minus_sq(xn.clamp_min(tiny).sqrt())[:, None] * _one_minus_sq(yn.clamp_min(tiny).sqrt())[None, :]
     return _dist_from_s(sq / denom)
 
 
@@ -154,7 +194,7 @@ def dist0(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(...)`` distances.
     """
-    return 2.0 * torch.atanh(x.norm(dim=-1))
+    return 2.0 * torch.atanh(_below_one(x.norm(dim=-1)))
 
 
 def expmap0(v: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
@@ -167,7 +207,7 @@ def expmap0(v: torch.Tensor, max_norm: float = MAX_NORM) -> torch.Tensor:
     Returns:
         ``(..., n)`` points in the ball.
     """
-    norm = v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    norm = _norm(v).clamp_min(1e-30)
     return project(torch.tanh(norm) * v / norm, max_norm)
 
 
@@ -181,7 +221,7 @@ def logmap0(x: torch.Tensor) -> torch.Tensor:
         ``(..., n)`` tangent vectors at 0.
     """
     norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    return torch.atanh(norm) * x / norm
+    return torch.atanh(_below_one(norm)) * x / norm
 
 
 def lift_hyperboloid(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ Gerald & Baskiotis, CAp 2019, section 2.5 (kNN voting) and 2.6 (ensembles of lea
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,25 +41,64 @@ class Predictor:
         self._index_key = None
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Predictor":
+    def load(cls, directory: str | Path, verify: bool = True) -> "Predictor":
         """Load a model directory written by :func:`xhyp.train.train`.
 
+        The directory is first checked against its ``manifest.json`` (every file present, with
+        the size and SHA-256 recorded when training finished: see :mod:`xhyp.modeldir`), then
+        each file is read; the pieces must agree (embedding and label rows, dimensions).
+
+        Args:
+            directory: the model directory.
+            verify: check the manifest (``False`` only skips the checksums' cost; sizes and the
+                consistency checks still run).
+
         Raises:
-            FileNotFoundError: a required file is missing (the message names it).
+            xhyp.modeldir.ModelFileMissingError: a required file (or the manifest) is missing (also
+                a ``FileNotFoundError``; the message names it).
+            xhyp.modeldir.ModelDirError: a damaged file, a file that differs from the manifest (a
+                directory mixing two runs), or files that disagree; one line naming the file.
         """
+        from . import modeldir as md
+        from .model import ModelConfig
+
         d = Path(directory)
         from .hmc.train import HMCPredictor, is_hmc_dir
 
         if is_hmc_dir(d):  # an HMC model directory (xhyp.hmc): same load/predict interface
             return HMCPredictor.load(d)
-        for name in PREDICTOR_FILES:
-            if not (d / name).exists():
-                raise FileNotFoundError(f"{d / name} is missing: {d} is not a complete xhyp model "
-                                        "directory (was training interrupted? rerun `xhyp train ... --resume`)")
-        model = HyperbolicXMC.load(d)
-        return cls(model, FeaturePipeline.load(d / "features.npz"),
-                   torch.load(d / "train_emb.pt", weights_only=True), sp.load_npz(d / "train_labels.npz"),
-                   json.loads((d / "config.json").read_text()))
+        md.verify(d, checksums=verify)
+        config = md.read_json(d / "config.json", "model configuration")
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            raise md.ModelDirError(d / "config.json", "has no \"model\" section: not the configuration of an "
+                                   "xhyp model directory")
+        try:
+            mcfg = ModelConfig.from_dict(config["model"])
+        except (TypeError, ValueError) as exc:
+            raise md.ModelDirError(d / "config.json", f"invalid \"model\" section: {exc}") from None
+        model = HyperbolicXMC(mcfg)
+        state = md.load_file(d / "model.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True),
+                             "PyTorch weights file")
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise md.ModelDirError(d / "model.pt", "does not fit config.json's model: "
+                                   + str(exc).replace("\n", " ")[:200]) from None
+        pipeline = md.load_file(d / "features.npz", FeaturePipeline.load, "feature pipeline (.npz)")
+        emb = md.load_file(d / "train_emb.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True),
+                           "PyTorch tensor file")
+        labels = md.load_file(d / "train_labels.npz", lambda p: sp.load_npz(p).tocsr(), "scipy sparse .npz")
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or emb.shape[1] != mcfg.dim:
+            raise md.ModelDirError(d / "train_emb.pt", f"is not an (N, {mcfg.dim}) embedding matrix")
+        if not bool(torch.isfinite(emb).all()):
+            raise md.ModelDirError(d / "train_emb.pt", "holds NaN or infinite embeddings")
+        if labels.shape != (emb.shape[0], mcfg.n_labels):
+            raise md.ModelDirError(d / "train_labels.npz", f"is {labels.shape[0]} x {labels.shape[1]} but "
+                                   f"train_emb.pt has {emb.shape[0]} rows and the model {mcfg.n_labels} labels")
+        if pipeline.idf is not None and pipeline.idf.shape != (mcfg.n_features,):
+            raise md.ModelDirError(d / "features.npz", f"has {pipeline.idf.shape[0]} idf weights, the model "
+                                   f"{mcfg.n_features} features")
+        return cls(model, pipeline, emb, labels, config)
 
     @classmethod
     def from_train_result(cls, result) -> "Predictor":

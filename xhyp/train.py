@@ -51,7 +51,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .config import WEIGHTINGS, ModelConfig
-from .utils import atomic_save_json, atomic_save_sparse, atomic_torch_save, resolve_device, seed_everything
+from .modeldir import model_dir_writer
+from .utils import (atomic_save_json, atomic_save_sparse, atomic_torch_save, check_finite_fields, resolve_device,
+                    seed_everything)
 
 SAMPLINGS = ("uniform", "frequency")
 NEGATIVE_MODES = ("batch", "pair")
@@ -164,6 +166,10 @@ class TrainConfig:
             raise ValueError(f"shared_negatives must be >= 1, got {self.shared_negatives}")
         if min(self.prefetch, self.val_max_queries, self.val_max_database, self.max_steps) < 0:
             raise ValueError(f"prefetch, val_max_queries, val_max_database and max_steps must be >= 0: {self}")
+        check_finite_fields(self)
+        if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
+            raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
+                             f"lr={self.lr}, lr_labels={self.lr_labels}): larger values overflow float32")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -672,6 +678,8 @@ def _embed_rows(model, Xp: sp.csr_matrix, rows: np.ndarray, device, chunk: int =
     return torch.cat(parts) if parts else torch.zeros(0, model.config.dim)
 
 
+
+@model_dir_writer  # lock, refuse a used directory (unless resume/overwrite), manifest last: xhyp.modeldir
 def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict | None = None,
           train_config: TrainConfig | dict | None = None, out_dir: str | Path | None = None,
           resume: bool = False, progress: bool = True, extra_config: dict | None = None) -> TrainResult:
@@ -701,6 +709,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         resume: continue from ``out_dir/checkpoint.pt`` (same data and configuration required).
         progress: show tqdm progress bars.
         extra_config: more keys for ``config.json`` (e.g. the dataset name).
+        overwrite: (keyword, added by :func:`xhyp.modeldir.model_dir_writer`) replace the model
+            an ``out_dir`` already holds; without it (or ``resume``) such a directory is refused.
 
     Returns:
         :class:`TrainResult` with the best model loaded.
@@ -710,6 +720,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         NonFiniteLossError: (a ValueError) a non-finite loss; names epoch and step, and nothing
             non-finite is written (the directory keeps the last good epoch).
         FileNotFoundError: ``resume`` without a checkpoint.
+        xhyp.modeldir.ModelDirError: ``out_dir`` holds a model (no ``resume``/``overwrite``) or is
+            being written by another process.
     """
     import torch
     from tqdm.auto import tqdm
