@@ -110,6 +110,8 @@ def targets(summary: dict, contrastive: str = "none") -> dict:
 
 
 def markdown(summary: dict, tg: dict, meta: dict) -> str:
+    """The Markdown report: the AU(PRC)/F1 results table, the hierarchy-faithfulness table and the
+    target status, from :func:`summarise`-style ``summary``, targets ``tg`` and run ``meta``."""
     lines = [f"Command: `{meta['command']}`", "",
              f"Seeds {meta['seeds']}; {meta['runs_done']} of {meta['runs_asked']} runs; sum of training times "
              f"{meta['sum_train_seconds'] / 60:.1f} min; model {json.dumps(meta['model'])}; training {json.dumps(meta['train'])}.", "",
@@ -140,6 +142,7 @@ def markdown(summary: dict, tg: dict, meta: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``python -m xhyp.eval.hmc_table``."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.hmc_table", description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -157,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run (or resume from the cache) the HMC grid and write JSON + Markdown; returns the exit code."""
     args = build_parser().parse_args(argv)
     model_cfg = json.loads(args.model)
     train_cfg = {"epochs": args.epochs, **json.loads(args.train)}

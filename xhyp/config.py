@@ -14,7 +14,7 @@ MAX_NORM = 1.0 - 1e-5
 GEOMETRIES = ("poincare", "euclidean")
 PROJECTORS = ("linear", "mlp")
 WEIGHTINGS = ("count", "distance")  # xhyp.vote.WEIGHTINGS
-INDEX_KINDS = ("exact", "torch", "clustered", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.index.INDEX_KINDS
+INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.index.INDEX_KINDS
 
 
 @dataclass

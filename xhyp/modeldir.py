@@ -393,6 +393,16 @@ def check_training_data(X, Y) -> None:
                              "fix or drop it (NaN/inf features make a NaN model)")
 
 
+def _is_secondary_rank() -> bool:
+    """True in a torch.distributed process other than rank 0 (``RANK``/``WORLD_SIZE`` set by
+    torchrun or :func:`torch.multiprocessing.spawn` launchers): such a process reads ``out_dir``
+    (for ``resume``) but rank 0 alone locks, writes and seals it."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
 def model_dir_writer(train_fn):
     """Decorator of :func:`xhyp.train.train`: lock, clean, check and finalize ``out_dir``.
 
@@ -417,8 +427,8 @@ def model_dir_writer(train_fn):
 
             normalise_configs(a["X"].shape[1], a["Y"].shape[1], a.get("model_config"), a.get("train_config"))
         out = a.get("out_dir")
-        if out is None:
-            return train_fn(*args, **kwargs)
+        if out is None or _is_secondary_rank():
+            return train_fn(*args, **kwargs)  # (ranks other than 0 of torchrun never write out_dir)
         resume = bool(a.get("resume"))
         if resume and not Path(out).is_dir():
             return train_fn(*args, **kwargs)  # train's own "no checkpoint" error
