@@ -158,16 +158,38 @@ def np_top_k(S, top_k):
     return out
 
 
+def count_votes_by_hand(pred, X):
+    """A member's full float64 ``count`` votes, by hand from its exact neighbours: each neighbour
+    adds ``1 + 1e-3 exp(-(d - d_1))`` to each of its labels (summed in neighbour-id order)."""
+    tc = pred.config["train"]
+    assert tc.get("weighting", "count") == "count"
+    D, I = pred.index("exact").search(pred.embed(X), tc["knn"])
+    D, I = np.asarray(D, np.float64), np.asarray(I)
+    Ytr = pred.train_labels.tocsr()
+    S = np.zeros((X.shape[0], Ytr.shape[1]))
+    for q in range(X.shape[0]):
+        for j in np.argsort(I[q], kind="stable"):
+            S[q, Ytr[I[q, j]].indices] += 1.0 + 1e-3 * np.exp(-(D[q, j] - D[q, 0]))
+    return S
+
+
 @pytest.mark.parametrize("top_k", [2, 4])
 def test_ensemble_sum_with_top_k_below_labels(ens, data, tmp_path, top_k):
     """With top_k < L: each member is cut to top_k, the cut votes summed, the sum cut to top_k
-    (member_top_k=None); member_top_k=L sums the full votes."""
+    (member_top_k=None); member_top_k=L sums the full votes.
+
+    The per-member cut ranks the float64 votes (a member's float32 scores can tie where the
+    float64 votes do not: labels of neighbours a few 1e-9 apart), so the expected cut is taken on
+    votes computed by hand in float64, then rounded to float32 as a member's prediction is."""
     out, _ = ens
     _, (Xt, Yt) = data
-    full = [Predictor.load(out / f"learner_{i:02d}").predict(Xt, top_k=L).toarray().astype(np.float64)
-            for i in range(3)]
+    preds = [Predictor.load(out / f"learner_{i:02d}") for i in range(3)]
+    full = [P.predict(Xt, top_k=L).toarray().astype(np.float64) for P in preds]
+    full64 = [count_votes_by_hand(P, Xt) for P in preds]
+    for F, F64 in zip(full, full64):
+        np.testing.assert_allclose(F, F64, rtol=1e-6)  # the by-hand vote is the members' vote
     assert max((F > 0).sum(1).max() for F in full) > top_k  # the per-member cut matters
-    want = np_top_k(sum(np_top_k(F, top_k) for F in full), top_k)
+    want = np_top_k(sum(np_top_k(F, top_k).astype(np.float32).astype(np.float64) for F in full64), top_k)
     S = Ensemble.load(out).predict(Xt, top_k=top_k).toarray()
     np.testing.assert_allclose(S, want, rtol=1e-6)
     want_full = np_top_k(sum(full), top_k)

@@ -17,7 +17,6 @@ import torch
 
 import xhyp.train as T
 from xhyp.eval.metrics import precision_at_k
-from xhyp.model import HyperbolicXMC
 from xhyp.optim import PaperAdam
 from xhyp.predict import Predictor
 from xhyp.train import train
@@ -48,7 +47,8 @@ def noisy_toy(n, n_lab=8, own=6, informative=3, noise_pool=300, noise=20, seed=0
 
 BASE_TRAIN = dict(epochs=10, batch_size=32, negatives=7, sampling="uniform", alpha=10.0, lr=0.03, lr_labels=0.03,
                   optimizer="radam", val_fraction=0.0, patience=100, knn=10, weighting="count", features="l2",
-                  input_dropout=0.0, seed=0, device="cpu", threads=1)
+                  input_dropout=0.0, seed=0, device="cpu", threads=1, negative_mode="batch", shared_negatives=500,
+                  label_update="sparse", lr_scaling="sqrt", prefetch=2)
 BASE_MODEL = dict(dim=8, hidden=32, projector="linear", geometry="poincare")
 MODEL_KEYS = set(BASE_MODEL)
 
@@ -100,81 +100,121 @@ def test_every_parameter_moves(toy, option):
         assert after["labels"].norm(dim=-1).max() < 1.0
 
 
-def test_input_dropout_is_inverted_dropout(toy, monkeypatch):
+def spy_steps(monkeypatch):
+    """Record every batch the training loop hands to :func:`xhyp.train.train_step` (what the
+    optimiser step sees: feature ids, input weights after dropout, pairs, negatives)."""
+    seen = []
+    step = T.train_step
+
+    def spy(model, opts, b, alpha, *args, **kw):
+        assert model.training
+        seen.append(b)
+        return step(model, opts, b, alpha, *args, **kw)
+
+    monkeypatch.setattr(T, "train_step", spy)
+    return seen
+
+
+@pytest.mark.parametrize("label_update", ["sparse", "dense"])
+def test_input_dropout_is_inverted_dropout(toy, monkeypatch, label_update):
     """Training inputs: each feature dropped with probability p, the kept ones scaled by 1/(1-p)."""
     (X, Y), _ = toy
-    seen = []
-    forward = HyperbolicXMC.forward
-
-    def spy(self, idx, off, w):
-        if self.training:
-            seen.append(w.detach().clone())
-        return forward(self, idx, off, w)
-
-    monkeypatch.setattr(HyperbolicXMC, "forward", spy)
-    m, t = configs({}, epochs=1, features="none", input_dropout=0.25)  # raw binary features: all values 1
-    train(X, Y, m, t, progress=False)
-    assert seen, "the training loop no longer calls HyperbolicXMC.forward in training mode; re-target this test"
-    w = torch.cat(seen).numpy()
+    seen = spy_steps(monkeypatch)
+    m, t = configs({"label_update": label_update}, epochs=1, features="none", input_dropout=0.25)
+    train(X, Y, m, t, progress=False)  # raw binary features: all values 1
+    assert seen, "the training loop no longer calls xhyp.train.train_step; re-target this test"
+    w = torch.cat([b.w for b in seen]).numpy()
     assert len(w) == X.nnz  # one epoch, no validation split: one weight per non-zero input feature
     kept = w[w != 0]
     np.testing.assert_allclose(kept, 1.0 / (1.0 - 0.25), rtol=1e-6)
     assert abs((w == 0).mean() - 0.25) < 0.02
     seen.clear()
     train(X, Y, m, dict(t, input_dropout=0.0), progress=False)
-    np.testing.assert_array_equal(torch.cat(seen).numpy(), 1.0)
+    np.testing.assert_array_equal(torch.cat([b.w for b in seen]).numpy(), 1.0)
 
 
 def test_batches_are_reshuffled_every_epoch(toy, monkeypatch):
     """Each epoch visits every training example once, in a new order."""
     (X, Y), _ = toy
-    batches = []
-    forward = HyperbolicXMC.forward
-
-    def spy(self, idx, off, w):
-        if self.training:
-            batches.append(idx.clone())
-        return forward(self, idx, off, w)
-
-    monkeypatch.setattr(HyperbolicXMC, "forward", spy)
+    seen = spy_steps(monkeypatch)
     m, t = configs({}, epochs=2, batch_size=50)
     train(X, Y, m, t, progress=False)
+    batches = [b.idx for b in seen]
     assert len(batches) == 2 * 12  # 600 examples in batches of 50, twice
     ep1, ep2 = torch.cat(batches[:12]), torch.cat(batches[12:])
     assert torch.equal(ep1.sort().values, ep2.sort().values)  # the same examples (features)...
     assert not torch.equal(batches[0], batches[12])  # ...in another order
 
 
-@pytest.mark.parametrize("optimizer,sampling", [("paper", "frequency"), ("radam", "uniform")])
-def test_options_reach_the_loop(toy, monkeypatch, optimizer, sampling):
-    """optimizer, sampling, negatives and alpha reach the optimiser, the sampler and the loss."""
-    (X, Y), _ = toy
-    seen = {"paper_steps": 0, "kinds": [], "loss_args": set()}
+# the label optimiser each (geometry, optimizer, label_update) gets; only that one may step
+LABEL_OPTIMIZERS = {("poincare", "paper", "sparse"): "SparsePaperAdam", ("poincare", "paper", "dense"): "PaperAdam",
+                    ("poincare", "radam", "sparse"): "SparseRiemannianAdam",
+                    ("poincare", "radam", "dense"): "RiemannianAdam"}
 
-    class SpyAdam(T.PaperAdam):
-        def step(self, closure=None):
-            seen["paper_steps"] += 1
-            return super().step(closure)
+
+@pytest.mark.parametrize("optimizer,sampling,negative_mode,label_update", [
+    ("paper", "frequency", "batch", "sparse"), ("radam", "uniform", "batch", "sparse"),
+    ("radam", "frequency", "pair", "dense"), ("paper", "uniform", "pair", "dense")])
+def test_options_reach_the_loop(toy, monkeypatch, optimizer, sampling, negative_mode, label_update):
+    """optimizer, label_update, sampling, negatives (per pair or shared) and alpha reach the label
+    optimiser, the sampler, the batches and the loss."""
+    import geoopt
+
+    import xhyp.optim as O
+
+    (X, Y), _ = toy
+    seen = {"steps": {}, "kinds": [], "alphas": set()}
+
+    def spy_class(owner, name):
+        base = getattr(owner, name)
+
+        class Spy(base):
+            def step(self, closure=None):
+                seen["steps"][name] = seen["steps"].get(name, 0) + 1
+                return super().step(closure)
+
+        monkeypatch.setattr(owner, name, Spy)
+
+    for name in ("PaperAdam", "SparsePaperAdam", "SparseRiemannianAdam"):
+        spy_class(O, name)
+    spy_class(geoopt.optim, "RiemannianAdam")
 
     class SpySampler(T.NegativeSampler):
         def __init__(self, label_freq, kind, generator):
             seen["kinds"].append(kind)
             super().__init__(label_freq, kind, generator)
 
-    loss = T.sampled_softmax_loss
+    loss = T.batch_loss
 
-    def spy_loss(model, r, Yb, sampler, negatives, alpha):
-        seen["loss_args"].add((negatives, alpha))
-        return loss(model, r, Yb, sampler, negatives, alpha)
+    def spy_loss(model, r, batch, alpha, *args, **kw):
+        seen["alphas"].add(alpha)
+        return loss(model, r, batch, alpha, *args, **kw)
 
-    monkeypatch.setattr(T, "PaperAdam", SpyAdam)
     monkeypatch.setattr(T, "NegativeSampler", SpySampler)
-    monkeypatch.setattr(T, "sampled_softmax_loss", spy_loss)
-    m, t = configs({"optimizer": optimizer, "sampling": sampling}, epochs=1, negatives=4, alpha=7.0)
+    monkeypatch.setattr(T, "batch_loss", spy_loss)
+    batches = spy_steps(monkeypatch)
+    m, t = configs({"optimizer": optimizer, "sampling": sampling, "negative_mode": negative_mode,
+                    "label_update": label_update}, epochs=1, negatives=4, shared_negatives=6, alpha=7.0)
     train(X, Y, m, t, progress=False)
-    assert (seen["paper_steps"] > 0) == (optimizer == "paper")
+    n_steps = len(batches)
+    assert n_steps == 600 // 32 + 1
+    assert seen["steps"] == {LABEL_OPTIMIZERS["poincare", optimizer, label_update]: n_steps}
     assert seen["kinds"] == [sampling]
-    assert seen["loss_args"] == {(4, 7.0)}
+    assert seen["alphas"] == {7.0}
+    for b in batches:
+        P = b.pos.shape[0]
+        assert tuple(b.neg.shape) == ((6,) if negative_mode == "batch" else (P, 4))
+        # the mask flags exactly the negatives that are the example's own label (single-label data)
+        own = b.pos[:, None] if negative_mode == "pair" else torch.zeros(len(b.off), dtype=torch.long).index_put_(
+            (b.ex,), b.pos)[:, None]
+        assert torch.equal(b.is_pos, b.neg.expand(own.shape[0], -1) == own)
+    if negative_mode == "pair":  # ~2400 draws: the sampling option decides which negatives are drawn
+        neg = torch.cat([b.neg.ravel() for b in batches])
+        counts = torch.bincount(neg, minlength=8).double() / len(neg)
+        if sampling == "uniform":
+            assert (counts - 1 / 8).abs().max() < 0.04, counts
+        else:  # frequency^0.75: label 0 is drawn ~2.2 times as often as label 7
+            assert counts[0] > 1.5 * counts[7], counts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +323,9 @@ def test_paper_adam_many_steps_matches_numpy(betas, lr):
     assert np.abs(ref[-1] - x0).max() > 10 * lr
 
 
-@pytest.mark.parametrize("option", [{}, {"optimizer": "paper"}, {"geometry": "euclidean"}, {"projector": "mlp"}],
+@pytest.mark.parametrize("option", [{}, {"optimizer": "paper"}, {"geometry": "euclidean"}, {"projector": "mlp"},
+                                    {"label_update": "dense"}, {"label_update": "dense", "optimizer": "paper"},
+                                    {"label_update": "dense", "geometry": "euclidean"}],
                          ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "base")
 def test_learning_rates_reach_their_parameters(toy, option):
     """`lr` drives the projector, `lr_labels` the label embeddings (a tiny one freezes its part;
@@ -314,9 +356,12 @@ def test_uniform_sampler_covers_every_label():
     assert draws.min() == 0 and draws.max() == 4
 
 
-def test_paper_adam_defaults_are_adams():
+@pytest.mark.parametrize("name", ["PaperAdam", "SparsePaperAdam", "SparseRiemannianAdam", "LazyAdam"])
+def test_ball_optimiser_defaults_are_adams(name):
+    import xhyp.optim as O
+
     p = torch.nn.Parameter(torch.zeros(2, 2))
-    d = PaperAdam([p]).defaults
+    d = getattr(O, name)([p]).defaults
     assert d["lr"] == 1e-3 and tuple(d["betas"]) == (0.9, 0.999) and d["eps"] == 1e-8
 
 
