@@ -450,4 +450,9 @@ def model_dir_writer(train_fn):
 
     wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), inspect.Parameter(
         "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False)])
+    # the signature users (and Sphinx) see: train's own, plus the keyword-only ``overwrite``
+    params = list(sig.parameters.values())
+    params.append(inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool"))
+    wrapper.__signature__ = sig.replace(parameters=params)
+    del wrapper.__wrapped__  # (else inspect.signature follows it and loses ``overwrite``)
     return wrapper
