@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/xhyp run --dataset synthetic-hier --out runs/demo "$@"
+.venv/bin/xhyp run --dataset synthetic-hier --out runs/demo --overwrite "$@"   # (--overwrite: rerunnable)
