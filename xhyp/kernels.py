@@ -15,7 +15,7 @@ Conventions: points are rows, ``(Q, n)`` queries and ``(M, n)`` database; ``geom
 ``(D, I)``, ``(Q, k)`` float32 distances ascending and ``(Q, k)`` int64 row ids, ties broken by
 the lower id, padded with ``inf`` / ``-1`` when fewer than ``k`` points are searched.
 
-Numerics (``../shared/DESIGN.md``): ``d(x, y) = 2 asinh(sqrt(s))``,
+Numerics (as in :mod:`xhyp.manifold`): ``d(x, y) = 2 asinh(sqrt(s))``,
 ``s = |x - y|^2 / ((1 - |x|^2)(1 - |y|^2))``, ``1 - |x|^2 = (1 - |x|)(1 + |x|)``; distances are
 finite for norms up to the max-norm guard ``1 - 1e-5`` (and large but finite beyond).
 """

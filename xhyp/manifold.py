@@ -3,7 +3,7 @@
 All functions take torch tensors whose last dimension is the embedding dimension ``n`` and work
 in float32 or float64. Points live in the open unit ball ``{x : |x| < 1}``.
 
-Numerics (measured and recorded in ``../shared/DESIGN.md``):
+Numerics (measured on this project's development machines, float32 against float64):
 
 * Distances use ``d(x, y) = 2 asinh(sqrt(s))`` with
   ``s = |x - y|^2 / ((1 - |x|^2) (1 - |y|^2))``; the textbook ``arccosh(1 + 2 s)`` loses 2-9 %
