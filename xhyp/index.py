@@ -99,6 +99,19 @@ class _Base:
         if q.dim() != 2 or q.shape[-1] != self.db.shape[1]:
             raise ValueError(f"query dimension {q.shape[-1]} != database dimension {self.db.shape[1]}")
 
+    @staticmethod
+    def _batched(q: torch.Tensor, k: int, batch: int, search_block):
+        """``search_block(q[s:s + batch])`` over the query blocks, results concatenated on the CPU:
+        ``(D, I)`` of shape ``(Q, k)`` (empty ``(0, k)`` tensors of ``q``'s dtype for ``Q = 0``)."""
+        Ds, Is = [], []
+        for s in range(0, q.shape[0], batch):
+            D, I = search_block(q[s:s + batch])
+            Ds.append(D.cpu())
+            Is.append(I.cpu())
+        if not Ds:
+            return torch.empty(0, k, dtype=q.dtype), torch.empty(0, k, dtype=torch.long)
+        return torch.cat(Ds), torch.cat(Is)
+
     @property
     def ntotal(self) -> int:
         """Number of database points."""
@@ -195,14 +208,8 @@ class ExactIndex(_Base):
             D, I = kernels.torch_knn(q, self.db, k, self.geometry, min(self.query_batch, 1024), self.db_batch)
             return D.cpu(), I.cpu()
         q = q.to(self.db.device, self.db.dtype)
-        Ds, Is = [], []
-        for s in range(0, q.shape[0], self.query_batch):
-            D, I = kernels.knn(q[s:s + self.query_batch], self.db, k, self.geometry, self.aug)
-            Ds.append(D.cpu())
-            Is.append(I.cpu())
-        if not Ds:
-            return torch.empty(0, k, dtype=self.db.dtype), torch.empty(0, k, dtype=torch.long)
-        return torch.cat(Ds), torch.cat(Is)
+        return self._batched(q, k, self.query_batch,
+                             lambda qb: kernels.knn(qb, self.db, k, self.geometry, self.aug))
 
 
 class ClusteredIndex(_Base):
@@ -321,15 +328,8 @@ class ClusteredIndex(_Base):
         self._check_search(q, k)
         nprobe = int(nprobe or self.nprobe)
         q = q.to(self.db.device, self.db.dtype)
-        Ds, Is = [], []
-        for s in range(0, q.shape[0], self.query_batch):
-            D, I = kernels.clustered_knn(q[s:s + self.query_batch], self.db_sorted, self.ids, self.offsets,
-                                         self.centroids, k, nprobe, self.geometry, self.aug)
-            Ds.append(D.cpu())
-            Is.append(I.cpu())
-        if not Ds:
-            return torch.empty(0, k, dtype=self.db.dtype), torch.empty(0, k, dtype=torch.long)
-        return torch.cat(Ds), torch.cat(Is)
+        return self._batched(q, k, self.query_batch, lambda qb: kernels.clustered_knn(
+            qb, self.db_sorted, self.ids, self.offsets, self.centroids, k, nprobe, self.geometry, self.aug))
 
 
 def _kmeans(u: np.ndarray, C: int, iters: int, seed: int, chunk: int = 65536) -> np.ndarray:
@@ -505,18 +505,13 @@ class AnnIndex(_Base):
         self._check_search(q, k)
         nprobe = int(nprobe or self.nprobe)
         q = q.detach().cpu().float()
-        Ds, Is = [], []
-        qb = self.query_batch if kernels.ext_available("cpu") else 256
-        for s in range(0, q.shape[0], qb):
-            qs = q[s:s + qb].contiguous()
+        def block(qs):
+            qs = qs.contiguous()
             probes = kernels.ivf_probe(qs, self.cen_aug, nprobe, self.geometry)
-            D, I = kernels.ivf_knn(qs, self.db_sorted, self.packed, self.block_offsets, self.ids, self.offsets,
+            return kernels.ivf_knn(qs, self.db_sorted, self.packed, self.block_offsets, self.ids, self.offsets,
                                    probes, k, self.geometry)
-            Ds.append(D)
-            Is.append(I)
-        if not Ds:
-            return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
-        return torch.cat(Ds), torch.cat(Is)
+
+        return self._batched(q, k, self.query_batch if kernels.ext_available("cpu") else 256, block)
 
 
 def _aug(x: torch.Tensor, geometry: str) -> torch.Tensor:
