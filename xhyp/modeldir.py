@@ -328,13 +328,20 @@ def verify(directory, names=MODEL_FILES, checksums: bool = True) -> dict:
         if not (d / n).is_file():
             raise ModelFileMissingError(d / n, f"is missing: {d} is not a complete xhyp model directory (was "
                                                "training interrupted? rerun `xhyp train ... --resume`)")
-    if not (d / MANIFEST).is_file():
-        raise ModelFileMissingError(d / MANIFEST, f"is missing: {d} was not finished by `xhyp train` (interrupted, "
-                                                  "or written by another run); rerun with --resume or --overwrite")
-    man = read_json(d / MANIFEST, "model manifest")
-    if not isinstance(man, dict) or man.get("kind") != MODEL_KIND:
-        raise ModelDirError(d / MANIFEST, "is not an xhyp model manifest")
+    man = _read_manifest(d, MODEL_KIND, "model", f"{d} was not finished by `xhyp train` (interrupted, or written "
+                         "by another run); rerun with --resume or --overwrite")
     _check_entries(d, man, names, checksums)
+    return man
+
+
+def _read_manifest(d: Path, kind: str, what: str, why_missing: str) -> dict:
+    """``d/manifest.json`` as a dict of the given ``kind``; ``what`` ("model" / "ensemble") names
+    it in messages, ``why_missing`` explains a missing manifest."""
+    if not (d / MANIFEST).is_file():
+        raise ModelFileMissingError(d / MANIFEST, f"is missing: {why_missing}")
+    man = read_json(d / MANIFEST, f"{what} manifest")
+    if not isinstance(man, dict) or man.get("kind") != kind:
+        raise ModelDirError(d / MANIFEST, f"is not an xhyp {what} manifest")
     return man
 
 
@@ -356,12 +363,8 @@ def verify_ensemble(directory, members, ensemble_file: str = "ensemble.json") ->
         ModelDirError / ModelFileMissingError: see :func:`verify`.
     """
     d = Path(directory)
-    if not (d / MANIFEST).is_file():
-        raise ModelFileMissingError(d / MANIFEST, f"is missing: the ensemble {d} was not finished by "
-                                                  "`xhyp ensemble` (interrupted?); rerun the same command")
-    man = read_json(d / MANIFEST, "ensemble manifest")
-    if not isinstance(man, dict) or man.get("kind") != ENSEMBLE_KIND:
-        raise ModelDirError(d / MANIFEST, "is not an xhyp ensemble manifest")
+    man = _read_manifest(d, ENSEMBLE_KIND, "ensemble", f"the ensemble {d} was not finished by `xhyp ensemble` "
+                         "(interrupted?); rerun the same command")
     _check_entries(d, man, [ensemble_file] + [f"{m}/{MANIFEST}" for m in members], True)
     return man
 
