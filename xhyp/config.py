@@ -17,8 +17,24 @@ WEIGHTINGS = ("count", "distance")  # xhyp.vote.WEIGHTINGS
 INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.index.INDEX_KINDS
 
 
+class ConfigBase:
+    """Base of xhyp's configuration dataclasses (:class:`ModelConfig`,
+    :class:`xhyp.train.TrainConfig`, the HMC configurations): construction from a saved dict."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """An instance from a dict of its fields, ignoring unknown keys (forward compatibility of
+        saved models and configurations).
+
+        Raises:
+            ValueError: an invalid field value (see the dataclass's checks).
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigBase):
     """Hyper-parameters that define the model's shape (saved as ``config.json["model"]``).
 
     Attributes:
@@ -55,8 +71,3 @@ class ModelConfig:
         if not 0.0 < self.max_norm < 1.0 or self.init_std_projector < 0 or self.init_std_labels < 0:
             raise ValueError(f"max_norm must be in (0, 1) and the init stds >= 0: {self}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        """Build from a dict, ignoring unknown keys (forward compatibility of saved models)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .config import WEIGHTINGS, ModelConfig
+from .config import WEIGHTINGS, ConfigBase, ModelConfig
 from .modeldir import model_dir_writer
 from .utils import (atomic_save_json, atomic_save_sparse, atomic_torch_save, check_finite_fields, resolve_device,
                     seed_everything)
@@ -76,7 +76,7 @@ class NonFiniteLossError(ValueError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Training hyper-parameters (saved as ``config.json["train"]``).
 
     Attributes:
@@ -171,11 +171,6 @@ class TrainConfig:
             raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
                              f"lr={self.lr}, lr_labels={self.lr_labels}): larger values overflow float32")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a dict, ignoring unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class NegativeSampler:

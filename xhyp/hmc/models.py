@@ -15,7 +15,7 @@ representation with the label's embedding (the ball only shapes the label loss).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import geoopt
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from xhyp import manifold
+from xhyp.config import PROJECTORS, ConfigBase
 
 __all__ = ["HMC_METHODS", "HMCModelConfig", "HMCModel", "to_tensor"]
 
@@ -31,7 +32,7 @@ HMC_METHODS = ("flat", "cascaded", "joint")
 
 
 @dataclass
-class HMCModelConfig:
+class HMCModelConfig(ConfigBase):
     """Shape of an HMC model (saved as ``config.json["model"]``).
 
     Attributes:
@@ -60,16 +61,11 @@ class HMCModelConfig:
     def __post_init__(self):
         if self.method not in HMC_METHODS:
             raise ValueError(f"method must be one of {HMC_METHODS}, got {self.method!r}")
-        if self.projector not in ("linear", "mlp"):
-            raise ValueError(f"projector must be 'linear' or 'mlp', got {self.projector!r}")
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
         if min(self.n_features, self.n_labels, self.dim, self.hidden) < 1:
             raise ValueError(f"n_features, n_labels, dim and hidden must be positive: {self}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "HMCModelConfig":
-        """Build from a dict, ignoring unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def to_tensor(X, rows=None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import geoopt
@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from xhyp.config import ConfigBase
 from xhyp.utils import atomic_save_json, atomic_torch_save, seed_everything
 
 from .losses import CONTRASTIVE_KINDS, cooccurrence_pairs, himulcon_loss, poincare_label_loss, sample_negatives
@@ -37,7 +38,7 @@ HMC_KIND = "xhyp-hmc"
 
 
 @dataclass
-class HMCTrainConfig:
+class HMCTrainConfig(ConfigBase):
     """Training settings of the HMC methods (saved as ``config.json["train"]``).
 
     Attributes:
@@ -86,11 +87,6 @@ class HMCTrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.negatives < 1 or self.pair_batch < 1:
             raise ValueError(f"epochs, batch_size, negatives and pair_batch must be positive: {self}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "HMCTrainConfig":
-        """Build from a dict, ignoring unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass
