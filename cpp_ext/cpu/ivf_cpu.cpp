@@ -43,75 +43,15 @@
 
 #include "xhyp_checks.h"
 #include "xhyp_common.h"
+#include "xhyp_topk.h"
 
 namespace xhyp {
 namespace cpu {
 namespace {
 
 constexpr int64_t kLanes = 16;
-constexpr float kInfF = std::numeric_limits<float>::infinity();
-
-struct Cand {
-  double t;
-  int64_t id;
-};
-
-inline bool after(const Cand& a, const Cand& b) { return a.t > b.t || (a.t == b.t && a.id > b.id); }
-inline bool before(const Cand& a, const Cand& b) { return after(b, a); }
-
-// max-heap on `after` (root = worst kept candidate)
-inline void sift_down(Cand* h, int64_t n, int64_t i) {
-  Cand v = h[i];
-  for (;;) {
-    int64_t c = 2 * i + 1;
-    if (c >= n) break;
-    if (c + 1 < n && after(h[c + 1], h[c])) ++c;
-    if (!after(h[c], v)) break;
-    h[i] = h[c];
-    i = c;
-  }
-  h[i] = v;
-}
-
-inline void heap_offer(Cand* h, int64_t& cnt, int64_t k, double t, int64_t id) {
-  Cand c{t, id};
-  if (cnt < k) {
-    int64_t i = cnt++;
-    while (i > 0) {
-      int64_t p = (i - 1) / 2;
-      if (!after(c, h[p])) break;
-      h[i] = h[p];
-      i = p;
-    }
-    h[i] = c;
-  } else if (before(c, h[0])) {
-    h[0] = c;
-    sift_down(h, k, 0);
-  }
-}
-
-inline float heap_threshold(const Cand* h, int64_t cnt, int64_t k) {
-  if (cnt < k) return kInfF;
-  return std::nextafter(static_cast<float>(h[0].t), kInfF);
-}
-
-inline double row_sq(const float* y, int64_t n) {
-  double s = 0.0;
-  for (int64_t i = 0; i < n; ++i) s += double(y[i]) * double(y[i]);
-  return s;
-}
-
-inline double exact_t(const float* x, const float* y, int64_t n, bool euclidean) {
-  double acc = 0.0, yn = 0.0;
-#pragma omp simd reduction(+ : acc, yn)
-  for (int64_t i = 0; i < n; ++i) {
-    double yi = y[i];
-    double d = double(x[i]) - yi;
-    acc += d * d;
-    yn += yi * yi;
-  }
-  return euclidean ? acc : acc * inv_one_minus_sq(yn, false);
-}
+using namespace topk;  // Cand, the heap, row_sq, exact_t (xhyp_topk.h)
+constexpr float kInfF = topk::kInf;
 
 // g of one query (xa: K floats) against blocks [0, nb) of packed rows (nb * K * 16 floats).
 void block_dots_generic(const float* xa, const float* blk, int64_t K, int64_t nb, float* g) {

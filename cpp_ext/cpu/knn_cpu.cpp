@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "xhyp_common.h"
+#include "xhyp_topk.h"
 
 namespace xhyp {
 namespace cpu {
@@ -63,79 +64,7 @@ inline int64_t query_block(int64_t rows) {
   return std::max(kQueryBlock, std::min(kMaxQueryBlock, kTileFloats / mt));
 }
 constexpr int64_t kHeapBytes = int64_t(1) << 28;  // bound on the heaps of one query batch
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-struct Cand {
-  double t;
-  int64_t id;
-};
-
-// a ranks after b: larger t, ties by larger id
-inline bool after(const Cand& a, const Cand& b) { return a.t > b.t || (a.t == b.t && a.id > b.id); }
-inline bool before(const Cand& a, const Cand& b) { return after(b, a); }
-
-// max-heap on `after` (root = worst kept candidate)
-inline void sift_up(Cand* h, int64_t i) {
-  Cand v = h[i];
-  while (i > 0) {
-    int64_t p = (i - 1) / 2;
-    if (!after(v, h[p])) break;
-    h[i] = h[p];
-    i = p;
-  }
-  h[i] = v;
-}
-
-inline void sift_down(Cand* h, int64_t n, int64_t i) {
-  Cand v = h[i];
-  for (;;) {
-    int64_t c = 2 * i + 1;
-    if (c >= n) break;
-    if (c + 1 < n && after(h[c + 1], h[c])) ++c;
-    if (!after(h[c], v)) break;
-    h[i] = h[c];
-    i = c;
-  }
-  h[i] = v;
-}
-
-inline void heap_offer(Cand* h, int32_t& cnt, int64_t k, double t, int64_t id) {
-  Cand c{t, id};
-  if (cnt < k) {
-    h[cnt] = c;
-    sift_up(h, cnt);
-    ++cnt;
-  } else if (before(c, h[0])) {
-    h[0] = c;
-    sift_down(h, k, 0);
-  }
-}
-
-// float threshold >= the heap's worst t (inf while the heap is not full)
-inline float heap_threshold(const Cand* h, int32_t cnt, int64_t k) {
-  if (cnt < k) return kInf;
-  float f = static_cast<float>(h[0].t);
-  return std::nextafter(f, kInf);
-}
-
-inline double row_sq(const float* y, int64_t n) {
-  double s = 0.0;
-  for (int64_t i = 0; i < n; ++i) s += double(y[i]) * double(y[i]);
-  return s;
-}
-
-// exact t = c(y) |x - y|^2 from float32 coordinates, in double
-inline double exact_t(const float* x, const float* y, int64_t n, bool euclidean) {
-  double acc = 0.0, yn = 0.0;
-#pragma omp simd reduction(+ : acc, yn)
-  for (int64_t i = 0; i < n; ++i) {
-    double yi = y[i];
-    double d = double(x[i]) - yi;
-    acc += d * d;
-    yn += yi * yi;
-  }
-  return euclidean ? acc : acc * inv_one_minus_sq(yn, false);
-}
+using namespace topk;  // Cand, the heap, row_sq, exact_t (xhyp_topk.h)
 
 inline double gamma_bound(int64_t n) { return kGammaUlps * double(n + 4) * std::ldexp(1.0, -24); }
 
