@@ -10,11 +10,12 @@ from dataclasses import dataclass, fields
 from .utils import check_finite_fields
 
 MAX_NORM = 1.0 - 1e-5
-"""Same value as :data:`xhyp.manifold.MAX_NORM` (tested), without importing torch."""
+"""Default max-norm guard: every point the library stores is clipped to ``|x| <= MAX_NORM``
+(also :data:`xhyp.manifold.MAX_NORM`; see :mod:`xhyp.manifold` for why this value)."""
 GEOMETRIES = ("poincare", "euclidean")
 PROJECTORS = ("linear", "mlp")
-WEIGHTINGS = ("count", "distance")  # xhyp.vote.WEIGHTINGS
-INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.index.INDEX_KINDS
+WEIGHTINGS = ("count", "distance")  # vote weightings (xhyp.vote)
+INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.index backends
 
 
 class ConfigBase:

@@ -72,8 +72,7 @@ import numpy as np
 import torch
 
 from . import kernels, manifold
-
-INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")
+from .config import INDEX_KINDS  # noqa: F401 (re-exported)
 
 
 def _check_geometry(geometry: str) -> None:

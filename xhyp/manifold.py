@@ -36,8 +36,7 @@ from __future__ import annotations
 import geoopt
 import torch
 
-MAX_NORM = 1.0 - 1e-5
-"""Default max-norm guard: every point the library stores is clipped to ``|x| <= MAX_NORM``."""
+from .config import MAX_NORM  # noqa: F401 (the default max-norm guard, defined torch-free)
 
 _SQRT_EPS = {torch.float16: 1e-6, torch.bfloat16: 1e-6, torch.float32: 1e-14, torch.float64: 1e-30}
 

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-WEIGHTINGS = ("count", "distance")
+from .config import WEIGHTINGS  # noqa: F401 (re-exported)
 BACKENDS = ("auto", "kernel", "scipy")
 
 
