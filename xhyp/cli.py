@@ -2,7 +2,7 @@
 
 Each verb parses its arguments and calls one public function (:mod:`xhyp.commands`,
 :mod:`xhyp.datasets.registry`); there is no logic here. Model and training options are generated
-from the :class:`xhyp.model.ModelConfig` and :class:`xhyp.train.TrainConfig` dataclasses, so
+from the :class:`xhyp.embedding.model.ModelConfig` and :class:`xhyp.training.loop.TrainConfig` dataclasses, so
 every hyper-parameter has a flag (``--dim``, ``--alpha``, ``--lr-labels``...).
 """
 from __future__ import annotations
@@ -14,8 +14,7 @@ import re
 import sys
 from dataclasses import MISSING, fields
 
-from .config import INDEX_KINDS, ModelConfig  # torch-free: `xhyp --help` starts fast
-from .train import TrainConfig  # imports torch only inside its functions
+from .config import INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig  # torch-free: `xhyp --help` starts fast
 
 _SKIP = {"n_features", "n_labels"}
 
@@ -41,11 +40,17 @@ def _attribute_docs(cls) -> dict:
     return docs
 
 
-def _add_dataclass_args(parser, cls, title):
+def add_config_args(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
+    """Add one ``--field-name`` flag per field of a configuration dataclass (``--dim``,
+    ``--alpha``, ``--lr-labels``...), typed by the field's default, with the help text of the
+    dataclass's ``Attributes:`` docs; every flag defaults to ``None`` (not given). The experiment
+    drivers (``eval/``) use the same flags. ``n_features`` / ``n_labels`` (taken from the data)
+    get none, nor the fields in ``skip``. Read them back with :func:`config_from_args`.
+    """
     g = parser.add_argument_group(title)
     docs = _attribute_docs(cls)
     for f in fields(cls):
-        if f.name in _SKIP:
+        if f.name in _SKIP or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
@@ -55,7 +60,33 @@ def _add_dataclass_args(parser, cls, title):
                        metavar=typ.__name__.upper(), help=f"{text} (default: {default})".strip())
 
 
-def _collect(args, cls) -> dict:
+def config_from_pairs(pairs, cls) -> dict:
+    """``["epochs=10", "alpha=20"]`` -> ``{"epochs": 10, "alpha": 20.0}``: ``KEY=VALUE`` items read
+    through the flags of :func:`add_config_args` (same names, types and checks as ``--KEY VALUE``).
+
+    Raises:
+        ValueError: an item without ``=``, or an unknown key or bad value (the message names it).
+    """
+    argv = []
+    for item in pairs or []:
+        if "=" not in item:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        argv += ["--" + key.replace("_", "-"), value]
+    parser = argparse.ArgumentParser(prog=f"{cls.__name__} KEY=VALUE", add_help=False, exit_on_error=False)
+    add_config_args(parser, cls, cls.__name__)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; choose from "
+                         f"{sorted(f.name for f in fields(cls))}")
+    return config_from_args(args, cls)
+
+
+def config_from_args(args: argparse.Namespace, cls) -> dict:
+    """``{field: value}`` of the flags of :func:`add_config_args` that were given."""
     prefix = cls.__name__ + "."
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
@@ -92,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the model OUT already holds")
     t.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
     t.add_argument("--no-progress", action="store_true")
-    _add_dataclass_args(t, ModelConfig, "model")
-    _add_dataclass_args(t, TrainConfig, "training")
+    add_config_args(t, ModelConfig, "model")
+    add_config_args(t, TrainConfig, "training")
     _add_hmc_args(t)
 
     en = sub.add_parser("ensemble", help="train M learners (seeds seed, seed+1, ...) into OUT/learner_XX "
@@ -106,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--overwrite", action="store_true", help="replace the ensemble OUT holds")
     en.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
     en.add_argument("--no-progress", action="store_true")
-    _add_dataclass_args(en, ModelConfig, "model")
-    _add_dataclass_args(en, TrainConfig, "training")
+    add_config_args(en, ModelConfig, "model")
+    add_config_args(en, TrainConfig, "training")
     _add_hmc_args(en)
 
     pr = sub.add_parser("predict", help="score queries; saves a sparse (Q x L) score matrix (.npz)")
@@ -123,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--index", default="exact", choices=INDEX_KINDS,
                     help="kNN search backend (default: exact); ann: approximate, balanced k-means clusters, "
                     "exact distances inside the probed ones (about 15-20x exact at recall@10 0.95, bench/README.md)")
-    pr.add_argument("--weighting", choices=("count", "distance"))
+    pr.add_argument("--weighting", choices=WEIGHTINGS)
     pr.add_argument("--nprobe", type=int, help="clusters probed (ann: default 40; clustered/faiss-ivf: see "
-                    "xhyp.index); more = higher recall, slower")
+                    "xhyp.knn.index); more = higher recall, slower")
     pr.add_argument("--n-clusters", type=int, help="clusters of the ann/clustered index (default: ann N/192, "
                     "clustered N/3000)")
 
@@ -163,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--index", default="exact", choices=INDEX_KINDS, help="kNN search backend (default: exact)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--overwrite", action="store_true", help="replace the model OUT/model already holds")
-    _add_dataclass_args(r, ModelConfig, "model")
-    _add_dataclass_args(r, TrainConfig, "training")
+    add_config_args(r, ModelConfig, "model")
+    add_config_args(r, TrainConfig, "training")
     _add_hmc_args(r)
 
     inf = sub.add_parser("info", help="what a model or ensemble directory holds: configuration, data "
@@ -219,8 +250,8 @@ def _run(args) -> int:
             if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k, {}), dict) for k in ("model", "train")):
                 raise ValueError(f"{args.config}: expected a JSON object {{\"model\": {{...}}, \"train\": {{...}}}}")
             model, train_cfg = dict(cfg.get("model", {})), dict(cfg.get("train", {}))
-        model.update(_collect(args, ModelConfig))
-        train_cfg.update(_collect(args, TrainConfig))
+        model.update(config_from_args(args, ModelConfig))
+        train_cfg.update(config_from_args(args, TrainConfig))
         if getattr(args, "method", "xmc") != "xmc":  # HMC classifiers (xhyp.hmc)
             from .hmc.commands import run_hmc_verb
 
@@ -239,7 +270,7 @@ def _run(args) -> int:
                                         index=args.index, progress=not args.no_progress,
                                         train_path=args.train_file, test_path=args.test_file,
                                         overwrite=args.overwrite)
-            from xhyp.eval.metrics import format_table
+            from .metrics import format_table
 
             print(format_table({res["dataset"]: res["metrics"]}))
             _print_json(res)
@@ -247,7 +278,7 @@ def _run(args) -> int:
     if args.verb == "predict":
         params = {k: v for k, v in (("nprobe", args.nprobe), ("n_clusters", args.n_clusters)) if v is not None} or None
         if args.ensemble is not None:
-            from .ensemble import ENSEMBLE_FILE, is_ensemble_dir
+            from .prediction.ensemble import ENSEMBLE_FILE, is_ensemble_dir
 
             if not is_ensemble_dir(args.ensemble):
                 raise FileNotFoundError(f"--ensemble {args.ensemble}: no {ENSEMBLE_FILE} there; it is not a "
@@ -276,7 +307,7 @@ def _run(args) -> int:
         _print_json(commands.export_embeddings(args.model, args.out, args.member))
         return 0
     if args.verb == "evaluate":
-        from xhyp.eval.metrics import format_table
+        from .metrics import format_table
 
         m = commands.evaluate_predictions(args.pred, args.dataset, args.path, args.split, args.data_dir,
                                           args.train_file, args.k, args.A, args.B, args.out)

@@ -1,37 +1,82 @@
-"""Configuration dataclasses and option names that must load without torch.
+"""Configuration: every option name and configuration dataclass of xhyp, in one torch-free module.
 
-``xhyp --help`` and ``xhyp data list`` build their parsers from these, so this module imports
-only the standard library. :class:`ModelConfig` is re-exported by :mod:`xhyp.model` (its home
-for users); the option tuples mirror the modules that implement them (checked by tests).
+``xhyp --help`` and ``xhyp data list`` build their parsers from these dataclasses, so this module
+imports only the standard library. It holds
+
+* the option names (``GEOMETRIES``, ``WEIGHTINGS``, ``INDEX_KINDS``...), each defined here once and
+  re-exported by the module that implements it (:mod:`xhyp.embedding.manifold`,
+  :mod:`xhyp.knn.vote`, :mod:`xhyp.knn.index`...), and :func:`check_choice`, the one check of a
+  name against them;
+* :class:`ConfigBase`, the base of every configuration dataclass (``from_dict`` / ``to_dict``), and
+  the dataclasses of the model (:class:`ModelConfig`), of training (:class:`TrainConfig`) and of
+  prediction (:class:`PredictConfig`); the HMC ones (:mod:`xhyp.hmc`) derive from the same base;
+* :func:`normalise_configs`, the one conversion of user input (dataclasses, dicts, ``None``) into
+  the configurations of a run, and :func:`config_changes`, the one comparison of two saved
+  configurations (used to resume a run and to complete an ensemble).
+
+The layout follows PECOS (``pecos/xmc/xlinear/model.py``: nested training and prediction
+parameter classes with one ``from_dict``/``to_dict`` base).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
 from .utils import check_finite_fields
 
 MAX_NORM = 1.0 - 1e-5
 """Default max-norm guard: every point the library stores is clipped to ``|x| <= MAX_NORM``
-(also :data:`xhyp.manifold.MAX_NORM`; see :mod:`xhyp.manifold` for why this value)."""
-GEOMETRIES = ("poincare", "euclidean")
-PROJECTORS = ("linear", "mlp")
-WEIGHTINGS = ("count", "distance")  # vote weightings (xhyp.vote)
-INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.index backends
+(also :data:`xhyp.embedding.manifold.MAX_NORM`; see :mod:`xhyp.embedding.manifold` for why this
+value)."""
+GEOMETRIES = ("poincare", "euclidean")  # the spaces of xhyp.embedding.manifold
+PROJECTORS = ("linear", "mlp")  # xhyp.embedding.model
+FEATURE_KINDS = ("l2", "tfidf", "none")  # xhyp.embedding.features
+WEIGHTINGS = ("count", "distance")  # vote weightings (xhyp.knn.vote)
+INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.knn.index
+SAMPLINGS = ("uniform", "frequency")  # negative sampling (xhyp.training.batches)
+NEGATIVE_MODES = ("batch", "pair")
+LABEL_UPDATES = ("sparse", "dense")
+LR_SCALINGS = ("sqrt", "none")  # xhyp.training.optim.scaled_lr
+DISTRIBUTED_MODES = ("auto", "on", "off")  # xhyp.training.distributed
+OPTIMIZERS = ("radam", "paper")  # xhyp.training.optim
+RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
+"""Training options that change how fast a run goes, not what it learns (never compared)."""
+RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
+"""Training options a resumed run may change: how long and where it runs, not what it optimises."""
+
+
+def check_choice(name: str, value, allowed) -> None:
+    """Refuse an option value that is not one of its names.
+
+    Args:
+        name: the option (``"geometry"``...), for the message. value: the value given.
+        allowed: the valid names (a tuple of this module).
+
+    Raises:
+        ValueError: ``value`` is not in ``allowed`` (the message names the option and the choices).
+    """
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 class ConfigBase:
-    """Base of xhyp's configuration dataclasses (:class:`ModelConfig`,
-    :class:`xhyp.train.TrainConfig`, the HMC configurations): construction from a saved dict."""
+    """Base of xhyp's configuration dataclasses (:class:`ModelConfig`, :class:`TrainConfig`,
+    :class:`PredictConfig`, the HMC configurations): conversion from and to a saved dict."""
 
     @classmethod
-    def from_dict(cls, d: dict):
-        """An instance from a dict of its fields, ignoring unknown keys (forward compatibility of
-        saved models and configurations).
+    def from_dict(cls, d: dict | None):
+        """An instance from a dict of its fields (``None``: the defaults), ignoring unknown keys
+        (forward compatibility of saved models and configurations).
 
         Raises:
             ValueError: an invalid field value (see the dataclass's checks).
+            TypeError: a required field is missing.
         """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict (what ``config.json`` stores)."""
+        return asdict(self)
 
 
 @dataclass
@@ -46,7 +91,7 @@ class ModelConfig(ConfigBase):
             ReLU, dense ``hidden x n``).
         hidden: hidden width of the MLP projector.
         geometry: ``"poincare"`` or ``"euclidean"``.
-        max_norm: max-norm guard of the ball (see :mod:`xhyp.manifold`).
+        max_norm: max-norm guard of the ball (see :mod:`xhyp.embedding.manifold`).
         init_std_projector: std of the normal initialisation of the projector (paper: 1e-3).
         init_std_labels: std of the normal initialisation of the label embeddings (paper: 1e-4).
     """
@@ -62,13 +107,198 @@ class ModelConfig(ConfigBase):
     init_std_labels: float = 1e-4
 
     def __post_init__(self):
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
-        if self.projector not in PROJECTORS:
-            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
+        check_choice("geometry", self.geometry, GEOMETRIES)
+        check_choice("projector", self.projector, PROJECTORS)
         if self.dim < 1 or self.n_features < 1 or self.n_labels < 1:
             raise ValueError(f"dim, n_features and n_labels must be positive: {self}")
         check_finite_fields(self)
         if not 0.0 < self.max_norm < 1.0 or self.init_std_projector < 0 or self.init_std_labels < 0:
             raise ValueError(f"max_norm must be in (0, 1) and the init stds >= 0: {self}")
 
+
+@dataclass
+class TrainConfig(ConfigBase):
+    """Training hyper-parameters (saved as ``config.json["train"]``).
+
+    Attributes:
+        epochs: maximum number of passes over the training examples.
+        batch_size: examples per step (each contributes all its positive labels).
+        negatives: sampled negative labels per (example, positive) pair.
+        sampling: ``"uniform"`` or ``"frequency"`` (label frequency^0.75, as word2vec).
+        alpha: softmax scale on distances.
+        lr: Adam step size of the projector.
+        lr_labels: step size of the label embeddings (Riemannian Adam or the paper's rule).
+        optimizer: ``"radam"`` (geoopt RiemannianAdam) or ``"paper"`` (:class:`xhyp.training.optim.PaperAdam`).
+        val_fraction: share of training examples held out for early stopping (0 disables it).
+        patience: epochs without a better validation P@1 before stopping.
+        knn: neighbours used for validation (and the default for prediction).
+        weighting: vote weighting for validation (and the default for prediction).
+        features: feature preprocessing, ``"l2"``, ``"tfidf"`` or ``"none"``.
+        input_dropout: probability of dropping each non-zero input feature during training
+            (inverted dropout: kept values are scaled by ``1 / (1 - p)``); a regulariser.
+        seed: seeds the split, initialisation, shuffling and negative sampling.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        threads: torch intra-op threads (0 keeps torch's default).
+        negative_mode: ``"batch"`` (one set of ``shared_negatives`` labels per batch, shared by
+            its pairs) or ``"pair"`` (the paper's: ``negatives`` labels per pair).
+        shared_negatives: negatives drawn per batch with ``negative_mode="batch"``.
+        label_update: ``"sparse"`` (row-sparse gradient, only the rows a batch touches are
+            stepped: :class:`xhyp.training.optim.SparseRiemannianAdam` / :class:`xhyp.training.optim.SparsePaperAdam`)
+            or ``"dense"`` (geoopt's RiemannianAdam / :class:`xhyp.training.optim.PaperAdam` on all rows);
+            the projector gets :class:`xhyp.training.optim.LazyAdam` or torch's SparseAdam likewise.
+        lr_scaling: ``"sqrt"`` (``lr`` and ``lr_labels`` times ``sqrt(batch_size / 64)``) or ``"none"``.
+        prefetch: batches prepared ahead by a background thread (0: prepared inline).
+        val_max_queries: validation queries scored per epoch (a fixed random subset when the
+            validation split is larger; 0: all).
+        val_max_database: training examples in the validation kNN database (a fixed random
+            subset when there are more; 0: all).
+        max_steps: steps per epoch at most (0: the whole epoch); for benchmarks.
+        distributed: ``"auto"`` (data-parallel when launched by torchrun with more than one
+            process), ``"on"`` (require a torch.distributed environment) or ``"off"``.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    negatives: int = 50
+    sampling: str = "uniform"
+    alpha: float = 30.0
+    lr: float = 3e-3
+    lr_labels: float = 3e-3
+    optimizer: str = "radam"
+    val_fraction: float = 0.05
+    patience: int = 5
+    knn: int = 20
+    weighting: str = "count"
+    features: str = "l2"
+    input_dropout: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    negative_mode: str = "batch"
+    shared_negatives: int = 500
+    label_update: str = "sparse"
+    lr_scaling: str = "sqrt"
+    prefetch: int = 2
+    val_max_queries: int = 2000
+    val_max_database: int = 100_000
+    max_steps: int = 0
+    distributed: str = "auto"
+
+    def __post_init__(self):
+        for name, allowed in (("sampling", SAMPLINGS), ("optimizer", OPTIMIZERS), ("weighting", WEIGHTINGS),
+                              ("features", FEATURE_KINDS), ("negative_mode", NEGATIVE_MODES),
+                              ("label_update", LABEL_UPDATES), ("lr_scaling", LR_SCALINGS),
+                              ("distributed", DISTRIBUTED_MODES)):
+            check_choice(name, getattr(self, name), allowed)
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.knn < 1:
+            raise ValueError(f"knn must be >= 1, got {self.knn}")
+        if self.negatives < 1 or self.batch_size < 1 or self.epochs < 0 or self.alpha <= 0:
+            raise ValueError(f"negatives, batch_size, alpha must be positive and epochs >= 0: {self}")
+        if self.shared_negatives < 1:
+            raise ValueError(f"shared_negatives must be >= 1, got {self.shared_negatives}")
+        if min(self.prefetch, self.val_max_queries, self.val_max_database, self.max_steps) < 0:
+            raise ValueError(f"prefetch, val_max_queries, val_max_database and max_steps must be >= 0: {self}")
+        check_finite_fields(self)
+        if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
+            raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
+                             f"lr={self.lr}, lr_labels={self.lr_labels}): larger values overflow float32")
+
+
+@dataclass
+class PredictConfig(ConfigBase):
+    """How a trained learner answers queries (:meth:`xhyp.prediction.predictor.Predictor.predict`,
+    ``xhyp predict``).
+
+    ``None`` fields take the model's training configuration (:meth:`for_model`): the vote of a
+    prediction is the vote validated while training unless the caller says otherwise.
+
+    Attributes:
+        k: neighbours voting for each query (``None``: the model's ``knn``).
+        weighting: ``"count"`` or ``"distance"`` (``None``: the model's ``weighting``).
+        alpha: softmax scale of the ``"distance"`` weighting (``None``: the model's ``alpha``).
+        top_k: labels kept per query.
+        index: kNN backend (one of :data:`INDEX_KINDS`, see :func:`xhyp.knn.index.make_index`).
+        index_params: extra index constructor arguments (e.g. ``{"nprobe": 8}``).
+        batch_size: queries per chunk (bounds memory).
+    """
+
+    k: int | None = None
+    weighting: str | None = None
+    alpha: float | None = None
+    top_k: int = 100
+    index: str = "exact"
+    index_params: dict = field(default_factory=dict)
+    batch_size: int = 16384
+
+    def __post_init__(self):
+        if self.weighting is not None:
+            check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("index", self.index, INDEX_KINDS)
+        if (self.k is not None and self.k < 1) or self.top_k < 1 or self.batch_size < 1:
+            raise ValueError(f"k, top_k and batch_size must be >= 1: {self}")
+        self.index_params = dict(self.index_params or {})
+
+    def for_model(self, train_config: dict | None) -> "PredictConfig":
+        """This configuration with every ``None`` field taken from a model's training
+        configuration (``config.json["train"]``; a missing key: the :class:`TrainConfig` default).
+
+        Raises:
+            ValueError: an invalid value in ``train_config``.
+        """
+        tc = TrainConfig.from_dict(train_config)
+        return PredictConfig(k=self.k or tc.knn, weighting=self.weighting or tc.weighting,
+                             alpha=tc.alpha if self.alpha is None else self.alpha, top_k=self.top_k,
+                             index=self.index, index_params=self.index_params, batch_size=self.batch_size)
+
+
+def normalise_configs(n_features: int, n_labels: int, model_config=None, train_config=None
+                      ) -> tuple[ModelConfig, TrainConfig]:
+    """``(ModelConfig, TrainConfig)`` of a run from dataclasses, dicts of their fields or ``None``
+    (the defaults), with the data's ``n_features`` and ``n_labels`` filled into the model's.
+
+    The one conversion used by :func:`xhyp.training.train`, the ensembles and the model-directory
+    checks, so that a setting given as a dict or as a dataclass is the same run.
+
+    Raises:
+        ValueError: an invalid field value (see the dataclasses).
+    """
+    tcfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(train_config)
+    mdict = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config or {})
+    mdict.update(n_features=int(n_features), n_labels=int(n_labels))
+    return ModelConfig.from_dict(mdict), tcfg
+
+
+def data_fingerprint(X, Y) -> dict:
+    """Shape and non-zero counts of ``(X, Y)`` (scipy sparse ``(N, F)`` and ``(N, L)``):
+    ``config.json["data"]``, compared by :func:`config_changes`."""
+    return {"n": int(X.shape[0]), "n_features": int(X.shape[1]), "n_labels": int(Y.shape[1]),
+            "nnz_x": int(X.nnz), "nnz_y": int(Y.nnz)}
+
+
+def config_changes(old: dict, new: dict, may_change=RUNTIME_KEYS) -> list[str]:
+    """The settings on which two saved configurations of a run differ.
+
+    The one comparison behind ``--resume`` (``may_change``: :data:`RESUMABLE_KEYS`) and behind
+    completing an ensemble (:data:`RUNTIME_KEYS`). Both are ``config.json``-style dicts
+    ``{"model": {...}, "train": {...}, "data": {...}}``; a section missing from ``old`` (older
+    files) is not compared, nor a training key that ``new`` does not have (an option of an older
+    version).
+
+    Args:
+        old: the configuration found on disk. new: the configuration asked for.
+        may_change: training keys allowed to differ.
+
+    Returns:
+        sorted names: ``"data"`` (other data), ``"model"`` (another model configuration), and
+        the training keys that differ (``"alpha"``...); empty when it is the same run.
+    """
+    out = [s for s in ("data", "model") if old.get(s) is not None and new.get(s) is not None
+           and old[s] != new[s]]
+    if old.get("train") is not None:
+        t_old, t_new = old["train"], new.get("train", {})
+        out += sorted(k for k in t_new if k not in may_change and t_old.get(k) != t_new[k])
+    return out

@@ -3,8 +3,8 @@
 :class:`XHypClassifier` trains one learner (or an ensemble of ``n_learners`` learners, Gerald &
 Baskiotis, CAp 2019, section 2.6) with exactly the code the CLI runs (:func:`xhyp.commands.train_model`
 / :func:`xhyp.commands.ensemble_model`), into a model directory of the same layout as ``xhyp
-train`` / ``xhyp ensemble`` write, and predicts with :class:`xhyp.predict.Predictor` /
-:class:`xhyp.ensemble.Ensemble` loaded from that directory. With the same settings and seed it
+train`` / ``xhyp ensemble`` write, and predicts with :class:`xhyp.prediction.predictor.Predictor` /
+:class:`xhyp.prediction.ensemble.Ensemble` loaded from that directory. With the same settings and seed it
 therefore gives the same predictions as ``xhyp train`` followed by ``xhyp predict``.
 
 Example (Bibtex, see the README)::
@@ -19,8 +19,8 @@ Example (Bibtex, see the README)::
     clf.save("runs/bibtex-api")                      # a model directory, as `xhyp train` writes
     clf2 = XHypClassifier.load("runs/bibtex-api")   # also loads CLI-trained directories
 
-Every field of :class:`xhyp.model.ModelConfig` (except ``n_features``/``n_labels``, taken from
-the data) and of :class:`xhyp.train.TrainConfig` is a constructor keyword with the same default
+Every field of :class:`xhyp.embedding.model.ModelConfig` (except ``n_features``/``n_labels``, taken from
+the data) and of :class:`xhyp.training.loop.TrainConfig` is a constructor keyword with the same default
 as the CLI flag of the same name (``--dim`` -> ``dim``, ``--lr-labels`` -> ``lr_labels``); the
 parameter list is generated from the two dataclasses, so fields added there appear here too.
 :meth:`~sklearn.base.BaseEstimator.get_params` / ``set_params`` and :func:`sklearn.base.clone`
@@ -42,8 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 
-from .model import ModelConfig
-from .train import TrainConfig
+from .config import ModelConfig, TrainConfig
 
 _DATA_FIELDS = ("n_features", "n_labels")  # ModelConfig fields taken from the data
 
@@ -51,7 +50,7 @@ _DATA_FIELDS = ("n_features", "n_labels")  # ModelConfig fields taken from the d
 EXTRA_PARAMS = {
     "n_learners": 1,   # learners of the ensemble (1: a single model directory)
     "jobs": 1,         # learners trained at once, one process each
-    "index": "exact",  # kNN search backend at prediction (xhyp.index.INDEX_KINDS)
+    "index": "exact",  # kNN search backend at prediction (xhyp.knn.index.INDEX_KINDS)
     "nprobe": None,    # clusters probed by the clustered / IVF indexes (None: the index's default)
     "top_k": 100,      # labels kept per query (and per ensemble member before summing)
     "progress": False,  # tqdm bars and per-epoch lines while fitting
@@ -73,12 +72,12 @@ def _dataclass_defaults(cls, skip=()) -> dict:
 
 
 def model_param_names() -> list[str]:
-    """Names of the :class:`~xhyp.model.ModelConfig` fields that are estimator parameters."""
+    """Names of the :class:`~xhyp.embedding.model.ModelConfig` fields that are estimator parameters."""
     return [f.name for f in fields(ModelConfig) if f.name not in _DATA_FIELDS]
 
 
 def train_param_names() -> list[str]:
-    """Names of the :class:`~xhyp.train.TrainConfig` fields (all are estimator parameters)."""
+    """Names of the :class:`~xhyp.training.loop.TrainConfig` fields (all are estimator parameters)."""
     return [f.name for f in fields(TrainConfig)]
 
 
@@ -114,7 +113,7 @@ def topk_arrays(S: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` highest-scored labels of each row of a sparse score matrix, as dense arrays.
 
     Ranking: decreasing score, equal scores by increasing label id (the order of
-    :func:`xhyp.eval.metrics.topk_from_scores`, which the metrics use). Only stored entries are
+    :func:`xhyp.metrics.topk_from_scores`, which the metrics use). Only stored entries are
     ranked.
 
     Args:
@@ -128,32 +127,21 @@ def topk_arrays(S: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: ``k < 1``.
     """
+    from .metrics import topk_from_scores
+
     k = int(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    S = sp.csr_matrix(S)
-    Q = S.shape[0]
-    counts = np.diff(S.indptr)
-    rows = np.repeat(np.arange(Q), counts)
-    cols = S.indices.astype(np.int64)
-    vals = S.data.astype(np.float64)
-    order = np.lexsort((cols, -vals, rows))  # by row, then score descending, then id ascending
-    pos = np.arange(S.nnz) - np.repeat(S.indptr[:-1], counts)  # rank within the row (rows stay in place)
-    keep = pos < k
-    sel = order[keep]
-    ids = np.full((Q, k), -1, dtype=np.int64)
-    scores = np.zeros((Q, k), dtype=np.float32)
-    ids[rows[keep], pos[keep]] = cols[sel]
-    scores[rows[keep], pos[keep]] = vals[sel]
-    return ids, scores
+    ids, scores = topk_from_scores(sp.csr_matrix(S), k, return_scores=True)
+    return ids, scores.astype(np.float32)
 
 
 class XHypClassifier(BaseEstimator):
     """Joint hyperbolic example/label embedding with kNN voting, as a scikit-learn estimator.
 
-    The constructor takes keyword arguments only: every :class:`xhyp.model.ModelConfig` field
+    The constructor takes keyword arguments only: every :class:`xhyp.embedding.model.ModelConfig` field
     (``dim``, ``projector``, ``hidden``, ``geometry``, ``max_norm``, ...), every
-    :class:`xhyp.train.TrainConfig` field (``epochs``, ``alpha``, ``negatives``, ``lr``,
+    :class:`xhyp.training.loop.TrainConfig` field (``epochs``, ``alpha``, ``negatives``, ``lr``,
     ``lr_labels``, ``knn``, ``weighting``, ``seed``, ``device``, ...) with the CLI's defaults,
     and
 
@@ -194,11 +182,11 @@ class XHypClassifier(BaseEstimator):
 
     # -- configuration ----------------------------------------------------------------------
     def model_config(self) -> dict:
-        """The :class:`~xhyp.model.ModelConfig` fields (without ``n_features``/``n_labels``) as a dict."""
+        """The :class:`~xhyp.embedding.model.ModelConfig` fields (without ``n_features``/``n_labels``) as a dict."""
         return {n: getattr(self, n) for n in model_param_names()}
 
     def train_config(self) -> dict:
-        """The :class:`~xhyp.train.TrainConfig` fields as a dict."""
+        """The :class:`~xhyp.training.loop.TrainConfig` fields as a dict."""
         return {n: getattr(self, n) for n in train_param_names()}
 
     def _predict_kw(self) -> dict:
@@ -227,7 +215,7 @@ class XHypClassifier(BaseEstimator):
 
         Raises:
             ValueError: ``X`` and ``Y`` have different numbers of rows, an invalid parameter
-                value (see :class:`~xhyp.model.ModelConfig` / :class:`~xhyp.train.TrainConfig`),
+                value (see :class:`~xhyp.embedding.model.ModelConfig` / :class:`~xhyp.training.loop.TrainConfig`),
                 or ``out_dir`` holds a model trained on other data or settings.
         """
         from . import commands
@@ -273,8 +261,8 @@ class XHypClassifier(BaseEstimator):
 
     def _attach(self, directory: Path, summary: dict | None = None) -> None:
         """Load the predictor(s) of a finished model or ensemble directory."""
-        from .ensemble import SUMMARY_FILE, Ensemble, is_ensemble_dir
-        from .predict import Predictor
+        from .prediction import Predictor
+        from .prediction.ensemble import SUMMARY_FILE, Ensemble, is_ensemble_dir
 
         d = Path(directory)
         if is_ensemble_dir(d):
@@ -361,12 +349,12 @@ class XHypClassifier(BaseEstimator):
         """Precision at ``k`` (a fraction in [0, 1]) of the predictions for ``X`` against ``Y``.
 
         Used by scikit-learn's model selection (``GridSearchCV``, ``cross_val_score``): higher is
-        better. P@k as in :func:`xhyp.eval.metrics.precision_at_k` (Jain et al. 2016).
+        better. P@k as in :func:`xhyp.metrics.precision_at_k` (Jain et al. 2016).
 
         Args:
             X: ``(Q, F)`` query features. Y: ``(Q, L)`` true labels. k: cut-off.
         """
-        from xhyp.eval.metrics import precision_at_k
+        from .metrics import precision_at_k
 
         S = self.predict_scores(X, top_k=max(int(k), int(self.top_k)))
         return float(precision_at_k(_as_csr(Y, "Y"), S, k=int(k))[-1])
@@ -431,7 +419,7 @@ class XHypClassifier(BaseEstimator):
                 missing file).
             TypeError: an unknown parameter name.
         """
-        from .ensemble import ENSEMBLE_FILE, is_ensemble_dir
+        from .prediction.ensemble import ENSEMBLE_FILE, is_ensemble_dir
 
         d = Path(directory)
         if is_ensemble_dir(d):

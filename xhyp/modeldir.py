@@ -1,7 +1,7 @@
 """A model (or ensemble) directory as one consistent unit: lock, manifest, verification.
 
 A training run writes its directory through :func:`model_dir_writer` (a decorator of
-:func:`xhyp.train.train`):
+:func:`xhyp.training.loop.train`):
 
 1. **Lock.** ``OUT/.xhyp.lock`` is locked with ``flock`` for the whole run, so a second writer
    fails at once with a message naming the process that holds it. The kernel drops the lock
@@ -17,7 +17,7 @@ A training run writes its directory through :func:`model_dir_writer` (a decorato
    the configuration, and the size and SHA-256 of every file (``config.json``, ``model.pt``,
    ``features.npz``, ``train_emb.pt``, ``train_labels.npz``, ``history.json``).
 
-:func:`verify` (called by :meth:`xhyp.predict.Predictor.load`) refuses a directory without a
+:func:`verify` (called by :meth:`xhyp.prediction.predictor.Predictor.load`) refuses a directory without a
 manifest, or whose files differ from it (files of two runs, a file copied from another model,
 a truncated file), with one line naming the bad file. An ensemble directory has its own
 ``manifest.json`` listing ``ensemble.json`` and each member's manifest checksum
@@ -40,6 +40,7 @@ import time
 import uuid
 from pathlib import Path
 
+from .config import normalise_configs
 from .utils import atomic_save_json
 
 MANIFEST = "manifest.json"
@@ -407,7 +408,7 @@ def _is_secondary_rank() -> bool:
 
 
 def model_dir_writer(train_fn):
-    """Decorator of :func:`xhyp.train.train`: lock, clean, check and finalize ``out_dir``.
+    """Decorator of :func:`xhyp.training.loop.train`: lock, clean, check and finalize ``out_dir``.
 
     Adds the keyword argument ``overwrite: bool = False``. ``resume`` in an existing directory
     that has no checkpoint yet (a run killed before its first epoch ended: only its start-up
@@ -426,8 +427,7 @@ def model_dir_writer(train_fn):
         a = bound.arguments
         if a["X"].shape[0] == a["Y"].shape[0]:  # (a shape mismatch is train's own error)
             check_training_data(a["X"], a["Y"])
-            from .train import normalise_configs  # invalid settings: refused before anything is written
-
+            # invalid settings: refused before anything is written
             normalise_configs(a["X"].shape[1], a["Y"].shape[1], a.get("model_config"), a.get("train_config"))
         out = a.get("out_dir")
         if out is None or _is_secondary_rank():
