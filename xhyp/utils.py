@@ -53,24 +53,49 @@ def check_finite_fields(obj) -> None:
             raise NonFiniteError(f"{f.name} must be a finite number, got {v}")
 
 
-def check_finite_tensors(obj, path, where: str = "") -> None:
-    """Raise :class:`NonFiniteError` if a floating tensor or array in ``obj`` (nested dicts,
-    lists, tuples) holds NaN or inf; the message names ``path`` and the key."""
+def _first_non_finite(obj, where: str):
+    """``(key path, tensor or array)`` of the first floating leaf of ``obj`` holding NaN or inf."""
     import torch
 
     if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
-            raise NonFiniteError(f"{path}: refusing to save non-finite values (NaN/inf) in {where or 'the tensor'}; "
-                                 "training diverged (lower alpha or the learning rates)")
-    elif isinstance(obj, np.ndarray):
-        if obj.dtype.kind == "f" and obj.size and not np.isfinite(obj).all():
-            raise NonFiniteError(f"{path}: refusing to save non-finite values (NaN/inf) in {where or 'the array'}")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            check_finite_tensors(v, path, f"{where}.{k}" if where else str(k))
+        bad = obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all())
+        return (where, obj) if bad else None
+    if isinstance(obj, np.ndarray):
+        return (where, obj) if obj.dtype.kind == "f" and obj.size and not np.isfinite(obj).all() else None
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
     elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            check_finite_tensors(v, path, f"{where}[{i}]")
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    return next((found for w, v in items if (found := _first_non_finite(v, w)) is not None), None)
+
+
+def find_non_finite(obj) -> str | None:
+    """Where the first NaN or infinite value of a floating tensor or array in ``obj`` (nested
+    dicts, lists, tuples) is: its key path (``"labels"``, ``"state.w"``, ``"[2]"``; ``""`` for
+    ``obj`` itself), or ``None`` when every value is finite."""
+    found = _first_non_finite(obj, "")
+    return None if found is None else found[0]
+
+
+def check_finite_tensors(obj, path, where: str = "") -> None:
+    """Raise :class:`NonFiniteError` if a floating tensor or array in ``obj`` (nested dicts,
+    lists, tuples) holds NaN or inf; the message names ``path`` and the key.
+
+    Raises:
+        NonFiniteError: a non-finite value (nothing is to be written).
+    """
+    import torch
+
+    found = _first_non_finite(obj, where)
+    if found is None:
+        return
+    key, leaf = found
+    if isinstance(leaf, torch.Tensor):
+        raise NonFiniteError(f"{path}: refusing to save non-finite values (NaN/inf) in {key or 'the tensor'}; "
+                             "training diverged (lower alpha or the learning rates)")
+    raise NonFiniteError(f"{path}: refusing to save non-finite values (NaN/inf) in {key or 'the array'}")
 
 
 def atomic_torch_save(obj, path) -> None:

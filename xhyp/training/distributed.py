@@ -2,7 +2,7 @@
 
 Every process reads the same data, draws the same batches, dropout masks and negatives (same
 seeds), and computes the loss of its contiguous block of each batch (see
-:func:`xhyp.train.prepare_batch`); before each optimiser step the gradients are summed across
+:func:`xhyp.training.loop.prepare_batch`); before each optimiser step the gradients are summed across
 processes: dense ones with ``all_reduce``, row-sparse ones (the projector's EmbeddingBag and the
 label embeddings) by ``all_gather`` of their (row, value) lists, which are concatenated in rank
 order and coalesced. Every process therefore applies the same update to the same parameters, and

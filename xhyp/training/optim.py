@@ -10,8 +10,9 @@ Row-sparse ("lazy") variants, whose step costs O(rows a batch touched), not O(L)
 :class:`SparseRiemannianAdam` (geoopt's Riemannian Adam on the touched rows),
 :class:`SparsePaperAdam` (the paper's rule on the touched rows) and :class:`LazyAdam`
 (:class:`torch.optim.SparseAdam`'s update for Euclidean embedding tables). The training loop
-(:mod:`xhyp.train`, ``label_update="sparse"``) uses them; :class:`PaperAdam` keeps its dense
-semantics.
+(:mod:`xhyp.training.loop`, ``label_update="sparse"``) uses them; :class:`PaperAdam` keeps its dense
+semantics. :func:`make_optimizers` builds the optimisers of a model from its
+:class:`~xhyp.config.TrainConfig`, with the step sizes of :func:`scaled_lr`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,27 @@ import math
 
 import torch
 
-from . import manifold
+from ..config import LR_SCALINGS, check_choice
+from ..embedding import manifold
+
+LR_REFERENCE_BATCH = 64
+"""Batch size at which ``lr`` and ``lr_labels`` are used as given (see :func:`scaled_lr`)."""
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
+    """Step size for a batch size: ``lr * sqrt(batch_size / 64)`` (``rule="sqrt"``) or ``lr``.
+
+    The square-root rule keeps the variance of an Adam-type step roughly constant as the batch
+    grows (Krizhevsky, *One weird trick for parallelizing convolutional neural networks*, 2014;
+    Hoffer et al., *Train longer, generalize better*, NeurIPS 2017); ``lr`` and ``lr_labels``
+    are the values at :data:`LR_REFERENCE_BATCH` = 64 examples, the batch size they were tuned
+    at, so the defaults are unchanged at 64.
+
+    Raises:
+        ValueError: unknown rule.
+    """
+    check_choice("lr_scaling", rule, LR_SCALINGS)
+    return float(lr) * math.sqrt(batch_size / LR_REFERENCE_BATCH) if rule == "sqrt" else float(lr)
 
 
 class PaperAdam(torch.optim.Optimizer):
@@ -222,3 +243,39 @@ class LazyAdam(_LazyRows):
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         step = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
         return x.add(m / (v.sqrt() + group["eps"]), alpha=-step), m, v
+
+
+def make_optimizers(model, cfg) -> list:
+    """The optimisers of a :class:`~xhyp.embedding.model.HyperbolicXMC` for a
+    :class:`~xhyp.config.TrainConfig` (step sizes from :func:`scaled_lr`).
+
+    The projector's first layer: :class:`LazyAdam` (``label_update="sparse"``) or torch's
+    SparseAdam; the MLP layer: Adam; the label embeddings: :class:`SparseRiemannianAdam` /
+    geoopt's RiemannianAdam (``optimizer="radam"``, Bécigneul & Ganea 2019),
+    :class:`SparsePaperAdam` / :class:`PaperAdam` (``"paper"``, Gerald & Baskiotis 2019,
+    section 2.4), or :class:`LazyAdam` / Adam for a Euclidean model.
+
+    Returns:
+        the list of optimisers, stepped together by :func:`xhyp.training.loss.train_step`.
+    """
+    import geoopt
+
+    lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
+    lr_labels = scaled_lr(cfg.lr_labels, cfg.batch_size, cfg.lr_scaling)
+    sparse = cfg.label_update == "sparse"
+    # the projector: torch's SparseAdam in the previous trainer's path, the same update on the
+    # touched rows only (LazyAdam) otherwise
+    opts = [(LazyAdam if sparse else torch.optim.SparseAdam)([model.bag.weight], lr=lr)]
+    if model.mlp is not None:
+        opts.append(torch.optim.Adam(model.mlp.parameters(), lr=lr))
+    if model.config.geometry == "poincare":
+        if cfg.optimizer == "radam":
+            opts.append(SparseRiemannianAdam([model.labels], lr=lr_labels) if sparse
+                        else geoopt.optim.RiemannianAdam([model.labels], lr=lr_labels))
+        else:
+            cls = SparsePaperAdam if sparse else PaperAdam
+            opts.append(cls([model.labels], lr=lr_labels, max_norm=model.config.max_norm))
+    else:
+        opts.append(LazyAdam([model.labels], lr=lr_labels) if sparse
+                    else torch.optim.Adam([model.labels], lr=lr_labels))
+    return opts
