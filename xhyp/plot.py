@@ -6,11 +6,12 @@ labels sit near the centre and rare ones near the boundary.
 Models of dimension ``n > 2`` are brought to 2-D with a projection that respects the distance
 to the origin as far as a linear map can (stated in the figure's title):
 
-1. log map at the origin, ``v = log_0(x) = 2 artanh(|x|) x / |x|`` (a tangent vector whose length
-   is the hyperbolic distance ``d(0, x)``);
+1. log map at the origin, ``v = log_0(x) = artanh(|x|) x / |x|``
+   (:func:`xhyp.embedding.manifold.logmap0`: a tangent vector whose length is half the
+   hyperbolic distance ``d(0, x)``);
 2. PCA of the ``v`` (centred for fitting the axes, then applied to the uncentred ``v`` so that the
    origin stays at the centre of the disk) onto 2 components;
-3. exp map back, ``x' = exp_0(v') = tanh(|v'| / 2) v' / |v'|``.
+3. exp map back, ``x' = exp_0(v') = tanh(|v'|) v' / |v'|`` (:func:`xhyp.embedding.manifold.expmap0`).
 
 A point whose tangent vector lies in the PCA plane keeps its distance to the origin exactly;
 other points move towards the centre. Euclidean models are drawn in the plane (PCA for
@@ -25,30 +26,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .embedding import manifold
 from .utils import atomic_write
 
 
-def log0(x: np.ndarray) -> np.ndarray:
-    """Log map of the Poincaré ball (curvature -1) at the origin: ``(m, n) -> (m, n)``, ``|v| = d(0, x)``."""
-    x = np.asarray(x, dtype=np.float64)
-    r = np.linalg.norm(x, axis=1, keepdims=True)
-    r_safe = np.clip(r, 1e-15, 1 - 1e-15)
-    return np.where(r > 0, 2.0 * np.arctanh(r_safe) * x / np.maximum(r, 1e-15), 0.0)
-
-
-def exp0(v: np.ndarray) -> np.ndarray:
-    """Exp map at the origin, the inverse of :func:`log0`: ``(m, n) -> (m, n)`` points in the ball."""
-    v = np.asarray(v, dtype=np.float64)
-    t = np.linalg.norm(v, axis=1, keepdims=True)
-    return np.where(t > 0, np.tanh(t / 2.0) * v / np.maximum(t, 1e-15), 0.0)
-
-
 def distance_to_origin(points: np.ndarray, geometry: str = "poincare") -> np.ndarray:
-    """``d(0, x)``: ``2 artanh(|x|)`` in the Poincaré ball, ``|x|`` in Euclidean space. ``(m, n) -> (m,)``."""
-    r = np.linalg.norm(np.asarray(points, dtype=np.float64), axis=1)
-    if geometry == "poincare":
-        return 2.0 * np.arctanh(np.clip(r, 0.0, 1.0 - 1e-15))
-    return r
+    """``d(0, x)`` (:func:`xhyp.embedding.manifold.dist64`): ``2 artanh(|x|)`` in the Poincaré ball,
+    ``|x|`` in Euclidean space. ``(m, n) -> (m,)`` float64.
+
+    Raises:
+        ValueError: an unknown geometry.
+    """
+    x = torch.from_numpy(np.asarray(points, dtype=np.float64))
+    return manifold.dist64(torch.zeros_like(x), x, geometry).numpy()
 
 
 def _pca_axes(v: np.ndarray, n_components: int = 2) -> np.ndarray:
@@ -78,8 +68,9 @@ def project_2d(points: np.ndarray, geometry: str = "poincare", fit_on: np.ndarra
         return np.hstack([P, np.zeros_like(P)]), "coordinates as learned (n=1)"
     F = P if fit_on is None else np.asarray(fit_on, dtype=np.float64)
     if geometry == "poincare":
-        axes = _pca_axes(log0(F))
-        return exp0(log0(P) @ axes), f"n={n}: log map at 0, PCA to 2-D, exp map at 0"
+        v = manifold.logmap0(torch.from_numpy(P)).numpy()
+        axes = _pca_axes(manifold.logmap0(torch.from_numpy(F)).numpy())
+        return manifold.expmap0(torch.from_numpy(v @ axes)).numpy(), f"n={n}: log map at 0, PCA to 2-D, exp map at 0"
     axes = _pca_axes(F)
     return P @ axes, f"n={n}: PCA to 2-D"
 
@@ -107,7 +98,7 @@ def load_label_space(model_dir: str | Path):
         dict with ``labels (L, n) float64``, ``freq (L,) int64`` (training examples per label),
         ``geometry``, ``dim``, ``train_emb (N, n) float32`` or ``None``.
     """
-    from .model import HyperbolicXMC
+    from .embedding.model import HyperbolicXMC
 
     d = Path(model_dir)
     model = HyperbolicXMC.load(d)
@@ -196,7 +187,7 @@ def plot_model_labels(model_dir: str | Path, out: str | Path, examples: int = 0,
     """Draw the labels of a saved model directory (see :func:`plot_labels`).
 
     Args:
-        model_dir: a model directory written by :func:`xhyp.train.train`.
+        model_dir: a model directory written by :func:`xhyp.training.loop.train`.
         out: PNG path.
         examples: draw up to this many of the model's training examples (random subset), 0 for none.
         title: first title line (default: the directory name, dataset and dimension).

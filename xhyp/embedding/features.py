@@ -12,9 +12,8 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.preprocessing import normalize
 
-from .utils import atomic_save_npz
-
-FEATURE_KINDS = ("l2", "tfidf", "none")
+from ..config import FEATURE_KINDS, check_choice  # (FEATURE_KINDS re-exported)
+from ..utils import atomic_save_npz
 
 
 class FeaturePipeline:
@@ -28,8 +27,7 @@ class FeaturePipeline:
     """
 
     def __init__(self, kind: str = "l2"):
-        if kind not in FEATURE_KINDS:
-            raise ValueError(f"unknown feature preprocessing {kind!r}; choose from {FEATURE_KINDS}")
+        check_choice("features", kind, FEATURE_KINDS)
         self.kind = kind
         self.idf = None
 

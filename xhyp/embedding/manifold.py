@@ -1,7 +1,14 @@
-"""Poincaré-ball geometry (curvature -1) used by every other module.
+"""Poincaré-ball geometry (curvature -1): every distance, map and geometry name of the library.
 
 All functions take torch tensors whose last dimension is the embedding dimension ``n`` and work
 in float32 or float64. Points live in the open unit ball ``{x : |x| < 1}``.
+
+The geometry names (:data:`GEOMETRIES`: ``"poincare"``, ``"euclidean"``) are checked by
+:func:`check_geometry`; the functions taking a ``geometry`` (:func:`distance`,
+:func:`pairwise_distance`, :func:`pairwise_dist_float64`, :func:`dist64`) give the Euclidean
+counterpart of the Poincaré formula for ``"euclidean"``, so the model, the loss, the kNN
+kernels, the indexes, the plots and the benchmarks all measure distances here.
+:func:`dist64` is the float64 reference every kernel is tested against.
 
 Numerics (measured on this project's development machines, float32 against float64):
 
@@ -36,9 +43,23 @@ from __future__ import annotations
 import geoopt
 import torch
 
-from .config import MAX_NORM  # noqa: F401 (the default max-norm guard, defined torch-free)
+from ..config import GEOMETRIES, MAX_NORM, check_choice  # (names defined torch-free, re-exported here)
+
+__all__ = ["GEOMETRIES", "MAX_NORM", "check_geometry", "project", "to_ball", "from_ball", "conformal_factor", "dist",
+           "pairwise_dist", "dist0", "expmap0", "logmap0", "lift_hyperboloid", "hyperboloid_query", "distance",
+           "pairwise_distance", "pairwise_dist_float64", "dist64", "PoincareBall"]
 
 _SQRT_EPS = {torch.float16: 1e-6, torch.bfloat16: 1e-6, torch.float32: 1e-14, torch.float64: 1e-30}
+
+
+def check_geometry(geometry: str) -> str:
+    """The geometry name, checked against :data:`GEOMETRIES`.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    check_choice("geometry", geometry, GEOMETRIES)
+    return geometry
 
 
 def _half_eps(t: torch.Tensor) -> float:
@@ -253,6 +274,109 @@ def hyperboloid_query(x: torch.Tensor) -> torch.Tensor:
     """
     h = lift_hyperboloid(x)
     return torch.cat([-h[..., :1], h[..., 1:]], dim=-1)
+
+
+def distance(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") -> torch.Tensor:
+    """Distance between broadcastable point sets in a geometry (differentiable).
+
+    ``"poincare"``: :func:`dist`; ``"euclidean"``: ``sqrt(max(|x - y|^2, 1e-12))`` (the clamp
+    keeps the gradient finite at ``x == y``).
+
+    Args:
+        x, y: ``(..., n)`` broadcastable float tensors (in the ball for ``"poincare"``).
+        geometry: one of :data:`GEOMETRIES`.
+
+    Returns:
+        ``(...)`` distances, dtype of the inputs.
+
+    Raises:
+        ValueError: an unknown geometry.
+    """
+    if check_geometry(geometry) == "poincare":
+        return dist(x, y)
+    return (x - y).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+
+
+def pairwise_distance(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") -> torch.Tensor:
+    """All-pairs distances ``(Q, n) x (M, n) -> (Q, M)`` through one matrix product.
+
+    ``"poincare"``: :func:`pairwise_dist` (cancels for very close pairs: shortlist with it, then
+    score with :func:`distance`); ``"euclidean"``: :func:`torch.cdist`.
+
+    Raises:
+        ValueError: an unknown geometry.
+    """
+    if check_geometry(geometry) == "poincare":
+        return pairwise_dist(x, y)
+    return torch.cdist(x, y)
+
+
+def pairwise_dist_float64(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") -> torch.Tensor:
+    """``(B, n) x (k, n) -> (B, k)`` distances through one matrix product evaluated in float64.
+
+    ``|x - y|^2 = |x|^2 + |y|^2 - 2 <x, y>`` in float64 (the cancellation of the expansion stays
+    far below float32 resolution, also for points near the boundary), then
+    ``d = 2 asinh(sqrt(s))``, ``s = |x - y|^2 / ((1 - |x|^2)(1 - |y|^2))`` (Nickel & Kiela 2017,
+    eq. 1), or the Euclidean ``sqrt(|x - y|^2)``. ``1 - |x|^2`` needs no ``(1 - |x|)(1 + |x|)``
+    form in float64, and the square root that form takes has no finite gradient at ``x = 0`` (an
+    example whose features all dropped out). ``s`` and ``|x - y|^2`` are clamped at ``1e-30``.
+    The training loss scores its shared negatives with it (:mod:`xhyp.training.loss`).
+
+    Args:
+        x: ``(B, n)`` float points. y: ``(k, n)`` float points. geometry: one of :data:`GEOMETRIES`.
+
+    Returns:
+        ``(B, k)`` tensor, dtype of ``x``; gradients flow to both inputs (zero where clamped).
+
+    Raises:
+        ValueError: an unknown geometry.
+    """
+    x64, y64 = x.double(), y.double()
+    xn, yn = (x64 * x64).sum(-1), (y64 * y64).sum(-1)
+    sq = (xn[:, None] + yn[None, :] - 2.0 * (x64 @ y64.T)).clamp_min(0.0)
+    if check_geometry(geometry) == "poincare":
+        denom = (1.0 - xn)[:, None] * (1.0 - yn)[None, :]  # float64: 1 - |x|^2 is accurate to ~1e-16
+        d = 2.0 * torch.asinh(torch.sqrt((sq / denom).clamp_min(1e-30)))
+    else:
+        d = torch.sqrt(sq.clamp_min(1e-30))
+    return d.to(x.dtype)
+
+
+def _inv_one_minus_sq64(x: torch.Tensor) -> torch.Tensor:
+    """``c(x) = 1 / ((1 - |x|)(1 + |x|))`` in float64, the denominator clamped at ``1e-30`` as in
+    the compiled kernels (``cpp_ext/include/xhyp_common.h``)."""
+    r = x.double().norm(dim=-1)
+    return 1.0 / ((1.0 - r) * (1.0 + r)).clamp_min(1e-30)
+
+
+def dist64(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") -> torch.Tensor:
+    """Float64 reference distance of broadcastable point sets, from their coordinate differences.
+
+    ``s = |x - y|^2 c(x) c(y)`` with ``c(x) = 1 / ((1 - |x|)(1 + |x|))`` and ``d = 2 asinh(sqrt(s))``
+    (Nickel & Kiela 2017, eq. 1, in the form that keeps the precision of close pairs near the
+    boundary), all in float64 from the given (e.g. float32) coordinates; ``"euclidean"``:
+    ``sqrt(|x - y|^2)``. No matrix product: every pair is computed from its own differences, so
+    the result is the exact distance of the inputs up to float64 rounding. The kNN kernels'
+    references (:mod:`xhyp.knn.reference`), the faiss re-ranking (:mod:`xhyp.knn.index`), the
+    hierarchy metrics and the kNN benchmark use it.
+
+    Args:
+        x: ``(..., n)`` float points. y: ``(..., n)`` float points, broadcastable with ``x``
+            (e.g. ``x[:, None, :]`` against ``(Q, k, n)`` candidates).
+        geometry: one of :data:`GEOMETRIES`.
+
+    Returns:
+        ``(...)`` float64 distances.
+
+    Raises:
+        ValueError: an unknown geometry.
+    """
+    x64, y64 = x.double(), y.double()
+    sq = ((x64 - y64) ** 2).sum(-1)
+    if check_geometry(geometry) == "euclidean":
+        return sq.sqrt()
+    s = sq * _inv_one_minus_sq64(x64) * _inv_one_minus_sq64(y64)
+    return 2.0 * torch.asinh(s.clamp_min(0.0).sqrt())
 
 
 class PoincareBall(geoopt.PoincareBall):

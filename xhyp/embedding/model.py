@@ -10,9 +10,7 @@ f_theta(x)``, Euclidean distance), used for the paper's Poincaré-vs-Euclidean c
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import geoopt
@@ -22,8 +20,7 @@ import torch
 from torch import nn
 
 from . import manifold
-from .config import GEOMETRIES, PROJECTORS, ModelConfig  # noqa: F401 (re-exported)
-from .utils import atomic_save_json, atomic_torch_save
+from ..config import GEOMETRIES, PROJECTORS, ModelConfig  # noqa: F401 (re-exported)
 
 __all__ = ["GEOMETRIES", "PROJECTORS", "ModelConfig", "HyperbolicXMC", "csr_to_bag"]
 
@@ -56,7 +53,7 @@ class HyperbolicXMC(nn.Module):
             layer, whose gradient is a sparse tensor (only rows of features present in the batch).
         mlp: ``None`` for the linear projector, else ReLU + ``nn.Linear(hidden, n)``.
         labels: ``(L, n)`` float32 label embeddings, a :class:`geoopt.ManifoldParameter` on
-            :class:`xhyp.manifold.PoincareBall` (Poincaré geometry) or a plain parameter.
+            :class:`xhyp.embedding.manifold.PoincareBall` (Poincaré geometry) or a plain parameter.
     """
 
     def __init__(self, config: ModelConfig):
@@ -118,16 +115,14 @@ class HyperbolicXMC(nn.Module):
         return u
 
     def distance(self, r: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        """Distance in the model's geometry between broadcastable ``(..., n)`` point sets."""
-        if self.config.geometry == "poincare":
-            return manifold.dist(r, lab)
-        return (r - lab).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+        """Distance in the model's geometry between broadcastable ``(..., n)`` point sets
+        (:func:`xhyp.embedding.manifold.distance`): ``(...)`` tensor, dtype of the inputs."""
+        return manifold.distance(r, lab, self.config.geometry)
 
     def pairwise_distance(self, q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
-        """``(Q, n) x (M, n) -> (Q, M)`` distances in the model's geometry (GEMM-based)."""
-        if self.config.geometry == "poincare":
-            return manifold.pairwise_dist(q, db)
-        return torch.cdist(q, db)
+        """``(Q, n) x (M, n) -> (Q, M)`` distances in the model's geometry, GEMM-based
+        (:func:`xhyp.embedding.manifold.pairwise_distance`)."""
+        return manifold.pairwise_distance(q, db, self.config.geometry)
 
     @torch.no_grad()
     def embed(self, X: sp.csr_matrix, batch_size: int = 4096, device="cpu") -> torch.Tensor:
@@ -149,33 +144,41 @@ class HyperbolicXMC(nn.Module):
             return torch.zeros(0, self.config.dim)
         return torch.cat(out)
 
-    # -- persistence -----------------------------------------------------------------------
-    def save(self, directory: str | Path, extra_config: dict | None = None) -> None:
-        """Write ``model.pt`` (weights) and ``config.json`` (model + extra config) atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(self.state_dict(), directory / "model.pt")
-        cfg = {"model": asdict(self.config)}
-        if extra_config:
-            cfg.update(extra_config)
-        from . import __version__
-
-        cfg["xhyp_version"] = __version__
-        atomic_save_json(cfg, directory / "config.json")
-
+    # -- persistence (written by xhyp.training.loop.train only) ----------------------------
     @classmethod
-    def load(cls, directory: str | Path, map_location="cpu") -> "HyperbolicXMC":
-        """Load a model written by :meth:`save`.
+    def load(cls, directory: str | Path, config: dict | None = None, map_location="cpu") -> "HyperbolicXMC":
+        """The model of a model directory: ``config.json["model"]`` and the weights ``model.pt``.
+
+        Nothing is verified against the manifest here (:meth:`xhyp.prediction.predictor.Predictor.load`
+        does that first).
+
+        Args:
+            directory: a model directory written by :func:`xhyp.training.train`.
+            config: its ``config.json`` contents when already read (read here otherwise).
+            map_location: device of the loaded weights.
 
         Raises:
-            FileNotFoundError: if ``config.json`` or ``model.pt`` is missing.
+            xhyp.modeldir.ModelFileMissingError: ``config.json`` or ``model.pt`` is missing (also a
+                ``FileNotFoundError``).
+            xhyp.modeldir.ModelDirError: an unreadable file, a configuration without a valid
+                ``"model"`` section, or weights that do not fit it (one line naming the file).
         """
-        directory = Path(directory)
-        cfg_path = directory / "config.json"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{cfg_path}: no config.json; is {directory} a saved xhyp model?")
-        cfg = json.loads(cfg_path.read_text())
-        model = cls(ModelConfig.from_dict(cfg["model"]))
-        state = torch.load(directory / "model.pt", map_location=map_location, weights_only=True)
-        model.load_state_dict(state)
+        from .. import modeldir as md
+
+        d = Path(directory)
+        cfg = config if config is not None else md.read_json(d / "config.json", "model configuration")
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+            raise md.ModelDirError(d / "config.json", "has no \"model\" section: not the configuration of an "
+                                   "xhyp model directory")
+        try:
+            model = cls(ModelConfig.from_dict(cfg["model"]))
+        except (TypeError, ValueError) as exc:
+            raise md.ModelDirError(d / "config.json", f"invalid \"model\" section: {exc}") from None
+        state = md.load_file(d / "model.pt", lambda p: torch.load(p, map_location=map_location, weights_only=True),
+                             "PyTorch weights file")
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise md.ModelDirError(d / "model.pt", "does not fit config.json's model: "
+                                   + str(exc).replace("\n", " ")[:200]) from None
         return model

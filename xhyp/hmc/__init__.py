@@ -8,6 +8,6 @@ losses (Zhang et al., CVPR 2022) on the Clus-HMC benchmarks.
 * :mod:`~xhyp.hmc.train`: :func:`~xhyp.hmc.train.train_hmc`, :class:`~xhyp.hmc.train.HMCPredictor`,
   :func:`~xhyp.hmc.train.train_hmc_dataset` (what ``xhyp train --method ...`` runs).
 
-The metrics live in :mod:`xhyp.eval.metrics` (``hmc_evaluate``, ``choose_threshold``,
+The metrics live in :mod:`xhyp.metrics` (``hmc_evaluate``, ``choose_threshold``,
 ``hierarchy_reconstruction``, ``norm_depth_spearman``).
 """

@@ -168,12 +168,12 @@ def hmc_predict(member_dirs, X) -> tuple[sp.csr_matrix, float]:
 
 
 def hmc_metrics(dataset: str | None, Y, S, threshold: float | None = None, data_dir=None) -> dict | None:
-    """HMC metrics (:func:`xhyp.eval.metrics.hmc_evaluate`) of a score matrix when ``dataset`` is
+    """HMC metrics (:func:`xhyp.metrics.hmc_evaluate`) of a score matrix when ``dataset`` is
     an HMC dataset (GO roots left out), else None."""
     if dataset is None:
         return None
     from xhyp.datasets.registry import get_spec
-    from xhyp.eval.metrics import hmc_evaluate
+    from xhyp.metrics import hmc_evaluate
 
     from .data import GO_ROOTS
 

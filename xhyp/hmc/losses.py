@@ -5,7 +5,7 @@ hierarchical multi-label supervised contrastive losses.
   Kiela (2017, eq. 6) on the label co-occurrence graph, as in the public code of Chatterjee et
   al. (EACL 2021, "HiddeN"): for a co-occurring pair ``(u, v)`` and ``K`` (=5) sampled labels
   ``v'_k`` that never co-occur with ``u``, ``-log( e^{-d(u,v)} / (e^{-d(u,v)} + sum_k e^{-d(u,v'_k)}) )``,
-  ``d`` the Poincaré distance (:func:`xhyp.manifold.dist`).
+  ``d`` the Poincaré distance (:func:`xhyp.embedding.manifold.dist`).
 * :func:`himulcon_loss`: Zhang, Xu, Xiong, Ramaiah (CVPR 2022, "Use all the labels"), the
   supervised contrastive loss of Khosla et al. (2020, eq. 2) applied per level of the hierarchy,
   with HiMulCon's level penalty ``lambda = 2^(1/l)`` (``l = 1`` for the deepest level: pairs that
@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from xhyp import manifold
+from xhyp.embedding import manifold
 
 __all__ = ["cooccurrence_pairs", "sample_negatives", "poincare_label_loss", "supcon_log_prob", "himulcon_loss",
            "CONTRASTIVE_KINDS"]

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from xhyp import manifold
+from xhyp.embedding import manifold
 from xhyp.config import PROJECTORS, ConfigBase
 
 __all__ = ["HMC_METHODS", "HMCModelConfig", "HMCModel", "to_tensor"]

@@ -10,7 +10,7 @@ F1 threshold on validation (never on test) and writes a model directory:
 * ``checkpoint.pt`` while training (``resume=True`` continues from it; removed at the end).
 
 :class:`HMCPredictor` loads such a directory (``xhyp predict`` dispatches to it through
-:meth:`xhyp.predict.Predictor.load`).
+:meth:`xhyp.prediction.predictor.Predictor.load`).
 """
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def pretrain_label_embeddings(model: HMCModel, Y, cfg: HMCTrainConfig, rng) -> l
 
 
 def _val_au_prc(model, X_val, Y_val, labels):
-    from xhyp.eval.metrics import au_prc_fast
+    from xhyp.metrics import au_prc_fast
 
     P = model.predict_proba(X_val)
     T = Y_val.toarray()
@@ -188,7 +188,7 @@ def train_hmc(X, Y, X_val, Y_val, model_config: dict, train_config: dict, hierar
     Raises:
         ValueError: bad settings, shape mismatches, or ``resume`` with different settings.
     """
-    from xhyp.eval.metrics import choose_threshold
+    from xhyp.metrics import choose_threshold
 
     t0 = time.time()
     Y = sp.csr_matrix(Y, dtype=np.float32)
