@@ -12,7 +12,8 @@
 //                         launchers; only built by a CUDA-enabled torch.
 // Each source file registers its implementations with TORCH_LIBRARY_IMPL(xhyp_ext, <device>, m),
 // so ``torch.ops.xhyp_ext.knn`` dispatches on the device of its tensor arguments.
-// The Python wrappers with docstrings (shapes, dtypes, examples) are in xhyp/kernels.py.
+// The input checks of every operator, on every device, are in include/xhyp_checks.h. The Python
+// wrappers with docstrings (shapes, dtypes, examples) are in xhyp/knn/kernels.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -47,8 +48,9 @@ TORCH_LIBRARY(xhyp_ext, m) {
   m.def("ivf_knn(Tensor q, Tensor db, Tensor packed, Tensor block_offsets, Tensor ids, Tensor offsets, "
         "Tensor probes, int k, bool euclidean=False) -> (Tensor, Tensor)");
   // label voting over the neighbours of M ensemble members (lists of length M, or label
-  // matrices of length 1 shared by all members): (Q, top_k) int64 labels (-1 pad),
-  // (Q, top_k) float32 scores, (Q,) int64 number of labels with a non-zero score.
-  m.def("vote_topk(Tensor[] ids, Tensor[] dists, Tensor[] indptr, Tensor[] indices, int n_labels, "
-        "int top_k, str weighting, float alpha) -> (Tensor, Tensor, Tensor)");
+  // matrices of length 1 shared by all members), with the neighbours' weights precomputed
+  // (xhyp.knn.vote.neighbour_weights): (Q, top_k) int64 labels (-1 pad), (Q, top_k) float32
+  // scores, (Q,) int64 number of labels with a non-zero score.
+  m.def("vote_topk(Tensor[] ids, Tensor[] weights, Tensor[] indptr, Tensor[] indices, int n_labels, "
+        "int top_k) -> (Tensor, Tensor, Tensor)");
 }

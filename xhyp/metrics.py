@@ -55,16 +55,7 @@ __all__ = [
     "micro_f1",
     "macro_f1",
     "au_prc",
-    "PROPENSITY_AB",
 ]
-
-#: (A, B) of the Jain et al. 2016 propensity model used by the XMC repository for each family of
-#: data sets; anything else uses the default (0.55, 1.5).
-PROPENSITY_AB = {
-    "default": (0.55, 1.5),
-    "amazon": (0.6, 2.6),  # Amazon-670K, Amazon-3M
-    "wikipedia": (0.5, 0.4),  # WikiLSHTC-325K, WikipediaLarge-500K
-}
 
 # Number of float64 cells materialised at once when ranking (chunks of rows): 2**22 cells = 32 MiB.
 _CHUNK_CELLS = 1 << 22
@@ -116,8 +107,9 @@ def _topk_dense_block(S: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def topk_from_scores(scores, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest-scored labels of every row.
+def topk_from_scores(scores, k: int, return_scores: bool = False):
+    """Indices of the ``k`` highest-scored labels of every row: the one ranking rule of xhyp
+    (the metrics, the votes, the estimator's ``predict`` and the kernels' fallbacks use it).
 
     Parameters
     ----------
@@ -126,12 +118,21 @@ def topk_from_scores(scores, k: int) -> np.ndarray:
         behaves like ``-inf``, i.e. it is never ranked above a stored one, even a stored negative
         or zero score).  ``-inf`` and ``NaN`` entries are treated as missing in both formats.
     k : int >= 1
+    return_scores : bool
+        Also return the scores of the ranked labels.
 
     Returns
     -------
     np.ndarray, int64, shape (N, k)
         Label ids sorted by decreasing score; equal scores are ordered by increasing label id
         (deterministic).  Rows with fewer than ``k`` ranked entries are padded with ``-1``.
+    np.ndarray, float64, shape (N, k)
+        With ``return_scores``: their scores (0 at the padding).
+
+    Raises
+    ------
+    ValueError
+        ``k < 1`` or scores that are not 2-D.
 
     Vectorised: dense input is processed in chunks of rows with ``np.partition``; CSR input is
     turned into padded dense blocks (rows grouped by their number of stored entries so that a few
@@ -141,23 +142,31 @@ def topk_from_scores(scores, k: int) -> np.ndarray:
     if k < 1:
         raise ValueError("k must be >= 1")
     if sp.issparse(scores):
-        return _topk_csr(sp.csr_matrix(scores), k)
+        out, vals = _topk_csr(sp.csr_matrix(scores), k)
+        return (out, vals) if return_scores else out
     S = np.asarray(scores)
     if S.ndim != 2:
         raise ValueError(f"scores must be 2-D, got shape {S.shape}")
     n, m = S.shape
     out = np.empty((n, k), dtype=np.int64)
+    vals = np.zeros((n, k)) if return_scores else None
     step = max(1, _CHUNK_CELLS // max(m, 1))
     for i in range(0, n, step):
-        out[i:i + step] = _topk_dense_block(np.asarray(S[i:i + step], dtype=np.float64), k)
-    return out
+        block = np.asarray(S[i:i + step], dtype=np.float64)
+        out[i:i + step] = _topk_dense_block(block, k)
+        if return_scores:
+            vals[i:i + step] = np.where(out[i:i + step] >= 0,
+                                        np.take_along_axis(block, np.maximum(out[i:i + step], 0), 1), 0.0)
+    return (out, vals) if return_scores else out
 
 
-def _topk_csr(X: sp.csr_matrix, k: int) -> np.ndarray:
+def _topk_csr(X: sp.csr_matrix, k: int):
+    """``(ids (n, k) int64, scores (n, k) float64)`` of the stored entries of a CSR matrix."""
     n = X.shape[0]
     out = np.full((n, k), -1, dtype=np.int64)
+    vals = np.zeros((n, k))
     if n == 0 or X.nnz == 0:
-        return out
+        return out, vals
     if not X.has_canonical_format:
         X = X.copy()
         X.sum_duplicates()  # scipy semantics for duplicate entries; also sorts the indices
@@ -192,8 +201,9 @@ def _topk_csr(X: sp.csr_matrix, k: int) -> np.ndarray:
         lab = np.take_along_axis(ids, np.maximum(p, 0), axis=1)
         lab[p < 0] = -1
         out[rows] = lab
+        vals[rows] = np.where(p >= 0, np.take_along_axis(V, np.maximum(p, 0), axis=1), 0.0)
         i = j
-    return out
+    return out, vals
 
 
 def _hits(Y: sp.csr_matrix, idx: np.ndarray) -> np.ndarray:
@@ -296,7 +306,7 @@ def _psndcg_from_topk(Y, idx, q, normalize=True):
 # ------------------------------------------------------------------------------------------------
 # public API
 # ------------------------------------------------------------------------------------------------
-def inv_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
+def inv_propensity(Y_train, A: float | None = None, B: float | None = None) -> np.ndarray:
     """Inverse label propensities of Jain, Prabhu & Varma (KDD 2016), as in pyxclib's
     ``compute_inv_propesity`` and napkinxc's ``Jain_et_al_inverse_propensity``::
 
@@ -305,8 +315,9 @@ def inv_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
 
     with ``N`` the number of training points and ``N_l`` the number of training points tagged
     with label ``l`` (every stored nonzero of ``Y_train`` counts once; identical to pyxclib's
-    column sums for a binary matrix).  Typical (A, B): 0.55/1.5 by default, 0.6/2.6 for
-    Amazon-670K/Amazon-3M, 0.5/0.4 for WikiLSHTC-325K/Wikipedia-500K (see ``PROPENSITY_AB``).
+    column sums for a binary matrix).  ``None`` takes the default of
+    :data:`xhyp.datasets.registry.PROPENSITY_AB` (the values of the data set families, 0.55/1.5
+    by default, live there; :func:`xhyp.datasets.registry.propensity_params` gives a data set's).
 
     Parameters
     ----------
@@ -317,6 +328,11 @@ def inv_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     -------
     np.ndarray, float64, shape (L,)
     """
+    if A is None or B is None:
+        from xhyp.datasets.registry import PROPENSITY_AB
+
+        A = PROPENSITY_AB["default"][0] if A is None else A
+        B = PROPENSITY_AB["default"][1] if B is None else B
     Y = _as_binary_csr(Y_train)
     n = Y.shape[0]
     freqs = np.bincount(Y.indices, minlength=Y.shape[1]).astype(np.float64)
@@ -611,16 +627,19 @@ def hmc_evaluate(Y_true, probs, threshold: float = 0.5, labels=None, ks: Sequenc
 
 
 def _distances(emb: np.ndarray, geometry: str) -> np.ndarray:
-    x = np.asarray(emb, np.float64)
-    sq = np.maximum((x * x).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * x @ x.T, 0.0)
-    if geometry == "euclidean":
-        return np.sqrt(sq)
-    if geometry != "poincare":
-        raise ValueError(f"geometry must be 'poincare' or 'euclidean', got {geometry!r}")
-    n2 = (x * x).sum(1)
-    if np.any(n2 >= 1):
+    """``(L, L)`` float64 distances between the rows of ``emb`` (:func:`xhyp.embedding.manifold.dist64`)."""
+    import torch
+
+    from .embedding import manifold
+
+    x = torch.from_numpy(np.asarray(emb, np.float64))
+    if manifold.check_geometry(geometry) == "poincare" and bool((x.norm(dim=1) >= 1).any()):
         raise ValueError("Poincaré embeddings must lie inside the unit ball (|x| < 1)")
-    return np.arccosh(1 + 2 * sq / np.outer(1 - n2, 1 - n2))
+    out = np.empty((x.shape[0], x.shape[0]))
+    step = max(1, (1 << 24) // max(1, x.shape[0] * x.shape[1]))  # rows a block: (step, L, n) float64 differences
+    for s in range(0, x.shape[0], step):
+        out[s:s + step] = manifold.dist64(x[s:s + step, None, :], x[None, :, :], geometry).numpy()
+    return out
 
 
 def hierarchy_reconstruction(emb, ancestors, geometry: str = "poincare") -> dict:
@@ -633,7 +652,8 @@ def hierarchy_reconstruction(emb, ancestors, geometry: str = "poincare") -> dict
     Args:
         emb: ``(L, n)`` label embeddings (inside the unit ball for ``"poincare"``).
         ancestors: length-``L`` sequence of sets of ancestor ids (strict, transitive).
-        geometry: ``"poincare"`` (``arccosh(1 + 2|x-y|^2/((1-|x|^2)(1-|y|^2)))``) or ``"euclidean"``.
+        geometry: ``"poincare"`` (``arccosh(1 + 2|x-y|^2/((1-|x|^2)(1-|y|^2)))``, computed by
+            :func:`xhyp.embedding.manifold.dist64`) or ``"euclidean"``.
 
     Returns:
         ``{"mean_rank": mean over (u, v) pairs, "map": mean over nodes u of AP(u), "n_nodes", "n_pairs"}``;

@@ -46,6 +46,7 @@
 #include <limits>
 #include <vector>
 
+#include "xhyp_checks.h"
 #include "xhyp_common.h"
 #include "xhyp_topk.h"
 
@@ -69,13 +70,6 @@ using namespace topk;  // Cand, the heap, row_sq, exact_t (xhyp_topk.h)
 inline double gamma_bound(int64_t n) { return kGammaUlps * double(n + 4) * std::ldexp(1.0, -24); }
 
 int num_threads() { return std::max(1, at::get_num_threads()); }
-
-void check_points(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 2, name, " must be 2-D (rows, dim), got ", t.dim(), " dimensions");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
 
 // database rows -> (M, n + 2) augmented rows (see the file comment)
 void make_db_aug(const float* db, int64_t M, int64_t n, bool euclidean, float* aug) {
@@ -286,8 +280,8 @@ void exact_search(const float* q, const float* qaug, const double* cx, int64_t Q
 // operators
 
 at::Tensor pairwise_dist_cpu(const at::Tensor& x, const at::Tensor& y, bool euclidean) {
-  check_points(x, "x");
-  check_points(y, "y");
+  check_cpu_points(x, "x");
+  check_cpu_points(y, "y");
   TORCH_CHECK(x.size(1) == y.size(1), "x and y differ in dimension: ", x.size(1), " vs ", y.size(1));
   const int64_t Q = x.size(0), M = y.size(0), n = x.size(1);
   at::Tensor out = at::empty({Q, M}, x.options());
@@ -322,14 +316,14 @@ at::Tensor pairwise_dist_cpu(const at::Tensor& x, const at::Tensor& y, bool eucl
 }
 
 at::Tensor knn_prepare_cpu(const at::Tensor& db, bool euclidean) {
-  check_points(db, "db");
+  check_cpu_points(db, "db");
   return prepare_or_use(db, at::Tensor(), euclidean);
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& q, const at::Tensor& db,
                                            const at::Tensor& db_aug, int64_t k, bool euclidean) {
-  check_points(q, "q");
-  check_points(db, "db");
+  check_cpu_points(q, "q");
+  check_cpu_points(db, "db");
   TORCH_CHECK(k >= 1, "k must be >= 1, got ", k);
   TORCH_CHECK(q.size(1) == db.size(1), "query dimension ", q.size(1), " != database dimension ", db.size(1));
   const int64_t Q = q.size(0), M = db.size(0), n = q.size(1);
@@ -348,21 +342,18 @@ std::tuple<at::Tensor, at::Tensor> clustered_knn_cpu(const at::Tensor& q, const 
                                                      const at::Tensor& db_aug, const at::Tensor& ids,
                                                      const at::Tensor& offsets, const at::Tensor& centroids,
                                                      int64_t k, int64_t nprobe, bool euclidean) {
-  check_points(q, "q");
-  check_points(db, "db");
-  check_points(centroids, "centroids");
+  check_cpu_points(q, "q");
+  check_cpu_points(db, "db");
+  check_cpu_points(centroids, "centroids");
   TORCH_CHECK(k >= 1, "k must be >= 1, got ", k);
   TORCH_CHECK(nprobe >= 1, "nprobe must be >= 1, got ", nprobe);
   const int64_t Q = q.size(0), M = db.size(0), n = q.size(1), C = centroids.size(0);
   TORCH_CHECK(db.size(1) == n && centroids.size(1) == n, "q, db and centroids must have the same dimension");
-  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1 && ids.size(0) == M &&
-                  ids.is_contiguous(), "ids must be a contiguous (M,) int64 CPU tensor");
-  TORCH_CHECK(offsets.device().is_cpu() && offsets.scalar_type() == at::kLong && offsets.dim() == 1 &&
-                  offsets.size(0) == C + 1 && offsets.is_contiguous(),
-              "offsets must be a contiguous (n_clusters + 1,) int64 CPU tensor");
+  check_ids_cpu(ids, M, "ids");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == C + 1, "offsets must have n_clusters + 1 = ", C + 1,
+              " entries, got shape ", offsets.sizes());
+  if (C > 0) check_offsets_cpu(offsets, M, "offsets");  // starts at 0, ends at M, never decreases
   const int64_t* off = offsets.data_ptr<int64_t>();
-  TORCH_CHECK(C == 0 || (off[0] == 0 && off[C] == M), "offsets must start at 0 and end at M");
-  for (int64_t c = 0; c < C; ++c) TORCH_CHECK(off[c] <= off[c + 1], "offsets must be non-decreasing");
 
   at::Tensor aug = prepare_or_use(db, db_aug, euclidean);
   at::Tensor D = at::empty({Q, k}, q.options());

@@ -4,16 +4,15 @@
 // neighbours j of query q in member m of w_m(q, j) * Y_m[j, l]; the top_k labels by score are
 // returned, ties broken by the lower label id.
 //
-// The arithmetic follows xhyp/vote.py's scipy reference operation for operation, so that with the
+// The arithmetic follows xhyp/knn/reference.py's scipy reference (summed_votes) operation for operation, so that with the
 // same weights the results are bit-identical: within a member, the weights of duplicate neighbour
 // ids are summed first, then a label's score adds the weights of its neighbours in ascending
 // neighbour id (scipy's CSR x CSR product order); member scores are then added member by member
 // (sparse matrix sum); labels with a zero score are dropped (as csr_matmat does); ranking is on
 // the double-precision score, descending, then label id ascending; scores are returned as float32.
 //
-// Weightings (xhyp.vote.neighbour_weights): "count": 1 + 1e-3 exp(-(d - d1)) for finite d, else
-// 0; "distance": exp(-alpha (d - d1)); "weight": the dists tensors already hold the weights.
-// d1 is the member's first (nearest) distance of the query, 0 when it is not finite.
+// The weights are computed once, in Python (xhyp.knn.vote.neighbour_weights), and passed in: this
+// kernel only sums and ranks.
 //
 // Each thread keeps a dense double accumulator over the labels and a list of touched labels, so
 // the work per query is O(sum of the neighbours' label counts + touched * log(top_k)).
@@ -24,27 +23,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <string>
 #include <utility>
 #include <vector>
+
+#include "xhyp_checks.h"
 
 namespace xhyp {
 namespace cpu {
 namespace {
 
-enum class Weighting { kCount, kDistance, kWeight };
-
-Weighting parse_weighting(const std::string& s) {
-  if (s == "count") return Weighting::kCount;
-  if (s == "distance") return Weighting::kDistance;
-  if (s == "weight") return Weighting::kWeight;
-  TORCH_CHECK(false, "unknown weighting '", s, "'; choose from count, distance, weight");
-}
-
 struct Member {
   const int64_t* ids;  // (Q, k)
-  at::Tensor dist;     // (Q, k) float32 or float64, contiguous
+  at::Tensor weight;   // (Q, k) float32 or float64, contiguous
   int64_t k;
   const int64_t* indptr;   // (N + 1,)
   const int64_t* indices;  // (nnz,)
@@ -52,63 +42,31 @@ struct Member {
 };
 
 template <typename T>
-void load_weights(const T* d, int64_t k, Weighting w, double alpha, double* out) {
-  if (w == Weighting::kWeight) {
-    for (int64_t j = 0; j < k; ++j) out[j] = double(d[j]);
-    return;
-  }
-  double d1 = k > 0 ? double(d[0]) : 0.0;
-  if (!std::isfinite(d1)) d1 = 0.0;
-  for (int64_t j = 0; j < k; ++j) {
-    const double dj = double(d[j]);
-    if (w == Weighting::kCount)
-      out[j] = std::isfinite(dj) ? 1.0 + 1e-3 * std::exp(-(dj - d1)) : 0.0;
-    else
-      out[j] = std::exp(-alpha * (dj - d1));
-  }
+void load_weights(const T* w, int64_t k, double* out) {
+  for (int64_t j = 0; j < k; ++j) out[j] = double(w[j]);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cpu(
-    at::TensorList ids, at::TensorList dists, at::TensorList indptr, at::TensorList indices,
-    int64_t n_labels, int64_t top_k, c10::string_view weighting, double alpha) {
-  const Weighting wmode = parse_weighting(std::string(weighting));
+std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cpu(at::TensorList ids, at::TensorList weights,
+                                                             at::TensorList indptr, at::TensorList indices,
+                                                             int64_t n_labels, int64_t top_k) {
   const int64_t n_members = static_cast<int64_t>(ids.size());
-  TORCH_CHECK(n_members >= 1, "vote_topk needs at least one member");
-  TORCH_CHECK(static_cast<int64_t>(dists.size()) == n_members, "ids and dists must have the same length");
-  TORCH_CHECK(indptr.size() == indices.size() &&
-                  (static_cast<int64_t>(indptr.size()) == n_members || indptr.size() == 1),
-              "indptr/indices: one label matrix per member, or one shared by all");
-  TORCH_CHECK(top_k >= 1, "top_k must be >= 1, got ", top_k);
-  TORCH_CHECK(n_labels >= 0, "n_labels must be >= 0");
+  check_vote_lists(n_members, static_cast<int64_t>(weights.size()), static_cast<int64_t>(indptr.size()),
+                   static_cast<int64_t>(indices.size()), top_k, n_labels);
   const int64_t Q = ids[0].dim() == 2 ? ids[0].size(0) : -1;
+  const at::Device cpu(at::kCPU);
   std::vector<Member> members;
   int64_t kmax = 0;
   for (int64_t m = 0; m < n_members; ++m) {
     const at::Tensor& id = ids[m];
-    const at::Tensor& d = dists[m];
+    const at::Tensor& w = weights[m];
     const int64_t lm = indptr.size() == 1 ? 0 : m;
     const at::Tensor& ip = indptr[lm];
     const at::Tensor& ix = indices[lm];
-    TORCH_CHECK(id.device().is_cpu() && id.scalar_type() == at::kLong && id.dim() == 2 && id.is_contiguous(),
-                "ids[", m, "] must be a contiguous (Q, k) int64 CPU tensor");
-    TORCH_CHECK(id.size(0) == Q, "every member must have the same number of queries");
-    TORCH_CHECK(d.device().is_cpu() && (d.scalar_type() == at::kFloat || d.scalar_type() == at::kDouble) &&
-                    d.sizes() == id.sizes() && d.is_contiguous(),
-                "dists[", m, "] must be a contiguous float32/float64 CPU tensor shaped like ids[", m, "]");
-    TORCH_CHECK(ip.device().is_cpu() && ip.scalar_type() == at::kLong && ip.dim() == 1 && ip.size(0) >= 1 &&
-                    ip.is_contiguous(), "indptr must be a contiguous (N + 1,) int64 CPU tensor");
-    TORCH_CHECK(ix.device().is_cpu() && ix.scalar_type() == at::kLong && ix.dim() == 1 && ix.is_contiguous(),
-                "indices must be a contiguous (nnz,) int64 CPU tensor");
+    check_vote_member(id, w, Q, m, cpu);
+    check_label_csr(ip, ix, n_labels, cpu);
     const int64_t N = ip.size(0) - 1;
-    const int64_t* ipp = ip.data_ptr<int64_t>();
-    TORCH_CHECK(ipp[0] == 0 && ipp[N] == ix.size(0), "indptr must start at 0 and end at nnz");
-    const int64_t* ixp = ix.data_ptr<int64_t>();
-    for (int64_t i = 0; i < ix.size(0); ++i)
-      TORCH_CHECK(ixp[i] >= 0 && ixp[i] < n_labels, "label id ", ixp[i], " out of range [0, ", n_labels, ")");
-    const int64_t* idp = id.data_ptr<int64_t>();
-    for (int64_t i = 0; i < id.numel(); ++i)
-      TORCH_CHECK(idp[i] < N, "neighbour id ", idp[i], " >= number of training rows ", N);
-    members.push_back({idp, d, id.size(1), ipp, ixp, N});
+    check_range(id, -1, N, "neighbour id (-1: none; below the number of training rows)");
+    members.push_back({id.data_ptr<int64_t>(), w, id.size(1), ip.data_ptr<int64_t>(), ix.data_ptr<int64_t>(), N});
     kmax = std::max(kmax, id.size(1));
   }
 
@@ -130,10 +88,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cpu(
       touched_t.clear();
       for (const Member& M : members) {
         const int64_t k = M.k;
-        if (M.dist.scalar_type() == at::kFloat)
-          load_weights(M.dist.data_ptr<float>() + q * k, k, wmode, alpha, w.data());
+        if (M.weight.scalar_type() == at::kFloat)
+          load_weights(M.weight.data_ptr<float>() + q * k, k, w.data());
         else
-          load_weights(M.dist.data_ptr<double>() + q * k, k, wmode, alpha, w.data());
+          load_weights(M.weight.data_ptr<double>() + q * k, k, w.data());
         nb.clear();
         for (int64_t j = 0; j < k; ++j) {
           const int64_t id = M.ids[q * k + j];

@@ -10,13 +10,10 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/exp.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
-#include <ATen/ops/isfinite.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
@@ -24,7 +21,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <string>
 #include <vector>
 
 #include "xhyp_checks.h"
@@ -134,59 +130,38 @@ std::tuple<at::Tensor, at::Tensor> clustered_knn_cuda(const at::Tensor& q, const
   return {D, I};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cuda(at::TensorList ids, at::TensorList dists,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cuda(at::TensorList ids, at::TensorList weights,
                                                               at::TensorList indptr, at::TensorList indices,
-                                                              int64_t n_labels, int64_t top_k,
-                                                              c10::string_view weighting, double alpha) {
-  const std::string wmode(weighting);
-  TORCH_CHECK(wmode == "count" || wmode == "distance" || wmode == "weight", "unknown weighting '", wmode, "'");
+                                                              int64_t n_labels, int64_t top_k) {
   const size_t M = ids.size();
-  TORCH_CHECK(M >= 1 && dists.size() == M, "ids and dists must be lists of the same non-zero length");
-  TORCH_CHECK(indptr.size() == indices.size() && (indptr.size() == M || indptr.size() == 1),
-              "indptr/indices: one label matrix per member, or one shared by all");
-  TORCH_CHECK(top_k >= 1, "top_k must be >= 1");
+  check_vote_lists(static_cast<int64_t>(M), static_cast<int64_t>(weights.size()), static_cast<int64_t>(indptr.size()),
+                   static_cast<int64_t>(indices.size()), top_k, n_labels);
+  TORCH_CHECK(ids[0].is_cuda(), "ids[0] must be a CUDA tensor");
   c10::cuda::CUDAGuard guard(ids[0].device());
   const int64_t Q = ids[0].size(0);
   std::vector<at::Tensor> id_cols, w_cols, member_cols, ip_parts, ix_parts;
   const bool own = indptr.size() == M;  // one label matrix per member: concatenate them
   int64_t rows_so_far = 0, nnz_so_far = 0;
   for (size_t m = 0; m < M; ++m) {
-    TORCH_CHECK(ids[m].device() == ids[0].device() && dists[m].device() == ids[0].device(),
-                "member ", m, ": ids and dists must be on ", ids[0].device());
-    TORCH_CHECK(ids[m].is_cuda() && ids[m].dim() == 2 && ids[m].size(0) == Q && dists[m].sizes() == ids[m].sizes(),
-                "member ", m, ": ids and dists must be (Q, k) CUDA tensors");
-    at::Tensor I = ids[m].to(at::kLong);
+    check_vote_member(ids[m], weights[m], Q, static_cast<int64_t>(m), ids[0].device());
+    const at::Tensor& I = ids[m];
     int64_t row_off = 0;
     if (own || m == 0) {
-      TORCH_CHECK(indptr[m].dim() == 1 && indptr[m].size(0) >= 1 && indices[m].dim() == 1,
-                  "member ", m, ": indptr and indices must be 1-D, indptr with at least one entry");
-      at::Tensor ip = indptr[m].to(ids[m].device(), at::kLong).contiguous();
-      at::Tensor ix = indices[m].to(ids[m].device(), at::kLong).contiguous();
-      check_indptr(ip, ix.size(0), "indptr");  // indptr[0] == 0, indptr[N] == nnz, non-decreasing
+      at::Tensor ip = indptr[m].to(I.device(), at::kLong).contiguous();
+      at::Tensor ix = indices[m].to(I.device(), at::kLong).contiguous();
+      check_label_csr(ip, ix, n_labels, I.device());
       const int64_t N = ip.size(0) - 1;
-      if (I.numel() > 0) TORCH_CHECK(I.max().item<int64_t>() < N, "member ", m, ": neighbour id >= training rows");
-      if (ix.numel() > 0)
-        TORCH_CHECK(ix.min().item<int64_t>() >= 0 && ix.max().item<int64_t>() < n_labels, "label id out of range");
+      check_range(I, -1, N, "neighbour id (-1: none; below the number of training rows)");
       ip_parts.push_back(m == 0 ? ip : ip.slice(0, 1) + nnz_so_far);
       ix_parts.push_back(ix);
       row_off = rows_so_far;
       rows_so_far += N;
       nnz_so_far += ix.size(0);
-    } else if (I.numel() > 0) {
-      TORCH_CHECK(I.max().item<int64_t>() < rows_so_far, "member ", m, ": neighbour id >= training rows");
+    } else {
+      check_range(I, -1, rows_so_far, "neighbour id (-1: none; below the number of training rows)");
     }
     id_cols.push_back(at::where(I >= 0, I + row_off, at::full_like(I, -1)));
-    at::Tensor d = dists[m].to(at::kDouble);
-    at::Tensor w;
-    if (wmode == "weight") {
-      w = d;
-    } else {
-      at::Tensor d1 = d.slice(1, 0, 1);
-      d1 = at::where(at::isfinite(d1), d1, at::zeros_like(d1));
-      w = wmode == "count" ? at::where(at::isfinite(d), 1.0 + 1e-3 * at::exp(-(d - d1)), at::zeros_like(d))
-                           : at::exp(-alpha * (d - d1));
-    }
-    w_cols.push_back(w);
+    w_cols.push_back(weights[m].to(at::kDouble));
     member_cols.push_back(at::full({I.size(1)}, static_cast<int>(m), I.options().dtype(at::kInt)));
   }
   at::Tensor I = at::cat(id_cols, 1).contiguous(), W = at::cat(w_cols, 1).contiguous();

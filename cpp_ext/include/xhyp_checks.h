@@ -76,4 +76,49 @@ inline void check_indptr(const at::Tensor& indptr, int64_t nnz, const char* name
   check_offsets(indptr, nnz, name);
 }
 
+// the argument lists of vote_topk: M members (ids and weights), one label matrix each or one shared
+inline void check_vote_lists(int64_t n_ids, int64_t n_weights, int64_t n_indptr, int64_t n_indices, int64_t top_k,
+                             int64_t n_labels) {
+  TORCH_CHECK(n_ids >= 1 && n_weights == n_ids, "ids and weights must be lists of the same non-zero length");
+  TORCH_CHECK(n_indptr == n_indices && (n_indptr == n_ids || n_indptr == 1),
+              "indptr/indices: one label matrix per member, or one shared by all");
+  TORCH_CHECK(top_k >= 1, "top_k must be >= 1, got ", top_k);
+  TORCH_CHECK(n_labels >= 0, "n_labels must be >= 0");
+}
+
+// member m of vote_topk: (Q, k) int64 ids and float32/float64 weights of the same shape, on dev
+inline void check_vote_member(const at::Tensor& ids, const at::Tensor& weights, int64_t Q, int64_t m,
+                              const at::Device& dev) {
+  TORCH_CHECK(ids.device() == dev && ids.scalar_type() == at::kLong && ids.dim() == 2 && ids.is_contiguous(),
+              "ids[", m, "] must be a contiguous (Q, k) int64 tensor on ", dev);
+  TORCH_CHECK(ids.size(0) == Q, "every member must have the same number of queries");
+  TORCH_CHECK(weights.device() == dev &&
+                  (weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble) &&
+                  weights.sizes() == ids.sizes() && weights.is_contiguous(),
+              "weights[", m, "] must be a contiguous float32/float64 tensor on ", dev, " shaped like ids[", m, "]");
+}
+
+// values of an int64 tensor in [lo, hi): a loop on the CPU, a min/max reduction on a GPU
+inline void check_range(const at::Tensor& v, int64_t lo, int64_t hi, const char* what) {
+  if (v.numel() == 0) return;
+  if (v.is_cpu()) {
+    const int64_t* p = v.data_ptr<int64_t>();
+    for (int64_t i = 0; i < v.numel(); ++i)
+      TORCH_CHECK(p[i] >= lo && p[i] < hi, what, " ", p[i], " out of range [", lo, ", ", hi, ")");
+    return;
+  }
+  const int64_t mn = v.min().item<int64_t>(), mx = v.max().item<int64_t>();
+  TORCH_CHECK(mn >= lo && mx < hi, what, " out of range [", lo, ", ", hi, "): min ", mn, ", max ", mx);
+}
+
+// (N, L) binary label matrix in CSR form on dev: indptr (N + 1,), label ids (nnz,) in [0, n_labels)
+inline void check_label_csr(const at::Tensor& indptr, const at::Tensor& indices, int64_t n_labels,
+                            const at::Device& dev) {
+  TORCH_CHECK(indptr.device() == dev && indices.device() == dev, "indptr and indices must be on ", dev);
+  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.dim() == 1 && indices.is_contiguous(),
+              "indices must be a contiguous (nnz,) int64 tensor");
+  check_indptr(indptr, indices.size(0), "indptr");
+  check_range(indices, 0, n_labels, "label id");
+}
+
 }  // namespace xhyp

@@ -8,7 +8,7 @@ builds one from a name, as the CLI's ``--index`` does (``--nprobe`` arrives as `
 ==============  ===========================================================================
 kind            search
 ==============  ===========================================================================
-``exact``       exact brute force with the fused C++/CUDA kernel (:func:`xhyp.kernels.knn`);
+``exact``       exact brute force with the fused C++/CUDA kernel (:func:`xhyp.knn.kernels.knn`);
                 falls back to ``torch`` when the extension is missing
 ``torch``       exact brute force in pure torch (chunked GEMM + top-k + exact re-scoring),
                 the reference implementation
@@ -28,13 +28,13 @@ kind            search
                 with the inner product on the lift (``space="lift"``), re-ranked
 ==============  ===========================================================================
 
-Hyperboloid lift (``xhyp.manifold.lift_hyperboloid``, ``hyperboloid_query``): with
+Hyperboloid lift (``xhyp.embedding.manifold.lift_hyperboloid``, ``hyperboloid_query``): with
 ``h(y) = ((1 + |y|^2), 2y) / (1 - |y|^2)`` and the query ``(-h0(x), h1..n(x))``, the inner
 product is ``-cosh d(x, y)``, so Poincaré kNN is maximum-inner-product search. The faiss
 indexes take ``space=``:
 
 * ``"lift"``: inner product on the lift, the exact reduction above (default of flat and IVF);
-* ``"spatial"``: L2 on ``u = h1..n(y) = 2y / (1 - |y|^2)`` (:func:`xhyp.manifold.from_ball`), a
+* ``"spatial"``: L2 on ``u = h1..n(y) = 2y / (1 - |y|^2)`` (:func:`xhyp.embedding.manifold.from_ball`), a
   proxy: along the sphere of radius ``|u|`` the hyperboloid's metric is the Euclidean one in
   ``u`` and radial steps are stretched by ``cosh r``; on clustered data the 40 nearest points in
   ``u`` contained 99.9 % of the 10 hyperbolic nearest (``bench/bench_knn.py``);
@@ -71,13 +71,10 @@ import math
 import numpy as np
 import torch
 
-from . import kernels, manifold
-from .config import INDEX_KINDS  # noqa: F401 (re-exported)
-
-
-def _check_geometry(geometry: str) -> None:
-    if geometry not in ("poincare", "euclidean"):
-        raise ValueError(f"unknown geometry {geometry!r}")
+from ..config import INDEX_KINDS, check_choice  # (INDEX_KINDS re-exported)
+from ..embedding import manifold
+from . import extension, kernels
+from .reference import sorted_topk
 
 
 class _Base:
@@ -121,9 +118,9 @@ class TorchIndex(_Base):
     """Exact brute-force kNN in pure torch (the reference backend, any dtype, any device).
 
     Distances for a ``(query chunk x database chunk)`` block come from one GEMM
-    (:func:`xhyp.manifold.pairwise_dist`), a running top-``k'`` is kept per query, and the final
-    shortlist (``k' = min(M, 2k)``) is re-scored with the exact :func:`xhyp.manifold.dist`.
-    Memory is bounded by ``query_batch x db_batch`` floats. See :func:`xhyp.kernels.torch_knn`.
+    (:func:`xhyp.embedding.manifold.pairwise_dist`), a running top-``k'`` is kept per query, and the final
+    shortlist (``k' = min(M, 2k)``) is re-scored with the exact :func:`xhyp.embedding.manifold.dist`.
+    Memory is bounded by ``query_batch x db_batch`` floats. See :func:`xhyp.knn.kernels.torch_knn`.
 
     Args:
         geometry: ``"poincare"`` or ``"euclidean"``.
@@ -134,7 +131,7 @@ class TorchIndex(_Base):
 
     def __init__(self, geometry: str = "poincare", query_batch: int = 1024, db_batch: int = 65536,
                  device=None):
-        _check_geometry(geometry)
+        manifold.check_geometry(geometry)
         self.geometry = geometry
         self.query_batch = query_batch
         self.db_batch = db_batch
@@ -167,7 +164,7 @@ class TorchIndex(_Base):
 
 
 class ExactIndex(_Base):
-    """Exact brute-force kNN with the fused kernel (:func:`xhyp.kernels.knn`).
+    """Exact brute-force kNN with the fused kernel (:func:`xhyp.knn.kernels.knn`).
 
     The database's per-row precomputation is done once in :meth:`add`; queries are searched in
     chunks of ``query_batch``. float32 data on a device the extension supports goes through the
@@ -183,7 +180,7 @@ class ExactIndex(_Base):
 
     def __init__(self, geometry: str = "poincare", query_batch: int = 65536, db_batch: int = 65536,
                  device=None):
-        _check_geometry(geometry)
+        manifold.check_geometry(geometry)
         self.geometry = geometry
         self.query_batch = query_batch
         self.db_batch = db_batch
@@ -218,7 +215,7 @@ class ClusteredIndex(_Base):
     ``max(1, N // 3000)``), puts every point in the cluster of its nearest centroid (by the
     geometry's distance, exact kernel) and stores the points sorted by cluster. :meth:`search`
     finds each query's ``nprobe`` nearest centroids and searches those clusters exactly
-    (:func:`xhyp.kernels.clustered_knn`). Recall grows with ``nprobe``; ``nprobe >= n_clusters``
+    (:func:`xhyp.knn.kernels.clustered_knn`). Recall grows with ``nprobe``; ``nprobe >= n_clusters``
     is exact search.
 
     Args:
@@ -247,7 +244,7 @@ class ClusteredIndex(_Base):
     def __init__(self, geometry: str = "poincare", nprobe: int = 8, n_clusters: int | None = None,
                  points_per_cluster: int = 3000, seed: int = 0, centroids: str = "random",
                  kmeans_iters: int = 20, query_batch: int = 65536, device=None):
-        _check_geometry(geometry)
+        manifold.check_geometry(geometry)
         if nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         if n_clusters is not None and n_clusters < 1:
@@ -384,11 +381,11 @@ class AnnIndex(_Base):
     split by k-means on its own points into ``ceil(size / (N / C))`` clusters (random centroids
     or plain k-means leave a few clusters with many times the mean size, and queries fall into
     them most often). The database is stored sorted by cluster and packed in blocks of 16 rows
-    (:func:`xhyp.kernels.ivf_pack`).
+    (:func:`xhyp.knn.kernels.ivf_pack`).
 
-    :meth:`search` ranks the centroids of every query in one pass (:func:`xhyp.kernels.ivf_probe`)
+    :meth:`search` ranks the centroids of every query in one pass (:func:`xhyp.knn.kernels.ivf_probe`)
     and scans the ``nprobe`` nearest clusters, nearest first, with one heap per query
-    (:func:`xhyp.kernels.ivf_knn`): the returned neighbours and distances are exact among the
+    (:func:`xhyp.knn.kernels.ivf_knn`): the returned neighbours and distances are exact among the
     scanned points; recall depends only on ``nprobe / n_clusters``.
 
     Args:
@@ -412,7 +409,7 @@ class AnnIndex(_Base):
     def __init__(self, geometry: str = "poincare", nprobe: int = 40, n_clusters: int | None = None,
                  points_per_cluster: int = 192, balance: float | None = 1.5, kmeans_iters: int = 10,
                  seed: int = 0, query_batch: int = 65536):
-        _check_geometry(geometry)
+        manifold.check_geometry(geometry)
         if nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         if n_clusters is not None and n_clusters < 1:
@@ -510,11 +507,11 @@ class AnnIndex(_Base):
             return kernels.ivf_knn(qs, self.db_sorted, self.packed, self.block_offsets, self.ids, self.offsets,
                                    probes, k, self.geometry)
 
-        return self._batched(q, k, self.query_batch if kernels.ext_available("cpu") else 256, block)
+        return self._batched(q, k, self.query_batch if extension.ext_available("cpu") else 256, block)
 
 
 def _aug(x: torch.Tensor, geometry: str) -> torch.Tensor:
-    """:func:`xhyp.kernels.knn_prepare` rows, computed in torch when the extension is missing."""
+    """:func:`xhyp.knn.kernels.knn_prepare` rows, computed in torch when the extension is missing."""
     aug = kernels.knn_prepare(x, geometry)
     if aug is not None:
         return aug
@@ -566,7 +563,7 @@ class FaissIndex(_Base):
                  nlist: int | None = None, nprobe: int = 16, M: int = 32, efSearch: int = 128,
                  efConstruction: int = 80, space: str | None = None, gpu: bool = True,
                  threads: int | None = None, seed: int = 0):
-        _check_geometry(geometry)
+        manifold.check_geometry(geometry)
         if kind not in ("flat", "ivf", "hnsw"):
             raise ValueError(f"unknown faiss index kind {kind!r}")
         space = space or ("spatial" if kind == "hnsw" else "lift")
@@ -661,16 +658,10 @@ class FaissIndex(_Base):
         for s in range(0, Q, self.RERANK_CHUNK):  # chunks bound the (chunk, kc, n) float64 buffers
             c = cand[s:s + self.RERANK_CHUNK]
             valid = c >= 0
-            x, y = qc[s:s + self.RERANK_CHUNK].double(), self._db_cpu[c.clamp_min(0)].double()
-            sq = (x[:, None, :] - y).pow(2).sum(-1)
-            if self.geometry == "euclidean":
-                d = sq.sqrt()
-            else:
-                s_ = sq * kernels._inv_one_minus_sq64(x)[:, None] * kernels._inv_one_minus_sq64(y)
-                d = 2.0 * torch.asinh(s_.clamp_min(0.0).sqrt())
+            d = manifold.dist64(qc[s:s + self.RERANK_CHUNK, None, :], self._db_cpu[c.clamp_min(0)], self.geometry)
             d = torch.where(valid, d, torch.full_like(d, float("inf")))
             key = torch.where(valid, c, torch.full_like(c, torch.iinfo(torch.long).max))
-            D, I = kernels._sorted_topk(d, key, k)
+            D, I = sorted_topk(d, key, k)
             Ds.append(D.float())
             Is.append(I)
         return torch.cat(Ds), torch.cat(Is)
@@ -705,8 +696,7 @@ def make_index(kind: str = "exact", geometry: str = "poincare", **params):
         >>> idx = make_index("clustered", nprobe=4).add(torch.rand(100, 5) * 0.1)
         >>> D, I = idx.search(torch.rand(3, 5) * 0.1, 10)
     """
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index {kind!r}; choose from {INDEX_KINDS}")
+    check_choice("index", kind, INDEX_KINDS)
     params = {k: v for k, v in params.items() if v is not None}
     bad = sorted(set(params) - set(_PARAMS[kind]))
     if bad:

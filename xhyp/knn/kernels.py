@@ -1,244 +1,41 @@
-"""Fast kernels: Python wrappers of the C++/CUDA operators, pure-torch fallbacks, float64 references.
+"""The compiled kNN and voting operators: Python wrappers with their pure-torch fallbacks.
 
-The compiled extension ``xhyp._C`` (sources in ``cpp_ext/``, built by ``pip install
---no-build-isolation -e .``) registers the operators ``torch.ops.xhyp_ext.*`` with a CPU
-implementation (C++/OpenMP) and, when built by a CUDA torch, a CUDA one; the operator dispatches
-on the device of its inputs. Every wrapper below falls back to pure torch (with a one-time
-warning) when the extension is missing, was built without CUDA for a CUDA input, or gets inputs
-it does not handle (float64: the pure-torch path keeps the precision).
-
-Each operator has a float64 pure-torch reference (``ref_*``): slow and memory-hungry (they
-materialise the full ``Q x M`` matrix), meant for tests.
+Each wrapper checks its inputs, then calls ``torch.ops.xhyp_ext.*`` (C++/OpenMP on the CPU, CUDA
+on a GPU; loaded by :mod:`xhyp.knn.extension`) or, when the extension is missing, was built
+without CUDA for a CUDA input, or gets inputs it does not handle (float64: the pure-torch path
+keeps the precision), its pure-torch fallback. Every operator has a float64 reference in
+:mod:`xhyp.knn.reference`, against which the tests check both paths.
 
 Conventions: points are rows, ``(Q, n)`` queries and ``(M, n)`` database; ``geometry`` is
 ``"poincare"`` (the open unit ball, curvature -1) or ``"euclidean"``; kNN results are
 ``(D, I)``, ``(Q, k)`` float32 distances ascending and ``(Q, k)`` int64 row ids, ties broken by
-the lower id, padded with ``inf`` / ``-1`` when fewer than ``k`` points are searched.
+the lower id (:func:`xhyp.knn.reference.sorted_topk`), padded with ``inf`` / ``-1`` when fewer
+than ``k`` points are searched.
 
-Numerics (as in :mod:`xhyp.manifold`): ``d(x, y) = 2 asinh(sqrt(s))``,
+Numerics (as in :mod:`xhyp.embedding.manifold`): ``d(x, y) = 2 asinh(sqrt(s))``,
 ``s = |x - y|^2 / ((1 - |x|^2)(1 - |y|^2))``, ``1 - |x|^2 = (1 - |x|)(1 + |x|)``; distances are
 finite for norms up to the max-norm guard ``1 - 1e-5`` (and large but finite beyond).
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
-GEOMETRIES = ("poincare", "euclidean")
-WEIGHTINGS = ("count", "distance", "weight")
+from ..embedding import manifold
+from . import extension as ext
+from .reference import member_lists, pad_neighbours, ref_ivf_knn, ref_pairwise_dist, sorted_topk, summed_votes
+
 CUDA_MAX_K = 128
 """Largest ``k`` of the CUDA kNN kernels (per-thread lists); larger ``k`` uses the torch path."""
 
-_ext_state = {"loaded": None, "error": None, "warned": False}
 
-
-def _load():
-    if _ext_state["loaded"] is None:
-        try:
-            from . import _C  # noqa: F401  (registers torch.ops.xhyp_ext)
-
-            torch.ops.xhyp_ext.knn  # noqa: B018  (raises if the registration is missing)
-            _ext_state["loaded"] = True
-        except Exception as e:  # ImportError, OSError (ABI mismatch), AttributeError/RuntimeError
-            _ext_state["loaded"] = False
-            _ext_state["error"] = f"{type(e).__name__}: {e}"
-    return _ext_state["loaded"]
-
-
-def ext_available(device: str | torch.device = "cpu") -> bool:
-    """Whether the compiled operators can run on ``device`` (``"cpu"`` or a CUDA device)."""
-    if not _load():
-        return False
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return True
-    if dev.type == "cuda":
-        return torch._C._dispatch_has_kernel_for_dispatch_key("xhyp_ext::knn", "CUDA")
-    return False
-
-
-def ext_error() -> str | None:
-    """Why the extension could not be loaded (``None`` if it loaded or was not tried)."""
-    _load()
-    return _ext_state["error"]
-
-
-def _warn_fallback(what: str, device) -> None:
-    if _ext_state["warned"]:
-        return
-    _ext_state["warned"] = True
-    why = ext_error() or f"it was built without {torch.device(device).type.upper()} kernels"
-    warnings.warn(f"xhyp: the compiled kernels (xhyp._C) are not available ({why}); {what} and the other "
-                  "kernels use their pure-torch fallbacks, which are slower. Build them with "
-                  "`pip install --no-build-isolation -e .` (needs a C++ compiler).",
-                  RuntimeWarning, stacklevel=3)
-
-
-def _use_ext(what: str, *tensors) -> bool:
-    dev = tensors[0].device
-    if all(t.dtype == torch.float32 for t in tensors) and ext_available(dev):
-        return True
-    if all(t.dtype == torch.float32 for t in tensors):
-        _warn_fallback(what, dev)
-    return False
-
-
-def _check_geometry(geometry: str) -> bool:
-    if geometry not in GEOMETRIES:
-        raise ValueError(f"unknown geometry {geometry!r}; choose from {GEOMETRIES}")
-    return geometry == "euclidean"
+def _euclidean(geometry: str) -> bool:
+    return manifold.check_geometry(geometry) == "euclidean"
 
 
 def _check_points(x: torch.Tensor, name: str) -> None:
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (rows, dim), got shape {tuple(x.shape)}")
-
-
-def _pad(D: torch.Tensor, I: torch.Tensor, k: int):
-    if D.shape[1] >= k:
-        return D, I
-    pad = k - D.shape[1]
-    D = torch.cat([D, torch.full((D.shape[0], pad), float("inf"), dtype=D.dtype, device=D.device)], 1)
-    I = torch.cat([I, torch.full((I.shape[0], pad), -1, dtype=torch.long, device=I.device)], 1)
-    return D, I
-
-
-# ------------------------------------------------------------------------------------------------
-# float64 references
-
-
-def _inv_one_minus_sq64(x: torch.Tensor) -> torch.Tensor:
-    r = x.double().norm(dim=-1)
-    return 1.0 / ((1.0 - r) * (1.0 + r))
-
-
-def ref_pairwise_dist(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") -> torch.Tensor:
-    """float64 reference of :func:`pairwise_dist`: direct differences, no GEMM expansion.
-
-    Args:
-        x: ``(Q, n)``; y: ``(M, n)``; any float dtype (converted to float64).
-
-    Returns:
-        ``(Q, M)`` float64 distances.
-    """
-    eucl = _check_geometry(geometry)
-    x64, y64 = x.double(), y.double()
-    sq = ((x64[:, None, :] - y64[None, :, :]) ** 2).sum(-1)
-    if eucl:
-        return sq.sqrt()
-    s = sq * _inv_one_minus_sq64(x64)[:, None] * _inv_one_minus_sq64(y64)[None, :]
-    return 2.0 * torch.asinh(s.clamp_min(0.0).sqrt())
-
-
-def _sorted_topk(d: torch.Tensor, ids: torch.Tensor, k: int):
-    """Top-k of each row of ``d`` by (distance, id); ``inf`` entries become padding."""
-    order = torch.argsort(ids.expand_as(d), dim=1, stable=True)
-    d1 = torch.gather(d, 1, order)
-    i1 = torch.gather(ids.expand_as(d), 1, order)
-    order2 = torch.argsort(d1, dim=1, stable=True)[:, :k]
-    D = torch.gather(d1, 1, order2)
-    I = torch.gather(i1, 1, order2)
-    I = torch.where(torch.isinf(D), torch.full_like(I, -1), I)
-    return _pad(D, I, k)
-
-
-def ref_knn(q: torch.Tensor, db: torch.Tensor, k: int, geometry: str = "poincare"):
-    """float64 reference of :func:`knn` (full distance matrix, stable sort).
-
-    Returns:
-        ``(D, I)``: ``(Q, k)`` float64 distances, ``(Q, k)`` int64 ids (ties: lower id first).
-    """
-    d = ref_pairwise_dist(q, db, geometry)
-    return _sorted_topk(d, torch.arange(db.shape[0])[None, :], k)
-
-
-def ref_clustered_knn(q, db_sorted, ids, offsets, centroids, k: int, nprobe: int, geometry: str = "poincare"):
-    """float64 reference of :func:`clustered_knn`: exact search restricted to the probed clusters.
-
-    Returns:
-        ``(D, I)`` as :func:`ref_knn`, ``I`` in original ids.
-    """
-    Q = q.shape[0]
-    C = centroids.shape[0]
-    cd = ref_pairwise_dist(q, centroids, geometry)
-    probe = torch.argsort(cd, dim=1, stable=True)[:, :min(nprobe, C)]
-    cluster_of_row = torch.repeat_interleave(torch.arange(C), torch.diff(offsets.cpu()))
-    allowed = torch.zeros(Q, C, dtype=torch.bool)
-    allowed.scatter_(1, probe, True)
-    d = ref_pairwise_dist(q, db_sorted, geometry)
-    d = torch.where(allowed[:, cluster_of_row], d, torch.full_like(d, float("inf")))
-    return _sorted_topk(d, ids.cpu()[None, :], k)
-
-
-def ref_ivf_knn(q, db_sorted, ids, offsets, probes, k: int, geometry: str = "poincare"):
-    """float64 reference of :func:`ivf_knn`: exact search restricted to each query's probed clusters.
-
-    Args:
-        probes: ``(Q, P)`` int64 cluster numbers (``-1``: none; repeats allowed).
-
-    Returns:
-        ``(D, I)`` as :func:`ref_knn`, ``I`` in original ids (ties: lower original id).
-    """
-    Q, C = q.shape[0], offsets.shape[0] - 1
-    cluster_of_row = torch.repeat_interleave(torch.arange(C), torch.diff(offsets.cpu()))
-    allowed = torch.zeros(Q, C + 1, dtype=torch.bool)
-    allowed.scatter_(1, torch.where(probes < 0, torch.full_like(probes, C), probes).cpu(), True)
-    d = ref_pairwise_dist(q, db_sorted, geometry)
-    d = torch.where(allowed[:, cluster_of_row], d, torch.full_like(d, float("inf")))
-    return _sorted_topk(d, ids.cpu()[None, :], k)
-
-
-def ref_vote_topk(ids, dists, indptr, indices, n_labels: int, top_k: int, weighting: str = "count",
-                  alpha: float = 1.0):
-    """float64 dense reference of :func:`vote_topk`.
-
-    Returns:
-        ``(labels, scores, n_scored)``: ``(Q, top_k)`` int64 (``-1`` pad), ``(Q, top_k)`` float64
-        (0 pad), ``(Q,)`` int64.
-    """
-    ids_l, d_l, ip_l, ix_l = _member_lists(ids, dists, indptr, indices)
-    total = None
-    for m, (I, D) in enumerate(zip(ids_l, d_l)):
-        ip, ix = (ip_l[0], ix_l[0]) if len(ip_l) == 1 else (ip_l[m], ix_l[m])
-        N = ip.shape[0] - 1
-        Y = torch.zeros(N, n_labels, dtype=torch.float64)
-        rows = torch.repeat_interleave(torch.arange(N), torch.diff(ip))
-        Y.index_put_((rows, ix), torch.ones(ix.shape[0], dtype=torch.float64), accumulate=True)
-        w = _weights64(D.double(), weighting, alpha)
-        A = torch.zeros(I.shape[0], N, dtype=torch.float64)
-        keep = I >= 0
-        r = torch.arange(I.shape[0])[:, None].expand_as(I)
-        A.index_put_((r[keep], I[keep]), w[keep], accumulate=True)
-        S = A @ Y
-        total = S if total is None else total + S
-    order = torch.argsort(-total, dim=1, stable=True)[:, :top_k]
-    scores = torch.gather(total, 1, order)
-    labels = torch.where(scores != 0, order, torch.full_like(order, -1))
-    scores = torch.where(scores != 0, scores, torch.zeros_like(scores))
-    labels, scores = _pad_labels(labels, scores, top_k)
-    return labels, scores, (total != 0).sum(1)
-
-
-def _pad_labels(labels, scores, top_k):
-    if labels.shape[1] < top_k:
-        p = top_k - labels.shape[1]
-        labels = torch.cat([labels, torch.full((labels.shape[0], p), -1, dtype=labels.dtype)], 1)
-        scores = torch.cat([scores, torch.zeros(scores.shape[0], p, dtype=scores.dtype)], 1)
-    return labels, scores
-
-
-def _weights64(D: torch.Tensor, weighting: str, alpha: float) -> torch.Tensor:
-    if weighting == "weight":
-        return D
-    d1 = D[:, :1]
-    d1 = torch.where(torch.isfinite(d1), d1, torch.zeros_like(d1))
-    if weighting == "count":
-        return torch.where(torch.isfinite(D), 1.0 + 1e-3 * torch.exp(-(D - d1)), torch.zeros_like(D))
-    if weighting == "distance":
-        return torch.exp(-alpha * (D - d1))
-    raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,21 +47,21 @@ def torch_knn(q: torch.Tensor, db: torch.Tensor, k: int, geometry: str = "poinca
     """Pure-torch exact kNN (the original ``ExactIndex`` algorithm), any dtype/device.
 
     Distances of a ``(query_batch x db_batch)`` block come from one GEMM
-    (:func:`xhyp.manifold.pairwise_dist`), a running top-``min(M, 2k)`` is kept per query and the
-    shortlist is re-scored with the exact :func:`xhyp.manifold.dist`. Near the boundary the GEMM's
+    (:func:`xhyp.embedding.manifold.pairwise_dist`), a running top-``min(M, 2k)`` is kept per query and the
+    shortlist is re-scored with the exact :func:`xhyp.embedding.manifold.dist`. Near the boundary the GEMM's
     cancellation can push true neighbours out of the shortlist (see :func:`knn` for a kernel
     that cannot).
 
     Returns:
         ``(D, I)`` on the device of ``db``.
     """
-    from . import manifold
+    from ..embedding import manifold
 
-    eucl = _check_geometry(geometry)
+    eucl = _euclidean(geometry)
     M = db.shape[0]
     q = q.to(db.device, db.dtype)
     if M == 0:
-        return _pad(torch.empty(q.shape[0], 0, dtype=db.dtype, device=db.device),
+        return pad_neighbours(torch.empty(q.shape[0], 0, dtype=db.dtype, device=db.device),
                     torch.empty(q.shape[0], 0, dtype=torch.long, device=db.device), k)
     kk = min(M, 2 * k)
     Ds, Is = [], []
@@ -274,7 +71,7 @@ def torch_knn(q: torch.Tensor, db: torch.Tensor, k: int, geometry: str = "poinca
         best_i = torch.empty(qc.shape[0], 0, dtype=torch.long, device=db.device)
         for ds in range(0, M, db_batch):
             chunk = db[ds:ds + db_batch]
-            dd = torch.cdist(qc, chunk) if eucl else manifold.pairwise_dist(qc, chunk)
+            dd = manifold.pairwise_distance(qc, chunk, geometry)
             v, i = torch.topk(dd, min(kk, dd.shape[1]), dim=1, largest=False)
             best_d = torch.cat([best_d, v], 1)
             best_i = torch.cat([best_i, i + ds], 1)
@@ -282,13 +79,13 @@ def torch_knn(q: torch.Tensor, db: torch.Tensor, k: int, geometry: str = "poinca
                 best_d, sel = torch.topk(best_d, kk, dim=1, largest=False)
                 best_i = torch.gather(best_i, 1, sel)
         cand = db[best_i]
-        exact = (qc[:, None, :] - cand).pow(2).sum(-1).sqrt() if eucl else manifold.dist(qc[:, None, :], cand)
+        exact = manifold.distance(qc[:, None, :], cand, geometry)
         v, sel = torch.topk(exact, min(k, exact.shape[1]), dim=1, largest=False)
         Ds.append(v)
         Is.append(torch.gather(best_i, 1, sel))
     D = torch.cat(Ds) if Ds else torch.empty(0, min(k, M), dtype=db.dtype, device=db.device)
     I = torch.cat(Is) if Is else torch.empty(0, min(k, M), dtype=torch.long, device=db.device)
-    return _pad(D, I, k)
+    return pad_neighbours(D, I, k)
 
 
 def _torch_clustered_knn(q, db_sorted, ids, offsets, centroids, k, nprobe, geometry):
@@ -298,7 +95,7 @@ def _torch_clustered_knn(q, db_sorted, ids, offsets, centroids, k, nprobe, geome
     Dall = torch.full((Q, P * k), float("inf"), dtype=db_sorted.dtype, device=dev)
     Iall = torch.full((Q, P * k), -1, dtype=torch.long, device=dev)
     if C == 0 or Q == 0:
-        return _pad(Dall[:, :k], Iall[:, :k], k)
+        return pad_neighbours(Dall[:, :k], Iall[:, :k], k)
     _, probe = torch_knn(q, centroids, P, geometry)
     off = offsets.tolist()
     for c in range(C):
@@ -313,7 +110,7 @@ def _torch_clustered_knn(q, db_sorted, ids, offsets, centroids, k, nprobe, geome
         Dall[qi[:, None], cols] = D.to(Dall.dtype)
         Iall[qi[:, None], cols] = I
     Iall_key = torch.where(Iall >= 0, Iall, torch.full_like(Iall, torch.iinfo(torch.long).max))
-    D, I = _sorted_topk(Dall, Iall_key, k)
+    D, I = sorted_topk(Dall, Iall_key, k)
     return D, torch.where(torch.isinf(D), torch.full_like(I, -1), I)
 
 
@@ -324,7 +121,7 @@ def _torch_clustered_knn(q, db_sorted, ids, offsets, centroids, k, nprobe, geome
 def pairwise_dist(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") -> torch.Tensor:
     """All-pairs distance matrix, numerically stable near the boundary.
 
-    Unlike :func:`xhyp.manifold.pairwise_dist` (one GEMM, cancels for close pairs), every pair is
+    Unlike :func:`xhyp.embedding.manifold.pairwise_dist` (one GEMM, cancels for close pairs), every pair is
     computed from its coordinate differences: ``s = |x - y|^2 c(x) c(y)`` with
     ``c(x) = 1 / ((1 - |x|)(1 + |x|))`` in double precision, ``d = 2 asinh(sqrt(s))``.
 
@@ -344,12 +141,12 @@ def pairwise_dist(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") 
     Source: Nickel & Kiela, NIPS 2017, eq. 1; kernel ``cpp_ext/cpu/knn_cpu.cpp``
     (``pairwise_dist``), ``cpp_ext/cuda/kernels.cu``.
     """
-    eucl = _check_geometry(geometry)
+    eucl = _euclidean(geometry)
     _check_points(x, "x")
     _check_points(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y differ in dimension: {x.shape[1]} vs {y.shape[1]}")
-    if _use_ext("pairwise_dist", x, y):
+    if ext.use_ext("pairwise_dist", x, y):
         return torch.ops.xhyp_ext.pairwise_dist(x.contiguous(), y.contiguous(), eucl)
     out = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype, device=x.device)
     step = max(1, 2 ** 24 // max(1, y.shape[0] * max(1, x.shape[1])))
@@ -368,9 +165,9 @@ def knn_prepare(db: torch.Tensor, geometry: str = "poincare") -> torch.Tensor | 
         ``(M, n + 2)`` float32 augmented rows ``[-2 c y, (1 - 2g) c, (1 - 2g) c |y|^2]``, or
         ``None`` when the extension is not used for this input (the fallback needs nothing).
     """
-    eucl = _check_geometry(geometry)
+    eucl = _euclidean(geometry)
     _check_points(db, "db")
-    if _use_ext("knn", db):
+    if ext.use_ext("knn", db):
         return torch.ops.xhyp_ext.knn_prepare(db.contiguous(), eucl)
     return None
 
@@ -405,14 +202,14 @@ def knn(q: torch.Tensor, db: torch.Tensor, k: int, geometry: str = "poincare",
     Source: kernel ``cpp_ext/cpu/knn_cpu.cpp`` (``knn``), ``cpp_ext/cuda/kernels.cu``; fallback
     :func:`torch_knn`; reference :func:`ref_knn`.
     """
-    eucl = _check_geometry(geometry)
+    eucl = _euclidean(geometry)
     _check_points(q, "q")
     _check_points(db, "db")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"query dimension {q.shape[1]} != database dimension {db.shape[1]}")
-    if (not db.is_cuda or k <= CUDA_MAX_K) and _use_ext("knn", q, db):
+    if (not db.is_cuda or k <= CUDA_MAX_K) and ext.use_ext("knn", q, db):
         aug = db_aug if db_aug is not None else torch.empty(0, device=db.device)
         return torch.ops.xhyp_ext.knn(q.contiguous(), db.contiguous(), aug, int(k), eucl)
     return torch_knn(q, db, k, geometry)
@@ -424,7 +221,7 @@ def clustered_knn(q: torch.Tensor, db_sorted: torch.Tensor, ids: torch.Tensor, o
     """Approximate kNN: exact search inside the ``nprobe`` clusters nearest to each query.
 
     Gerald & Baskiotis (CAp 2019), section 2.6. Build the inputs with
-    :class:`xhyp.index.ClusteredIndex` (random training points as centroids, every point in the
+    :class:`xhyp.knn.index.ClusteredIndex` (random training points as centroids, every point in the
     cluster of its nearest centroid). Empty clusters are skipped; when the probed clusters hold
     fewer than ``k`` points the rows are padded with ``inf`` / ``-1``.
 
@@ -450,7 +247,7 @@ def clustered_knn(q: torch.Tensor, db_sorted: torch.Tensor, ids: torch.Tensor, o
     Source: kernel ``cpp_ext/cpu/knn_cpu.cpp`` (``clustered_knn``), ``cpp_ext/cuda/kernels.cu``;
     reference :func:`ref_clustered_knn`.
     """
-    eucl = _check_geometry(geometry)
+    eucl = _euclidean(geometry)
     for t, name in ((q, "q"), (db_sorted, "db_sorted"), (centroids, "centroids")):
         _check_points(t, name)
     if k < 1 or nprobe < 1:
@@ -459,7 +256,7 @@ def clustered_knn(q: torch.Tensor, db_sorted: torch.Tensor, ids: torch.Tensor, o
         raise ValueError("q, db_sorted and centroids must have the same dimension")
     if offsets.shape[0] != centroids.shape[0] + 1:
         raise ValueError(f"offsets must have n_clusters + 1 = {centroids.shape[0] + 1} entries")
-    if (not db_sorted.is_cuda or k <= CUDA_MAX_K) and _use_ext("clustered_knn", q, db_sorted, centroids):
+    if (not db_sorted.is_cuda or k <= CUDA_MAX_K) and ext.use_ext("clustered_knn", q, db_sorted, centroids):
         dev = db_sorted.device
         aug = db_aug if db_aug is not None else torch.empty(0, device=dev)
         return torch.ops.xhyp_ext.clustered_knn(
@@ -468,95 +265,66 @@ def clustered_knn(q: torch.Tensor, db_sorted: torch.Tensor, ids: torch.Tensor, o
     return _torch_clustered_knn(q, db_sorted, ids.to(db_sorted.device), offsets, centroids, k, nprobe, geometry)
 
 
-def _member_lists(ids, dists, indptr, indices):
-    as_list = (lambda v: list(v) if isinstance(v, (list, tuple)) else [v])
-    ids_l, d_l, ip_l, ix_l = as_list(ids), as_list(dists), as_list(indptr), as_list(indices)
-    if len(ids_l) != len(d_l) or not ids_l:
-        raise ValueError("ids and dists must be lists of the same (non-zero) length")
-    if len(ip_l) != len(ix_l) or len(ip_l) not in (1, len(ids_l)):
-        raise ValueError("indptr/indices: one label matrix per member, or one shared by all")
-    conv = (lambda t, dt: torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t).to(dt))
-    ids_l = [conv(t, torch.long).contiguous() for t in ids_l]
-    d_l = [torch.as_tensor(t).contiguous() for t in d_l]
-    d_l = [t if t.dtype in (torch.float32, torch.float64) else t.double() for t in d_l]
-    ip_l = [conv(t, torch.long).contiguous() for t in ip_l]
-    ix_l = [conv(t, torch.long).contiguous() for t in ix_l]
-    return ids_l, d_l, ip_l, ix_l
+def vote_topk(ids, weights, indptr, indices, n_labels: int, top_k: int):
+    """Top-``top_k`` labels per query by the weighted votes of its neighbours, over M learners.
 
-
-def vote_topk(ids, dists, indptr, indices, n_labels: int, top_k: int, weighting: str = "count",
-              alpha: float = 1.0):
-    """Top-``top_k`` labels per query by the (weighted) votes of its neighbours, over M learners.
-
-    ``score[q, l] = sum_m sum_{j in kNN_m(q)} w_m(q, j) Y_m[j, l]`` with, as
-    :func:`xhyp.vote.neighbour_weights`, ``"count"``: ``1 + 1e-3 exp(-(d - d_1))`` (the count
-    decides, nearer neighbours break ties), ``"distance"``: ``exp(-alpha (d - d_1))``, or
-    ``"weight"``: ``dists`` already holds the weights. Ranking: score descending, then label id
-    ascending; labels with a zero score are not returned. The CPU kernel reproduces
-    :func:`xhyp.vote.vote`'s scipy arithmetic exactly (same summation order).
+    ``score[q, l] = sum_m sum_{j in kNN_m(q)} w_m(q, j) Y_m[j, l]`` with precomputed weights
+    (:func:`xhyp.knn.vote.neighbour_weights`, the one definition of the vote weights). Ranking:
+    score descending, then label id ascending (the ranking of :mod:`xhyp.metrics`); labels with
+    a zero score are not returned. The CPU kernel reproduces the arithmetic of
+    :func:`xhyp.knn.reference.summed_votes` exactly (same summation order).
 
     Args:
         ids: ``(Q, k)`` int64 neighbour ids (``-1`` = none), or a list of M such tensors (one per
             ensemble member, ``k`` may differ).
-        dists: ``(Q, k)`` float32/float64 neighbour distances ascending (or weights), or a list.
+        weights: ``(Q, k)`` float32/float64 weights of those neighbours (0 for missing ones), or
+            a list.
         indptr: ``(N + 1,)`` int64 CSR row pointer of the ``(N, L)`` training label matrix, or a
             list (one per member; a single one is shared).
         indices: ``(nnz,)`` int64 CSR label ids, or a list.
-        n_labels: ``L``. top_k: labels returned per query. alpha: softmax scale of "distance".
+        n_labels: ``L``. top_k: labels returned per query.
 
     Returns:
         ``(labels, scores, n_scored)``: ``(Q, top_k)`` int64 (``-1`` pad), ``(Q, top_k)``
         float32 (0 pad), ``(Q,)`` int64 number of labels with a non-zero score.
 
+    Raises:
+        ValueError: ``top_k < 1`` or inconsistent lists. RuntimeError (extension): bad shapes,
+            ids or label ids out of range, a bad ``indptr``.
+
     Example:
         >>> ip, ix = torch.tensor([0, 2, 3]), torch.tensor([0, 2, 2])  # ex0 {0, 2}, ex1 {2}
-        >>> vote_topk(torch.tensor([[0, 1]]), torch.tensor([[0.1, 0.2]]), ip, ix, 3, 2)[0].tolist()
+        >>> vote_topk(torch.tensor([[0, 1]]), torch.tensor([[1.0, 1.0]]), ip, ix, 3, 2)[0].tolist()
         [[2, 0]]
 
-    Source: Gerald & Baskiotis, CAp 2019, sections 2.5-2.6; kernel ``cpp_ext/cpu/vote_cpu.cpp``;
-    reference :func:`ref_vote_topk`.
+    Source: Gerald & Baskiotis, CAp 2019, sections 2.5-2.6; kernels ``cpp_ext/cpu/vote_cpu.cpp``,
+    ``cpp_ext/cuda/kernels.cu``; reference :func:`xhyp.knn.reference.ref_vote_topk`.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    ids_l, d_l, ip_l, ix_l = _member_lists(ids, dists, indptr, indices)
-    if ids_l[0].device.type == "cpu" and ext_available("cpu") or (
-            ids_l[0].device.type == "cuda" and ext_available(ids_l[0].device)):
-        return torch.ops.xhyp_ext.vote_topk(ids_l, d_l, ip_l, ix_l, int(n_labels), int(top_k), weighting,
-                                            float(alpha))
-    _warn_fallback("vote_topk", ids_l[0].device)
-    return _scipy_vote_topk(ids_l, d_l, ip_l, ix_l, n_labels, top_k, weighting, alpha)
+    ids_l, w_l, ip_l, ix_l = member_lists(ids, weights, indptr, indices)
+    if ext.ext_available(ids_l[0].device):
+        return torch.ops.xhyp_ext.vote_topk(ids_l, w_l, ip_l, ix_l, int(n_labels), int(top_k))
+    ext.warn_fallback("vote_topk", ids_l[0].device)
+    return _scipy_vote_topk(ids_l, w_l, ip_l, ix_l, n_labels, top_k)
 
 
-def _scipy_vote_topk(ids_l, d_l, ip_l, ix_l, n_labels, top_k, weighting, alpha):
+def _scipy_vote_topk(ids_l, w_l, ip_l, ix_l, n_labels, top_k):
+    """Fallback of :func:`vote_topk`: :func:`~xhyp.knn.reference.summed_votes`, then the ranking
+    of :func:`xhyp.metrics.topk_from_scores`."""
     import scipy.sparse as sp
 
-    from .vote import neighbour_weights, vote_matrix
+    from ..metrics import topk_from_scores
 
-    total = None
-    for m, (I, D) in enumerate(zip(ids_l, d_l)):
-        ip, ix = (ip_l[0], ix_l[0]) if len(ip_l) == 1 else (ip_l[m], ix_l[m])
-        N = ip.shape[0] - 1
-        Y = sp.csr_matrix((np.ones(ix.shape[0]), ix.cpu().numpy(), ip.cpu().numpy()), shape=(N, n_labels))
-        Dn = D.cpu().numpy().astype(np.float64)
-        w = Dn if weighting == "weight" else neighbour_weights(Dn, weighting, alpha)
-        S = vote_matrix(I.cpu().numpy(), w, N) @ Y
-        total = S if total is None else total + S
-    total = total.tocsr()
-    total.sort_indices()
-    Q = total.shape[0]
-    labels = np.full((Q, top_k), -1, dtype=np.int64)
-    scores = np.zeros((Q, top_k), dtype=np.float32)
+    Ys = [sp.csr_matrix((np.ones(ix.shape[0]), ix.cpu().numpy(), ip.cpu().numpy()), shape=(ip.shape[0] - 1, n_labels))
+          for ip, ix in zip(ip_l, ix_l)]
+    total = summed_votes([I.cpu().numpy() for I in ids_l], [w.cpu().numpy() for w in w_l], Ys)
+    total.eliminate_zeros()
+    labels, scores = topk_from_scores(total, top_k, return_scores=True)
     n_scored = np.diff(total.indptr).astype(np.int64)
-    for r in range(Q):
-        a, b = total.indptr[r], total.indptr[r + 1]
-        cols, vals = total.indices[a:b], total.data[a:b]
-        order = np.lexsort((cols, -vals))[:top_k]
-        labels[r, :len(order)] = cols[order]
-        scores[r, :len(order)] = vals[order]
     dev = ids_l[0].device
-    return torch.from_numpy(labels).to(dev), torch.from_numpy(scores).to(dev), torch.from_numpy(n_scored).to(dev)
+    return (torch.from_numpy(labels).to(dev), torch.from_numpy(scores.astype(np.float32)).to(dev),
+            torch.from_numpy(n_scored).to(dev))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -581,7 +349,7 @@ def ivf_pack(db_aug: torch.Tensor, offsets: torch.Tensor):
     Raises:
         RuntimeError: bad offsets (not starting at 0, not ending at ``M``, decreasing).
     """
-    if _load() and db_aug.dtype == torch.float32 and not db_aug.is_cuda:
+    if ext.load() and db_aug.dtype == torch.float32 and not db_aug.is_cuda:
         return torch.ops.xhyp_ext.ivf_pack(db_aug.contiguous(), offsets.to(torch.long).contiguous())
     off = offsets.cpu().long()
     sizes = torch.diff(off)
@@ -617,14 +385,14 @@ def ivf_probe(q: torch.Tensor, cen_aug: torch.Tensor, nprobe: int, geometry: str
 
     Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_probe``).
     """
-    eucl = _check_geometry(geometry)
+    eucl = _euclidean(geometry)
     _check_points(q, "q")
     _check_points(cen_aug, "cen_aug")
     if nprobe < 1:
         raise ValueError(f"nprobe must be >= 1, got {nprobe}")
     if cen_aug.shape[1] != q.shape[1] + 2:
         raise ValueError(f"cen_aug must have n + 2 = {q.shape[1] + 2} columns, got {cen_aug.shape[1]}")
-    if _use_ext("ivf_probe", q, cen_aug) and not q.is_cuda:
+    if ext.use_ext("ivf_probe", q, cen_aug) and not q.is_cuda:
         return torch.ops.xhyp_ext.ivf_probe(q.contiguous(), cen_aug.contiguous(), int(nprobe), eucl)
     C = cen_aug.shape[0]
     P = max(1, min(nprobe, C))
@@ -661,12 +429,12 @@ def ivf_knn(q: torch.Tensor, db_sorted: torch.Tensor, packed: torch.Tensor, bloc
 
     Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_knn``); reference :func:`ref_ivf_knn`.
     """
-    eucl = _check_geometry(geometry)
+    eucl = _euclidean(geometry)
     _check_points(q, "q")
     _check_points(db_sorted, "db_sorted")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if _use_ext("ivf_knn", q, db_sorted, packed) and not q.is_cuda:
+    if ext.use_ext("ivf_knn", q, db_sorted, packed) and not q.is_cuda:
         return torch.ops.xhyp_ext.ivf_knn(q.contiguous(), db_sorted.contiguous(), packed.contiguous(),
                                           block_offsets.long().contiguous(), ids.long().contiguous(),
                                           offsets.long().contiguous(), probes.long().contiguous(), int(k), eucl)

@@ -3,11 +3,22 @@
 Gerald & Baskiotis (CAp 2019), section 2.5: a query's labels are ranked by how many of its k
 nearest training examples carry them; an ensemble of learners sums those votes (section 2.6).
 
-The scipy code below is the reference implementation. :func:`vote` and :func:`vote_ensemble`
-dispatch to the compiled kernel (:func:`xhyp.kernels.vote_topk`, C++/OpenMP) when it is available
-(``backend="auto"``): the weights are still computed here with numpy, and the kernel repeats
-scipy's arithmetic in the same order, so both backends return identical matrices (same entries,
-same float32 values, tested in ``tests/test_kernels.py``).
+This module owns the vote's weights (:func:`neighbour_weights`: the only place they are
+defined; the compiled kernel takes them precomputed) and its two sums:
+
+* :func:`vote_members` (and :func:`vote` for one learner): the *full* votes of M learners summed,
+  then cut to the top ``top_k`` labels;
+* :func:`sum_top_scores`: the sum of score matrices that were already cut to their top labels,
+  which is what an ensemble of saved learners does (:meth:`xhyp.prediction.ensemble.Ensemble.predict`,
+  ``xhyp aggregate``); with member lists at least as long as the number of labels voted, the two
+  are equal.
+
+:func:`vote_members` runs the compiled kernel (:func:`xhyp.knn.kernels.vote_topk`, C++/OpenMP)
+when it is available (``backend="auto"``), else the scipy reference
+(:func:`xhyp.knn.reference.summed_votes`); the kernel repeats scipy's arithmetic in the same
+order, so both backends return identical matrices (same entries, same float32 values, tested in
+``tests/test_kernels.py``). Rankings follow :func:`xhyp.metrics.topk_from_scores`: score
+descending, then the lower label id.
 """
 from __future__ import annotations
 
@@ -15,7 +26,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .config import WEIGHTINGS  # noqa: F401 (re-exported)
+from ..config import WEIGHTINGS, check_choice  # (WEIGHTINGS re-exported)
+from ..metrics import topk_from_scores
+from . import extension, kernels
+from .reference import summed_votes
+
 BACKENDS = ("auto", "kernel", "scipy")
 
 
@@ -38,85 +53,53 @@ def neighbour_weights(dist_qk: np.ndarray, weighting: str = "count", alpha: floa
 
     Raises:
         ValueError: unknown weighting.
+
+    Source: Gerald & Baskiotis (CAp 2019), section 2.5 (count vote); the distance weights are the
+    softmax of the training objective (section 2.3).
     """
+    check_choice("weighting", weighting, WEIGHTINGS)
     d = np.asarray(dist_qk, dtype=np.float64)
     d1 = d[:, :1] if d.shape[1] else d
     d1 = np.where(np.isfinite(d1), d1, 0.0)
     if weighting == "count":
         return np.where(np.isfinite(d), 1.0 + 1e-3 * np.exp(-(d - d1)), 0.0)
-    if weighting == "distance":
-        return np.exp(-alpha * (d - d1))  # exp(-inf) = 0 for missing neighbours
-    raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
-
-
-def vote_matrix(ids_qk, weights_qk, n_db: int) -> sp.csr_matrix:
-    """Sparse ``(Q, n_db)`` matrix with the neighbour weights at the neighbour ids (``-1`` ids skipped)."""
-    ids = np.asarray(ids_qk.numpy() if isinstance(ids_qk, torch.Tensor) else ids_qk, dtype=np.int64)
-    w = np.asarray(weights_qk, dtype=np.float64)
-    Q, k = ids.shape
-    rows = np.repeat(np.arange(Q), k)
-    keep = ids.ravel() >= 0
-    return sp.csr_matrix((w.ravel()[keep], (rows[keep], ids.ravel()[keep])), shape=(Q, n_db))
-
-
-_TOPK_BLOCK_ENTRIES = 1 << 22  # padded (rows x longest row) entries per block in top_k_rows
+    return np.exp(-alpha * (d - d1))  # "distance"; exp(-inf) = 0 for missing neighbours
 
 
 def top_k_rows(S: sp.csr_matrix, top_k: int) -> sp.csr_matrix:
-    """Keep the ``top_k`` largest entries of each row of a CSR matrix (ties: lower column first).
+    """Keep the ``top_k`` largest entries of each row of a CSR matrix (ties: lower column first,
+    the ranking of :func:`xhyp.metrics.topk_from_scores`).
 
     Args:
         S: ``(Q, L)`` CSR scores.
         top_k: entries kept per row.
 
     Returns:
-        ``(Q, L)`` float32 CSR with sorted indices and at most ``top_k`` entries a row.
+        ``(Q, L)`` float32 CSR with sorted indices and at most ``top_k`` entries a row (rows
+        with no more than ``top_k`` entries are kept whole, explicit zeros dropped).
     """
     S = S.tocsr()
     S.sort_indices()
-    indptr, indices, data = S.indptr, S.indices, S.data
-    counts = np.diff(indptr)
-    Q = S.shape[0]
-    if counts.max(initial=0) <= top_k:
+    if np.diff(S.indptr).max(initial=0) <= top_k:
         out = S.astype(np.float32)
         out.eliminate_zeros()
         return out
-    # pad rows into a dense (Q, maxlen) block and take a row-wise partial sort; blocks of rows
-    # bound that block's memory (e.g. 100K queries x 15 members x 100 labels would need 1.2 GB)
-    maxlen = counts.max()
-    block = max(1, _TOPK_BLOCK_ENTRIES // int(maxlen))
-    if Q > block:
-        out = sp.vstack([top_k_rows(S[i:i + block], top_k) for i in range(0, Q, block)], format="csr")
-        out.has_sorted_indices = True
-        return out
-    row = np.repeat(np.arange(Q), counts)
-    pos = np.arange(len(indices)) - np.repeat(indptr[:-1], counts)
-    vals = np.full((Q, maxlen), -np.inf)
-    cols = np.full((Q, maxlen), np.iinfo(np.int64).max, dtype=np.int64)
-    vals[row, pos] = data
-    cols[row, pos] = indices
-    # sort by (-value, column): lexsort keys are applied last-first
-    order = np.lexsort((cols, -vals), axis=1)[:, :top_k]
-    v = np.take_along_axis(vals, order, 1)
-    c = np.take_along_axis(cols, order, 1)
-    keep = np.isfinite(v)
-    r = np.repeat(np.arange(Q), top_k).reshape(Q, top_k)
-    out = sp.csr_matrix((v[keep].astype(np.float32), (r[keep], c[keep])), shape=S.shape)
+    ids, vals = topk_from_scores(S, top_k, return_scores=True)
+    keep = ids >= 0
+    rows = np.repeat(np.arange(S.shape[0]), top_k).reshape(ids.shape)
+    out = sp.csr_matrix((vals[keep].astype(np.float32), (rows[keep], ids[keep])), shape=S.shape)
     out.sort_indices()
     return out
 
 
 def _use_kernel(backend: str) -> bool:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    check_choice("backend", backend, BACKENDS)
     if backend == "scipy":
         return False
-    from . import kernels
-
-    if kernels.ext_available("cpu"):
+    if extension.ext_available("cpu"):
         return True
     if backend == "kernel":
-        raise RuntimeError(f"backend='kernel' but the compiled kernels are not available: {kernels.ext_error()}")
+        raise RuntimeError(f"backend='kernel' but the compiled kernels are not available: {extension.ext_error()}")
     return False
 
 
@@ -125,9 +108,7 @@ def _as_numpy(a, dtype):
 
 
 def _kernel_vote(ids_list, weights_list, Y_list, top_k: int) -> sp.csr_matrix:
-    """Run :func:`xhyp.kernels.vote_topk` on precomputed weights and build scipy's CSR result."""
-    from . import kernels
-
+    """Run :func:`xhyp.knn.kernels.vote_topk` on precomputed weights and build scipy's CSR result."""
     n_labels = Y_list[0].shape[1]
     indptr, indices = [], []
     for Y in Y_list:
@@ -136,7 +117,7 @@ def _kernel_vote(ids_list, weights_list, Y_list, top_k: int) -> sp.csr_matrix:
         indices.append(torch.from_numpy(Y.indices.astype(np.int64)))
     ids = [torch.from_numpy(np.ascontiguousarray(_as_numpy(i, np.int64))) for i in ids_list]
     w = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)) for x in weights_list]
-    labels, scores, n_scored = kernels.vote_topk(ids, w, indptr, indices, n_labels, top_k, "weight")
+    labels, scores, n_scored = kernels.vote_topk(ids, w, indptr, indices, n_labels, top_k)
     labels, scores, n_scored = labels.numpy(), scores.numpy(), n_scored.numpy()
     Q = labels.shape[0]
     keep = labels >= 0
@@ -173,15 +154,16 @@ def vote(ids_qk, dist_qk, Y_train: sp.csr_matrix, top_k: int = 100,
     Returns:
         ``(Q, L)`` float32 CSR score matrix with at most ``top_k`` entries per row.
     """
-    return vote_ensemble([ids_qk], [dist_qk], Y_train, top_k, weighting, alpha, backend)
+    return vote_members([ids_qk], [dist_qk], Y_train, top_k, weighting, alpha, backend)
 
 
-def vote_ensemble(ids_list, dist_list, Y_train, top_k: int = 100, weighting: str = "count",
-                  alpha: float = 1.0, backend: str = "auto") -> sp.csr_matrix:
+def vote_members(ids_list, dist_list, Y_train, top_k: int = 100, weighting: str = "count",
+                 alpha: float = 1.0, backend: str = "auto") -> sp.csr_matrix:
     """Sum the full votes of M learners, then keep the top ``top_k`` labels (section 2.6).
 
-    Unlike :func:`aggregate` (which sums score matrices already cut to their top ``top_k``),
-    every label voted by any member keeps its whole score until the final cut.
+    Unlike :func:`sum_top_scores` (which sums score matrices already cut to their top labels, as
+    an ensemble of saved learners does), every label voted by any member keeps its whole score
+    until the final cut.
 
     Args:
         ids_list: M ``(Q, k_m)`` neighbour id arrays, one per learner (same queries).
@@ -198,25 +180,22 @@ def vote_ensemble(ids_list, dist_list, Y_train, top_k: int = 100, weighting: str
     """
     ids_list, dist_list = list(ids_list), list(dist_list)
     if not ids_list or len(ids_list) != len(dist_list):
-        raise ValueError("vote_ensemble() needs as many id arrays as distance arrays (at least one)")
+        raise ValueError("vote_members() needs as many id arrays as distance arrays (at least one)")
     Ys = list(Y_train) if isinstance(Y_train, (list, tuple)) else [Y_train]
     if len(Ys) not in (1, len(ids_list)) or len({Y.shape[1] for Y in Ys}) != 1:
         raise ValueError("Y_train: one label matrix, or one per learner with the same number of labels")
     ws = [neighbour_weights(_as_numpy(d, np.float64), weighting, alpha) for d in dist_list]
     if _use_kernel(backend):
         return _kernel_vote(ids_list, ws, Ys, top_k)
-    total = None
-    for m, (ids, w) in enumerate(zip(ids_list, ws)):
-        Y = Ys[0] if len(Ys) == 1 else Ys[m]
-        Yb = Y.tocsr().astype(np.float64)
-        Yb.data[:] = 1.0
-        S = vote_matrix(ids, w, Y.shape[0]) @ Yb
-        total = S if total is None else total + S
-    return top_k_rows(total.tocsr(), top_k)
+    return top_k_rows(summed_votes([_as_numpy(i, np.int64) for i in ids_list], ws, Ys), top_k)
 
 
-def aggregate(score_list, top_k: int = 100) -> sp.csr_matrix:
-    """Sum the score matrices of ensemble members (Gerald & Baskiotis 2019: summed votes).
+def sum_top_scores(score_list, top_k: int = 100) -> sp.csr_matrix:
+    """Sum score matrices that were each cut to their top labels (the members' predictions of an
+    ensemble, Gerald & Baskiotis 2019, section 2.6), then keep the top ``top_k`` labels.
+
+    A label that a member cut away adds nothing for that member; :func:`vote_members` sums the
+    full votes instead.
 
     Args:
         score_list: iterable of ``(Q, L)`` CSR score matrices of the same shape.
@@ -234,5 +213,5 @@ def aggregate(score_list, top_k: int = 100) -> sp.csr_matrix:
             raise ValueError(f"score matrices differ in shape: {S.shape} vs {total.shape}")
         total = S.astype(np.float64) if total is None else total + S
     if total is None:
-        raise ValueError("aggregate() needs at least one score matrix")
+        raise ValueError("sum_top_scores() needs at least one score matrix")
     return top_k_rows(total.tocsr(), top_k)
