@@ -13,53 +13,17 @@ from pathlib import Path
 
 import scipy.sparse as sp
 
-from .ensemble import Ensemble, aggregate_files, expand_model_dirs, is_ensemble_dir, train_ensemble
-from .predict import Predictor
-from .train import train
+from xhyp.datasets.registry import load_split, propensity_params
+
+from .prediction.ensemble import Ensemble, aggregate_files, expand_model_dirs, is_ensemble_dir, train_ensemble
+from .prediction.predictor import Predictor
+from .training import train
 from .utils import atomic_save_json, atomic_save_sparse
-
-
-def load_split(dataset: str | None = None, split: str = "train", path: str | None = None,
-               data_dir: str | None = None):
-    """Read ``(X, Y)`` from a registry dataset split or from an XC-format file.
-
-    Args:
-        dataset: registry name (``xhyp data list``), or ``None`` when ``path`` is given.
-        split: ``"train"`` or ``"test"``.
-        path: an Extreme Classification Repository text file.
-        data_dir: data directory (default: ``$XHYP_DATA``, else ``./data``).
-
-    Returns:
-        ``(X (N, F) float32 CSR, Y (N, L) float32 CSR)``.
-
-    Raises:
-        ValueError: neither or both of ``dataset`` and ``path``.
-        xhyp.datasets.formats.DataFormatError: malformed file (names file and line).
-        xhyp.datasets.registry.DatasetNotFoundError: dataset files absent (says how to get them).
-    """
-    from xhyp.datasets.formats import read_xc
-    from xhyp.datasets.registry import load_dataset
-
-    if (dataset is None) == (path is None):
-        raise ValueError("give exactly one of a dataset name or a file path")
-    if path is not None:
-        return read_xc(path)
-    return load_dataset(dataset, split=split, data_dir=data_dir)
 
 
 def _require_rows(X, source) -> None:
     if X.shape[0] == 0:
         raise ValueError(f"{source}: the training data has no examples (N = 0 in its header); nothing to train")
-
-
-def propensity_params(dataset: str | None) -> tuple[float, float]:
-    """Jain et al. (2016) propensity parameters ``(A, B)`` of a registry dataset (default 0.55, 1.5)."""
-    if dataset is None:
-        return 0.55, 1.5
-    from xhyp.datasets.registry import get_spec
-
-    spec = get_spec(dataset)
-    return spec.propensity_a, spec.propensity_b
 
 
 def train_model(out_dir: str | Path, dataset: str | None = None, path: str | None = None,
@@ -68,9 +32,9 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
     """``xhyp train``: train one learner and write its model directory.
 
     Args:
-        out_dir: model directory (see :mod:`xhyp.train` for its contents).
-        dataset, path, data_dir: training data, see :func:`load_split` (split ``"train"``).
-        model: :class:`xhyp.model.ModelConfig` fields. train_cfg: :class:`xhyp.train.TrainConfig` fields.
+        out_dir: model directory (see :mod:`xhyp.training.loop` for its contents).
+        dataset, path, data_dir: training data, see :func:`xhyp.datasets.registry.load_split` (split ``"train"``).
+        model: :class:`xhyp.embedding.model.ModelConfig` fields. train_cfg: :class:`xhyp.training.loop.TrainConfig` fields.
         resume: continue from ``out_dir/checkpoint.pt`` (an ``out_dir`` that does not exist, e.g. of
             a run killed at start-up, starts a new run; see also :func:`xhyp.modeldir.model_dir_writer`).
         progress: tqdm bars.
@@ -106,8 +70,8 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
             directory (written by :func:`ensemble_model`, holds ``ensemble.json``) stands for all
             its members.
         out: output ``.npz`` (a scipy sparse ``(Q, L)`` score matrix, written atomically).
-        dataset, path, split, data_dir: the queries, see :func:`load_split`.
-        k, top_k, index, weighting, index_params: see :meth:`xhyp.predict.Predictor.predict`.
+        dataset, path, split, data_dir: the queries, see :func:`xhyp.datasets.registry.load_split`.
+        k, top_k, index, weighting, index_params: see :meth:`xhyp.prediction.predictor.Predictor.predict`.
         X: ``(Q, F)`` query features already loaded (then nothing is read).
 
     Returns:
@@ -141,12 +105,12 @@ def ensemble_model(out_dir: str | Path, dataset: str | None = None, path: str | 
     """``xhyp ensemble``: train ``n_learners`` learners (seeds ``seed, seed+1, ...``) into ``out_dir``.
 
     ``out_dir/learner_XX`` are ordinary model directories and ``out_dir/ensemble.json`` lists them
-    (see :mod:`xhyp.ensemble`); ``xhyp predict --model out_dir`` then sums their votes. Running the
+    (see :mod:`xhyp.prediction.ensemble`); ``xhyp predict --model out_dir`` then sums their votes. Running the
     same command again skips complete learners and resumes interrupted ones.
 
     Args:
         out_dir: ensemble directory.
-        dataset, path, data_dir: training data, see :func:`load_split` (split ``"train"``).
+        dataset, path, data_dir: training data, see :func:`xhyp.datasets.registry.load_split` (split ``"train"``).
         model, train_cfg: shared :class:`ModelConfig` / :class:`TrainConfig` fields.
         n_learners: ``M``. jobs: learners trained at once, each in its own process.
         progress: progress output.
@@ -216,7 +180,7 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
 
     Args:
         pred: ``.npz`` score matrix from :func:`predict_model`.
-        dataset, path, split, data_dir: the true labels, see :func:`load_split`.
+        dataset, path, split, data_dir: the true labels, see :func:`xhyp.datasets.registry.load_split`.
         train_path: XC file of the training split when ``path`` is used.
         ks: cut-offs. A, B: propensity parameters (default: the dataset's).
         out: JSON file for the metrics (written atomically).
@@ -229,7 +193,7 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
     Raises:
         ValueError: the score matrix does not match the labels' shape.
     """
-    from xhyp.eval.metrics import evaluate, inv_propensity
+    from .metrics import evaluate, inv_propensity
 
     from .modeldir import load_file
 
@@ -272,7 +236,7 @@ def run_pipeline(out_dir: str | Path, dataset: str | None = "synthetic-hier", da
         out_dir: output directory.
         dataset: registry name (``None`` with ``train_path``/``test_path``).
         data_dir: data directory of the registry.
-        model, train_cfg: :class:`~xhyp.model.ModelConfig` / :class:`~xhyp.train.TrainConfig` fields.
+        model, train_cfg: :class:`~xhyp.embedding.model.ModelConfig` / :class:`~xhyp.training.loop.TrainConfig` fields.
         k, index: prediction neighbours and kNN backend (see :func:`predict_model`).
         progress: progress bars.
         train_path, test_path: the user's own Extreme Classification Repository text files
@@ -325,7 +289,7 @@ def curve_summary(history: list) -> dict:
 
     Args:
         history: the per-epoch records ``{"epoch", "loss", "val_p1"?, "seconds"?}`` written by
-            :func:`xhyp.train.train`.
+            :func:`xhyp.training.loop.train`.
 
     Returns:
         ``{"epochs", "loss_first", "loss_last", "val_p1_first", "val_p1_best", "best_epoch",
@@ -359,7 +323,7 @@ def _model_dir_info(d: Path) -> dict:
     cfg = _read_json(cfg_path)
     hist = _read_json(d / "history.json") if (d / "history.json").is_file() else []
     summary = _read_json(d / "train_summary.json") if (d / "train_summary.json").is_file() else {}
-    from .predict import PREDICTOR_FILES
+    from .prediction.predictor import PREDICTOR_FILES
 
     curve = curve_summary(hist)
     files = _dir_files(d)
@@ -392,7 +356,7 @@ def model_info(model_dir: str | Path) -> dict:
         FileNotFoundError: ``model_dir`` is neither (the message says which file is missing).
         ValueError: a JSON file of the directory is corrupt (the message names it).
     """
-    from .ensemble import ENSEMBLE_FILE, is_ensemble_dir
+    from .prediction.ensemble import ENSEMBLE_FILE, is_ensemble_dir
 
     d = Path(model_dir)
     if not d.is_dir():
@@ -485,9 +449,9 @@ def export_embeddings(model_dir: str | Path, out: str | Path, member: int = 0) -
     import scipy.sparse as sp
     import torch
 
-    from .ensemble import Ensemble, is_ensemble_dir
-    from .model import HyperbolicXMC
-    from .predict import PREDICTOR_FILES
+    from .prediction.ensemble import Ensemble, is_ensemble_dir
+    from .embedding.model import HyperbolicXMC
+    from .prediction.predictor import PREDICTOR_FILES
     from .utils import atomic_save_npz
 
     d = Path(model_dir)
@@ -516,7 +480,7 @@ def export_embeddings(model_dir: str | Path, out: str | Path, member: int = 0) -
 
 def _find_histories(path: Path) -> list[tuple[str, list]]:
     """``[(name, history records)]`` of a history.json, a model, run or ensemble directory."""
-    from .ensemble import is_ensemble_dir
+    from .prediction.ensemble import is_ensemble_dir
 
     if path.is_file():
         return [(path.parent.name, _read_json(path))]

@@ -8,9 +8,9 @@ ensemble ranks labels by the sum of those votes.
 An ensemble directory ``OUT`` holds
 
 * ``OUT/learner_00``, ``OUT/learner_01``, ...: ordinary model directories written by
-  :func:`xhyp.train.train` (each loadable with :meth:`xhyp.predict.Predictor.load`), learner ``i``
+  :func:`xhyp.training.loop.train` (each loadable with :meth:`xhyp.prediction.predictor.Predictor.load`), learner ``i``
   trained with seed ``seed + i``; a learner is *complete* when its ``train_summary.json`` and
-  every file :class:`~xhyp.predict.Predictor` needs exist;
+  every file :class:`~xhyp.prediction.predictor.Predictor` needs exist;
 * ``OUT/ensemble.json``: ``{"kind": "xhyp-ensemble", "members": ["learner_00", ...],
   "seed": s, "model": {...}, "train": {...}, "dataset": ..., "xhyp_version": ...}``.
 
@@ -20,7 +20,7 @@ directory holds trains only the new ones.
 
 Example::
 
-    from xhyp.ensemble import Ensemble, train_ensemble
+    from xhyp.prediction import Ensemble, train_ensemble
     train_ensemble(X, Y, "runs/ens", n_learners=3, model_config={"dim": 50})
     scores = Ensemble.load("runs/ens").predict(X_test, top_k=5)   # (Q, L) CSR summed votes
 """
@@ -30,17 +30,16 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import scipy.sparse as sp
 
-from . import modeldir
-from .model import ModelConfig
-from .predict import PREDICTOR_FILES, Predictor
-from .train import RUNTIME_KEYS, TrainConfig, data_fingerprint, normalise_configs, train
-from .utils import atomic_save_json, atomic_save_sparse
-from .vote import aggregate
+from .. import modeldir
+from ..config import ModelConfig, TrainConfig, config_changes, data_fingerprint, normalise_configs
+from ..knn.vote import sum_top_scores
+from ..training import train
+from ..utils import atomic_save_json, atomic_save_sparse
+from .predictor import PREDICTOR_FILES, Predictor
 
 ENSEMBLE_FILE = "ensemble.json"
 SUMMARY_FILE = "train_summary.json"
@@ -69,13 +68,10 @@ def is_complete(model_dir: str | Path) -> bool:
     return True
 
 
-def _comparable(train_cfg: dict) -> dict:
-    return {k: v for k, v in train_cfg.items() if k not in RUNTIME_KEYS}
-
-
-def _normalise_configs(n_features: int, n_labels: int, model_config, train_config) -> tuple[dict, dict]:
+def _config_dicts(n_features: int, n_labels: int, model_config, train_config) -> tuple[dict, dict]:
+    """The ``(model, train)`` sections of a learner's ``config.json`` (:func:`xhyp.config.normalise_configs`)."""
     mcfg, tcfg = normalise_configs(n_features, n_labels, model_config, train_config)
-    return asdict(mcfg), asdict(tcfg)
+    return mcfg.to_dict(), tcfg.to_dict()
 
 
 def train_learner(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, model_config: dict,
@@ -106,12 +102,13 @@ def train_learner(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, model
         cfg = modeldir.read_json(d / "config.json", "model configuration")
         if not isinstance(cfg, dict):
             raise modeldir.ModelDirError(d / "config.json", "is not a model configuration (not a JSON object)")
-        want_m, _ = _normalise_configs(X.shape[1], Y.shape[1], model_config, {})
-        if cfg.get("model") != want_m or _comparable(cfg.get("train", {})) != _comparable(
-                asdict(TrainConfig.from_dict(train_config))):
-            raise ValueError(f"{d} holds a learner trained with another configuration; remove it or "
+        want_m, want_t = _config_dicts(X.shape[1], Y.shape[1], model_config, train_config)
+        changed = config_changes({"model": {}, "train": {}, **cfg},
+                                 {"model": want_m, "train": want_t, "data": data_fingerprint(X, Y)})
+        if [c for c in changed if c != "data"]:
+            raise ValueError(f"{d} holds a learner trained with another configuration ({changed}); remove it or "
                              "choose another output directory")
-        if cfg.get("data") not in (None, data_fingerprint(X, Y)):
+        if changed:
             raise ValueError(f"{d} holds a learner trained on other data ({cfg.get('data')})")
         if is_complete(d):
             return dict(modeldir.read_json(d / SUMMARY_FILE, "training summary"), skipped=True)
@@ -136,7 +133,7 @@ def _mp_context(threads: int):
 
     ``fork`` (no re-import, so it starts in milliseconds) when each worker runs torch with one
     thread: a forked child that never enters an OpenMP parallel region cannot hit the
-    fork-after-OpenMP hang. Otherwise ``forkserver`` with :mod:`xhyp.ensemble` preloaded (torch
+    fork-after-OpenMP hang. Otherwise ``forkserver`` with :mod:`xhyp.prediction.ensemble` preloaded (torch
     imported once, in a server that never ran a parallel region), else ``spawn``.
     """
     import multiprocessing as mp
@@ -146,7 +143,7 @@ def _mp_context(threads: int):
         return mp.get_context("fork")
     if "forkserver" in methods:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["xhyp.ensemble"])
+        ctx.set_forkserver_preload(["xhyp.prediction.ensemble"])
         return ctx
     return mp.get_context("spawn")
 
@@ -198,7 +195,7 @@ def train_ensemble(X: sp.csr_matrix, Y: sp.csr_matrix, out_dir: str | Path, n_le
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
-    mdict, tdict = _normalise_configs(X.shape[1], Y.shape[1], model_config, train_config)
+    mdict, tdict = _config_dicts(X.shape[1], Y.shape[1], model_config, train_config)
     modeldir.check_training_data(X, Y)
     lock = modeldir.lock_dir(out, "ensemble")
     try:
@@ -235,10 +232,10 @@ def _train_ensemble(X, Y, out: Path, n_learners: int, mdict: dict, tdict: dict, 
         old = modeldir.read_json(meta_path, "ensemble description")
         if not isinstance(old, dict):
             raise modeldir.ModelDirError(meta_path, "is not an ensemble description (not a JSON object)")
-        if old.get("model") != mdict or _comparable(old.get("train", {})) != _comparable(tdict):
+        if config_changes({"model": {}, "train": {}, **old}, {"model": mdict, "train": tdict}):
             raise ValueError(f"{out} holds an ensemble with another configuration "
                              f"({old.get('model')}, {old.get('train')}); choose another directory")
-    from . import __version__
+    from .. import __version__
 
     names = [learner_name(i) for i in range(n_learners)]
     meta = {"kind": "xhyp-ensemble", "members": names, "seed": base_seed, "model": mdict,
@@ -334,13 +331,18 @@ class Ensemble:
         return len(self.member_dirs)
 
     def predict_members(self, X: sp.csr_matrix, top_k: int = 100, **predict_kw):
-        """Yield each member's ``(Q, L)`` CSR scores (see :meth:`xhyp.predict.Predictor.predict`)."""
+        """Yield each member's ``(Q, L)`` CSR scores (see :meth:`xhyp.prediction.predictor.Predictor.predict`)."""
         for d in self.member_dirs:
             yield Predictor.load(d).predict(X, top_k=top_k, **predict_kw)
 
     def predict(self, X: sp.csr_matrix, top_k: int = 100, member_top_k: int | None = None,
                 **predict_kw) -> sp.csr_matrix:
         """Summed votes of all members (Gerald & Baskiotis 2019, section 2.6).
+
+        Each member predicts its top ``member_top_k`` labels (:meth:`predict_members`), and those
+        cut score lists are summed (:func:`xhyp.knn.vote.sum_top_scores`): a label a member cut
+        away adds nothing for it. With ``member_top_k`` at least the number of labels a member
+        votes for, this is the sum of the full votes (:func:`xhyp.knn.vote.vote_members`).
 
         Args:
             X: ``(Q, F)`` CSR raw features.
@@ -351,7 +353,7 @@ class Ensemble:
         Returns:
             ``(Q, L)`` float32 CSR scores.
         """
-        return aggregate(self.predict_members(X, member_top_k or top_k, **predict_kw), top_k)
+        return sum_top_scores(self.predict_members(X, member_top_k or top_k, **predict_kw), top_k)
 
 
 def expand_model_dirs(model_dirs) -> list[Path]:
@@ -392,7 +394,7 @@ def aggregate_files(pred_paths, out: str | Path | None = None, top_k: int = 100)
             shape = S.shape
             yield S
 
-    total = aggregate(load(), top_k)
+    total = sum_top_scores(load(), top_k)
     if out is not None:
         atomic_save_sparse(out, total)
     return total

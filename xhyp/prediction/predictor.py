@@ -10,10 +10,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .features import FeaturePipeline
-from .index import make_index
-from .model import HyperbolicXMC
-from .vote import vote
+from ..config import PredictConfig
+from ..embedding.features import FeaturePipeline
+from ..embedding.model import HyperbolicXMC
+from ..knn.index import make_index
+from ..knn.vote import vote
 
 
 # the files of a model directory that prediction needs
@@ -23,11 +24,12 @@ class Predictor:
     """A trained learner ready to answer queries: model, feature pipeline and kNN database.
 
     Args:
-        model: trained :class:`xhyp.model.HyperbolicXMC`.
-        pipeline: the :class:`xhyp.features.FeaturePipeline` fitted at training time.
+        model: trained :class:`xhyp.embedding.model.HyperbolicXMC`.
+        pipeline: the :class:`xhyp.embedding.features.FeaturePipeline` fitted at training time.
         train_emb: ``(N, n)`` float32 embeddings of the training examples (the kNN database).
         train_labels: ``(N, L)`` CSR labels of those examples.
-        config: the model directory's ``config.json`` contents (defaults for ``k``, weighting).
+        config: the model directory's ``config.json`` contents (its ``"train"`` section gives the
+            defaults of ``k``, ``weighting`` and ``alpha``: :meth:`xhyp.config.PredictConfig.for_model`).
     """
 
     def __init__(self, model: HyperbolicXMC, pipeline: FeaturePipeline, train_emb: torch.Tensor,
@@ -42,7 +44,7 @@ class Predictor:
 
     @classmethod
     def load(cls, directory: str | Path, verify: bool = True) -> "Predictor":
-        """Load a model directory written by :func:`xhyp.train.train`.
+        """Load a model directory written by :func:`xhyp.training.loop.train`.
 
         The directory is first checked against its ``manifest.json`` (every file present, with
         the size and SHA-256 recorded when training finished: see :mod:`xhyp.modeldir`), then
@@ -59,31 +61,16 @@ class Predictor:
             xhyp.modeldir.ModelDirError: a damaged file, a file that differs from the manifest (a
                 directory mixing two runs), or files that disagree; one line naming the file.
         """
-        from . import modeldir as md
-        from .model import ModelConfig
+        from .. import modeldir as md
+        from ..hmc.train import HMCPredictor, is_hmc_dir
 
         d = Path(directory)
-        from .hmc.train import HMCPredictor, is_hmc_dir
-
         if is_hmc_dir(d):  # an HMC model directory (xhyp.hmc): same load/predict interface
             return HMCPredictor.load(d)
         md.verify(d, checksums=verify)
         config = md.read_json(d / "config.json", "model configuration")
-        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-            raise md.ModelDirError(d / "config.json", "has no \"model\" section: not the configuration of an "
-                                   "xhyp model directory")
-        try:
-            mcfg = ModelConfig.from_dict(config["model"])
-        except (TypeError, ValueError) as exc:
-            raise md.ModelDirError(d / "config.json", f"invalid \"model\" section: {exc}") from None
-        model = HyperbolicXMC(mcfg)
-        state = md.load_file(d / "model.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True),
-                             "PyTorch weights file")
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise md.ModelDirError(d / "model.pt", "does not fit config.json's model: "
-                                   + str(exc).replace("\n", " ")[:200]) from None
+        model = HyperbolicXMC.load(d, config)
+        mcfg = model.config
         pipeline = md.load_file(d / "features.npz", FeaturePipeline.load, "feature pipeline (.npz)")
         emb = md.load_file(d / "train_emb.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True),
                            "PyTorch tensor file")
@@ -102,19 +89,27 @@ class Predictor:
 
     @classmethod
     def from_train_result(cls, result) -> "Predictor":
-        """Wrap the in-memory result of :func:`xhyp.train.train`."""
-        m = result.model
-        return cls(m, m.pipeline, m.train_emb, m.train_labels, result.config)
+        """Wrap the in-memory result of :func:`xhyp.training.train` (a
+        :class:`~xhyp.training.loop.TrainResult`: model, kNN database, feature pipeline)."""
+        return cls(result.model, result.pipeline, result.train_emb, result.train_labels, result.config)
 
     def embed(self, X: sp.csr_matrix, batch_size: int = 4096) -> torch.Tensor:
-        """``(Q, F)`` raw CSR features -> ``(Q, n)`` float32 embeddings."""
+        """``(Q, F)`` raw CSR features -> ``(Q, n)`` float32 embeddings.
+
+        Raises:
+            ValueError: ``X`` has another number of features than the training data.
+        """
         if X.shape[1] != self.model.config.n_features:
             raise ValueError(f"queries have {X.shape[1]} features, the model was trained on "
                              f"{self.model.config.n_features}")
         return self.model.embed(self.pipeline.transform(X), batch_size=batch_size)
 
     def index(self, kind: str = "exact", **params):
-        """The kNN index over the training embeddings (built once per kind/params, then cached)."""
+        """The kNN index over the training embeddings (built once per kind/params, then cached).
+
+        Raises:
+            ValueError: an unknown kind or parameter (:func:`xhyp.knn.index.make_index`).
+        """
         key = (kind, tuple(sorted(params.items())))
         if self._index_key != key:
             self._index = make_index(kind, geometry=self.model.config.geometry, **params).add(self.train_emb)
@@ -122,33 +117,47 @@ class Predictor:
         return self._index
 
     def predict(self, X: sp.csr_matrix, k: int | None = None, top_k: int = 100, index: str = "exact",
-                weighting: str | None = None, batch_size: int = 16384, index_params: dict | None = None
-                ) -> sp.csr_matrix:
-        """Top-``top_k`` label scores for each query.
+                weighting: str | None = None, batch_size: int = 16384, index_params: dict | None = None,
+                alpha: float | None = None) -> sp.csr_matrix:
+        """Top-``top_k`` label scores for each query (Gerald & Baskiotis 2019, section 2.5).
+
+        The arguments are the fields of :class:`xhyp.config.PredictConfig`; ``None`` ones take the
+        model's training configuration (:meth:`~xhyp.config.PredictConfig.for_model`).
 
         Args:
             X: ``(Q, F)`` CSR raw features (the training preprocessing is applied here).
-            k: neighbours (default: the training config's ``knn``, else 10).
+            k: neighbours (default: the training config's ``knn``).
             top_k: labels kept per query.
-            index: index kind (see :func:`xhyp.index.make_index`).
-            weighting: ``"count"`` or ``"distance"`` (default: the training config's); the
-                distance weighting uses the training ``alpha``.
+            index: index kind (see :func:`xhyp.knn.index.make_index`).
+            weighting: ``"count"`` or ``"distance"`` (default: the training config's).
             batch_size: queries per chunk (bounds memory).
             index_params: extra index constructor arguments (e.g. ``nprobe``).
+            alpha: softmax scale of the distance weighting (default: the training ``alpha``).
 
         Returns:
             ``(Q, L)`` float32 CSR score matrix, at most ``top_k`` entries a row.
+
+        Raises:
+            ValueError: an invalid setting, or ``X`` with another number of features.
         """
-        tc = self.config.get("train", {})
-        k = k or tc.get("knn", 10)
-        weighting = weighting or tc.get("weighting", "count")
-        idx = self.index(index, **(index_params or {}))
+        cfg = PredictConfig(k=k, weighting=weighting, alpha=alpha, top_k=top_k, index=index,
+                            index_params=index_params or {}, batch_size=batch_size)
+        return self.predict_with(X, cfg)
+
+    def predict_with(self, X: sp.csr_matrix, config: PredictConfig) -> sp.csr_matrix:
+        """:meth:`predict` with a :class:`xhyp.config.PredictConfig`: ``(Q, F)`` CSR raw features ->
+        ``(Q, L)`` float32 CSR scores, at most ``config.top_k`` entries a row.
+
+        Raises:
+            ValueError: ``X`` with another number of features than the training data.
+        """
+        cfg = config.for_model(self.config.get("train"))
+        idx = self.index(cfg.index, **cfg.index_params)
         parts = []
-        for s in range(0, X.shape[0], batch_size):
-            q = self.embed(X[s:s + batch_size])
-            D, I = idx.search(q, k)
-            parts.append(vote(I, D, self.train_labels, top_k=top_k, weighting=weighting,
-                              alpha=tc.get("alpha", 1.0)))
+        for s in range(0, X.shape[0], cfg.batch_size):
+            q = self.embed(X[s:s + cfg.batch_size])
+            D, I = idx.search(q, cfg.k)
+            parts.append(vote(I, D, self.train_labels, top_k=cfg.top_k, weighting=cfg.weighting, alpha=cfg.alpha))
         if not parts:
             return sp.csr_matrix((0, self.train_labels.shape[1]), dtype=np.float32)
         return sp.vstack(parts).tocsr()
