@@ -29,8 +29,18 @@ from pathlib import Path
 from .formats import DataFormatError, read_hmc_arff, read_xc, read_xc_header
 
 __all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "FetchError", "get_spec", "resolve_data_dir",
-           "dataset_paths", "load_dataset", "fetch", "dataset_info", "is_verified", "raw_hmc_splits",
-           "load_hmc_split"]
+           "dataset_paths", "load_dataset", "load_split", "fetch", "dataset_info", "is_verified", "raw_hmc_splits",
+           "load_hmc_split", "propensity_params", "PROPENSITY_AB"]
+
+#: (A, B) of the Jain et al. (KDD 2016) inverse-propensity model used by the Extreme Classification
+#: Repository for each family of data sets; every other data set (and data outside the registry)
+#: uses the default. The only place these numbers are written: a :class:`DatasetSpec` takes its
+#: family's values, :func:`propensity_params` and :func:`xhyp.metrics.inv_propensity` the default.
+PROPENSITY_AB = {
+    "default": (0.55, 1.5),
+    "amazon": (0.6, 2.6),  # Amazon-670K, Amazon-3M
+    "wikipedia": (0.5, 0.4),  # Wiki10-31K, WikiLSHTC-325K, WikipediaLarge-500K
+}
 
 XC_REPOSITORY = "http://manikvarma.org/downloads/XC/XMLRepository.html"
 MULAN_DATASETS = "https://mulan.sourceforge.net/datasets-mlc.html"
@@ -85,8 +95,8 @@ class DatasetSpec:
     url: str | None = None
     gdrive_id: str | None = None
     archive_name: str | None = None
-    propensity_a: float = 0.55
-    propensity_b: float = 1.5
+    propensity_a: float = PROPENSITY_AB["default"][0]
+    propensity_b: float = PROPENSITY_AB["default"][1]
     avg_features: float | None = None
     avg_labels: float | None = None
     source: str = ""
@@ -130,7 +140,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "wiki10-31k", "remote", 14146, 6616, 101938, 30938,
             archive_files=("wiki10_train.txt", "wiki10_test.txt"), gdrive_id="0B3lPMIHmG6vGaDdOeGliWF9EOTA",
-            archive_name="wiki10.zip", propensity_a=0.5, propensity_b=0.4, avg_features=673.45, avg_labels=18.64,
+            archive_name="wiki10.zip", propensity_a=PROPENSITY_AB["wikipedia"][0],
+            propensity_b=PROPENSITY_AB["wikipedia"][1], avg_features=673.45, avg_labels=18.64,
             source=f"the Extreme Classification Repository, {XC_REPOSITORY} (Wiki10-31K, BoW features)",
             citation="A. Zubiaga. Enhancing navigation on Wikipedia with social tags. Wikimania 2009. " + _XC_CITATION),
         DatasetSpec(
@@ -278,6 +289,49 @@ def load_dataset(name: str, split: str = "train", data_dir=None):
             + how + _manual_instructions(spec, root))
     _check_header(path, spec, split)
     return read_xc(path)
+
+
+def load_split(dataset: str | None = None, split: str = "train", path=None, data_dir=None):
+    """``(X, Y)`` of a data set split by name, or of an Extreme Classification Repository text
+    file: the one loader of the CLI, the experiment drivers and the benchmarks.
+
+    A registry name goes through :func:`load_dataset`; a name the registry does not know is read
+    from ``data_dir/NAME/SPLIT.txt`` when that file exists (any folder laid out like the shared
+    ``bibtex/``, ``delicious/`` data).
+
+    Args:
+        dataset: registry name (``xhyp data list``) or folder name, or ``None`` when ``path`` is given.
+        split: ``"train"`` or ``"test"`` (``"valid"`` too for the HMC sets).
+        path: an Extreme Classification Repository text file.
+        data_dir: data directory (default: ``$XHYP_DATA``, else ``./data``; see :func:`resolve_data_dir`).
+
+    Returns:
+        ``(X (N, F) float32 CSR, Y (N, L) float32 CSR)``.
+
+    Raises:
+        ValueError: neither or both of ``dataset`` and ``path``, or a bad split.
+        KeyError: a name neither the registry nor ``data_dir`` knows.
+        DatasetNotFoundError: a registry dataset's files are absent (says how to get them).
+        DataFormatError: a malformed file (names file and line).
+    """
+    if (dataset is None) == (path is None):
+        raise ValueError("give exactly one of a dataset name or a file path")
+    if path is not None:
+        return read_xc(path)
+    if dataset not in DATASETS:
+        folder = resolve_data_dir(data_dir) / dataset / f"{split}.txt"
+        if folder.is_file():
+            return read_xc(folder)
+    return load_dataset(dataset, split=split, data_dir=data_dir)
+
+
+def propensity_params(dataset: str | None = None) -> tuple[float, float]:
+    """Jain et al. (KDD 2016) propensity parameters ``(A, B)`` of a data set: its registry spec's,
+    or :data:`PROPENSITY_AB` ``["default"]`` (0.55, 1.5) for ``None`` and names outside the registry."""
+    if dataset is None or dataset not in DATASETS:
+        return PROPENSITY_AB["default"]
+    spec = get_spec(dataset)
+    return spec.propensity_a, spec.propensity_b
 
 
 def raw_hmc_splits(name: str, data_dir=None) -> dict:
