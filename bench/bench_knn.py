@@ -26,7 +26,7 @@ What is measured, per contender (index kind + parameters):
   ``/proc/self/clear_refs``; ``ru_maxrss`` would carry the parent's peak into the worker), each
   contender in its own subprocess (tracemalloc does not see torch's allocations); settings that
   share one built index (e.g. several ``nprobe``) share that number;
-* on Delicious: **P@1/3/5** of the kNN vote (``xhyp.vote.vote``, the model's ``knn`` and
+* on Delicious: **P@1/3/5** of the kNN vote (``xhyp.knn.vote.vote``, the model's ``knn`` and
   ``weighting``) from each contender's neighbours, and the same with exact search; there every
   contender searches ``max(k, knn)`` neighbours (recall is still measured on the first ``k``).
 
@@ -38,14 +38,14 @@ average before and after.
 Data:
 
 * **delicious**: training examples (database, 12,920) and test examples (queries, 3,185)
-  embedded by a model trained with ``xhyp.train.train`` (default configuration, ``--epochs``
+  embedded by a model trained with ``xhyp.training.loop.train`` (default configuration, ``--epochs``
   epochs at most; cached in ``--work``) or the model directory given by ``--model``.
 * **synthetic-200k**: 196,606 database points and 100,095 queries in dimension 50 (the sizes of
-  Delicious-200K), ``x = p(u)`` (``xhyp.manifold.to_ball``) for ``u`` drawn from a mixture of
+  Delicious-200K), ``x = p(u)`` (``xhyp.embedding.manifold.to_ball``) for ``u`` drawn from a mixture of
   ``--centers`` (2000) isotropic Gaussians (see :func:`synthetic`): uniform directions with
   log-normal radii, Zipf mixture weights (like label frequencies), within-component spread
   ``--spread``. The defaults were calibrated on the embeddings of a Delicious model trained by
-  ``xhyp.train.train`` (10 epochs): norm quantiles 5/50/95 % 0.27/0.42/0.63 (model:
+  ``xhyp.training.loop.train`` (10 epochs): norm quantiles 5/50/95 % 0.27/0.42/0.63 (model:
   0.24/0.43/0.65) and median distance to the 10th neighbour / median distance between random
   points 0.44 (model: 0.44), both measured on 12,920 points. Its clusters are more uneven than
   the model's: with 64 random centroids a query's nearest cluster holds 7.6 % of the points on
@@ -147,8 +147,8 @@ def worker(spec: dict) -> dict:
         faiss.omp_set_num_threads(threads)
     except ImportError:
         pass
-    from xhyp import kernels
-    from xhyp.index import make_index
+    from xhyp.knn import extension
+    from xhyp.knn.index import make_index
 
     work = Path(spec["work"])
     db = torch.from_numpy(np.load(work / f"{spec['dataset']}_db.npy"))
@@ -179,7 +179,7 @@ def worker(spec: dict) -> dict:
         rows.append({"setting": setting, "seconds": secs, "times": times, "queries": int(q.shape[0]),
                      "qps": q.shape[0] / secs, "ids_file": out})
     return {"build_seconds": build, "rows": rows, "rss_delta_mb": _peak_mb() - rss0,
-            "rss_before_mb": rss0, "ext": kernels.ext_available("cpu"), "torch_threads": torch.get_num_threads()}
+            "rss_before_mb": rss0, "ext": extension.ext_available("cpu"), "torch_threads": torch.get_num_threads()}
 
 
 def run_worker(spec: dict) -> dict:
@@ -207,7 +207,7 @@ def synthetic(n_db: int, n_q: int, dim: int, centers: int, center_radius: float,
     """
     import torch
 
-    from xhyp import manifold
+    from xhyp.embedding import manifold
 
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=(centers, dim))
@@ -232,7 +232,7 @@ def delicious(args, work: Path):
     """Embeddings of Delicious train (database) and test (queries) + labels + vote config."""
     import torch
 
-    from xhyp.predict import Predictor
+    from xhyp.prediction import Predictor
 
     from xhyp.datasets.formats import read_xc
 
@@ -241,7 +241,7 @@ def delicious(args, work: Path):
     X_te, Y_te = read_xc(ddir / "test.txt")
     model_dir = Path(args.model) if args.model else work / "delicious_model"
     if not args.model and not (model_dir / "train_emb.pt").exists():
-        from xhyp.train import train
+        from xhyp.training import train
 
         t0 = time.time()
         print(f"training a Delicious model ({args.epochs} epochs at most) into {model_dir} ...", flush=True)
@@ -260,8 +260,8 @@ def delicious(args, work: Path):
 
 
 def precision_at(Y_true, S, ks=(1, 3, 5)):
-    """``{"P@k": ...}`` of a score matrix (:func:`xhyp.eval.metrics.precision_at_k`)."""
-    from xhyp.eval.metrics import precision_at_k
+    """``{"P@k": ...}`` of a score matrix (:func:`xhyp.metrics.precision_at_k`)."""
+    from xhyp.metrics import precision_at_k
 
     curve = precision_at_k(Y_true, S, k=max(ks))
     return {f"P@{k}": float(curve[k - 1]) for k in ks}
@@ -358,7 +358,7 @@ def bench_dataset(name, db, q, args, work: Path, extra=None, geometry="poincare"
                   f"(ties {row['recall_ties']:.4f}), "
                   f"built {res['build_seconds']:.2f} s, RSS +{res['rss_delta_mb']:.0f} MB", flush=True)
     if extra is not None:  # Delicious: P@k from each contender's neighbours
-        from xhyp.vote import vote
+        from xhyp.knn.vote import vote
 
         Y_tr, Y_te, info = extra
         kv = info["knn"]
@@ -498,11 +498,11 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    from xhyp import kernels
+    from xhyp.knn import extension
 
     t_start = time.time()
     env = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "threads": args.threads, "extension": kernels.ext_available("cpu"),
+           "cpu_count": os.cpu_count(), "threads": args.threads, "extension": extension.ext_available("cpu"),
            "loadavg_start": loadavg(), "command": " ".join([Path(sys.executable).name, *sys.argv])}
     try:
         import faiss

@@ -5,7 +5,7 @@
 Stages (each timed over all test points, median of ``--repeats`` runs, same process, same
 threads): reading the test file, embedding (``Predictor.embed``: feature pipeline + projector),
 index build (``make_index(...).add(train embeddings)``, once per model), search (``index.search``),
-vote (``xhyp.vote.vote``), writing (``atomic_save_sparse`` of the score matrix), and the whole
+vote (``xhyp.knn.vote.vote``), writing (``atomic_save_sparse`` of the score matrix), and the whole
 ``xhyp.commands.predict_model`` call (what ``xhyp predict`` runs, index build and reading
 included). Prints a table in ms per point and writes JSON. The reference figure is Parabel's
 0.24 ms/point on Delicious (omikuji, same machine, from the issue).
@@ -40,10 +40,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from xhyp import commands
     from xhyp.datasets.formats import read_xc
-    from xhyp.index import make_index
-    from xhyp.predict import Predictor
+    from xhyp.knn.index import make_index
+    from xhyp.prediction import Predictor
     from xhyp.utils import atomic_save_sparse, atomic_write
-    from xhyp.vote import vote
+    from xhyp.knn.vote import vote
 
     def timed(fn):
         ts, r = [], None

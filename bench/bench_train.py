@@ -50,7 +50,7 @@ def run_one(shape: str, trainer: str, device: str, max_steps: int, threads: int,
     import torch
 
     from xhyp.datasets.synthetic import make_like
-    from xhyp.train import train
+    from xhyp.training import train
 
     name, _, scale = shape.partition("@")
     t = time.time()

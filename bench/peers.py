@@ -11,7 +11,7 @@ Methods (``--peers``; each one is skipped with a message when its package is mis
 
 * ``xhyp``: one learner (``xhyp``) and an ensemble of ``--xhyp-learners`` learners
   (``xhyp-ensN``, summed votes, Gerald & Baskiotis 2019 section 2.6), through the Python API
-  (:func:`xhyp.ensemble.train_ensemble`, :class:`xhyp.predict.Predictor`). The ensemble's learner 0
+  (:func:`xhyp.prediction.train_ensemble`, :class:`xhyp.prediction.Predictor`). The ensemble's learner 0
   *is* the single learner (seed 0; learner ``i`` has seed ``i``), so it is trained once; the
   ensemble's training time is the sum of its learners' times. Learners train one after another.
 * ``parabel``: Parabel (Prabhu et al. 2018) as implemented by ``omikuji`` (its defaults: balanced
@@ -31,7 +31,7 @@ get the training and test features L2-normalised per row (what xhyp's default ``
 does inside its pipeline; xhyp is given the raw features and normalises them itself).
 
 Scoring: every method's top-``--top-k`` test scores are saved as a sparse ``(N_test, L)`` matrix
-(``WORK/DATASET/METHOD/predictions.npz``) and scored by the same code, :mod:`xhyp.eval.metrics`
+(``WORK/DATASET/METHOD/predictions.npz``) and scored by the same code, :mod:`xhyp.metrics`
 (P@k, and PSP@k with the inverse propensities of Jain et al. 2016, ``A, B`` from xhyp's registry).
 
 Timings (wall clock, ``--threads`` threads for every method):
@@ -45,7 +45,7 @@ Timings (wall clock, ``--threads`` threads for every method):
   model directory loaded first, the kNN index built inside the timed call) divided by the number
   of test points. omikuji's Python binding predicts one point per call, which this includes;
 * ``model (MB)``: bytes on disk of what prediction needs (xhyp: the files of
-  ``xhyp.predict.PREDICTOR_FILES``, i.e. without the resumable ``checkpoint.pt``; the others:
+  ``xhyp.prediction.predictor.PREDICTOR_FILES``, i.e. without the resumable ``checkpoint.pt``; the others:
   their saved model directory), in 10^6 bytes.
 
 Threads: ``--threads`` is given to every method. On a machine shared with other jobs use
@@ -148,15 +148,16 @@ def run_xhyp(data: dict, work: Path, args):
     try:
         import torch
 
-        from xhyp.ensemble import train_ensemble
-        from xhyp.eval.common import parse_overrides
-        from xhyp.predict import PREDICTOR_FILES, Predictor
-        from xhyp.vote import aggregate
+        from xhyp.cli import config_from_pairs
+        from xhyp.config import TrainConfig
+        from xhyp.knn.vote import sum_top_scores
+        from xhyp.prediction import Predictor, train_ensemble
+        from xhyp.prediction.predictor import PREDICTOR_FILES
     except ImportError as e:
         raise Unavailable(f"xhyp cannot be imported ({e})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tcfg = dict(parse_overrides(args.xhyp_set), seed=args.seed, threads=args.threads)
+    tcfg = dict(config_from_pairs(args.xhyp_set, TrainConfig), seed=args.seed, threads=args.threads)
     mcfg = {"dim": args.xhyp_dim}
     ens_dir = work / "xhyp-ensemble"
     if not args.resume:
@@ -180,7 +181,7 @@ def run_xhyp(data: dict, work: Path, args):
         if len(preds) == 1:
             S = preds[0].predict(Xte, top_k=args.top_k, **predict_kw)
         else:
-            S = aggregate((p.predict(Xte, top_k=member_top_k, **predict_kw) for p in preds), args.top_k)
+            S = sum_top_scores((p.predict(Xte, top_k=member_top_k, **predict_kw) for p in preds), args.top_k)
         return S, time.perf_counter() - t0
 
     train_ensemble(Xtr, Ytr, ens_dir, n_learners=1, model_config=mcfg, train_config=tcfg, jobs=1,
@@ -376,8 +377,8 @@ RUNNERS = {"xhyp": run_xhyp, "parabel": run_parabel, "bonsai": run_bonsai, "plt"
 # scoring, tables
 # ------------------------------------------------------------------------------------------------
 def score(Y_test, S, inv_prop) -> dict:
-    """P@k and PSP@k (k = 1, 3, 5) of a score matrix, by :mod:`xhyp.eval.metrics`."""
-    from xhyp.eval.metrics import precision_at_k, psprecision_at_k
+    """P@k and PSP@k (k = 1, 3, 5) of a score matrix, by :mod:`xhyp.metrics`."""
+    from xhyp.metrics import precision_at_k, psprecision_at_k
 
     p = precision_at_k(Y_test, S, k=max(KS))
     ps = psprecision_at_k(Y_test, S, inv_prop, k=max(KS))
@@ -387,16 +388,21 @@ def score(Y_test, S, inv_prop) -> dict:
 
 
 def prepare(name: str, data_dir) -> dict:
-    """Load a data set's splits (by :func:`xhyp.eval.common.load_xy`) and its propensity (A, B)."""
-    from xhyp.eval.common import load_xy, propensity_ab
+    """Load a data set's splits (:func:`xhyp.datasets.load_split`) and its propensity (A, B)."""
+    from xhyp.datasets import load_split, propensity_params
 
-    Xtr, Ytr = load_xy(name, "train", data_dir)
-    Xte, Yte = load_xy(name, "test", data_dir)
-    return make_data(name, Xtr, Ytr, Xte, Yte, propensity_ab(name))
+    Xtr, Ytr = load_split(name, "train", data_dir=data_dir)
+    Xte, Yte = load_split(name, "test", data_dir=data_dir)
+    return make_data(name, Xtr, Ytr, Xte, Yte, propensity_params(name))
 
 
-def make_data(name, Xtr, Ytr, Xte, Yte, ab=(0.55, 1.5)) -> dict:
-    """The dict every peer reads: raw and L2-normalised features, labels, propensity parameters."""
+def make_data(name, Xtr, Ytr, Xte, Yte, ab=None) -> dict:
+    """The dict every peer reads: raw and L2-normalised features, labels, propensity parameters
+    (``ab``: ``(A, B)``; ``None``: the registry's default, :func:`xhyp.datasets.propensity_params`)."""
+    if ab is None:
+        from xhyp.datasets import propensity_params
+
+        ab = propensity_params(None)
     Xtr, Xte = sp.csr_matrix(Xtr, dtype=np.float32), sp.csr_matrix(Xte, dtype=np.float32)
     Ytr, Yte = sp.csr_matrix(Ytr, dtype=np.float32), sp.csr_matrix(Yte, dtype=np.float32)
     return {"name": name, "X_train": Xtr, "Y_train": Ytr, "X_test": Xte, "Y_test": Yte,
@@ -411,7 +417,7 @@ def run_dataset(data: dict, peers, work: Path, args, log=print, on_update=None) 
     ``"failed"`` and a ``"reason"``. Predictions go to ``work/METHOD/predictions.npz``.
     ``on_update(res)`` (optional) is called after each peer, with the results so far.
     """
-    from xhyp.eval.metrics import inv_propensity
+    from xhyp.metrics import inv_propensity
     from xhyp.utils import atomic_save_sparse
 
     A, B = data["propensity"]
@@ -463,7 +469,7 @@ COLUMNS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5", "train (s)", "to best
 
 
 FOOTER = """
-How to read it: P@k and PSP@k in percent, every method scored by `xhyp.eval.metrics` on its saved
+How to read it: P@k and PSP@k in percent, every method scored by `xhyp.metrics` on its saved
 top-5 test predictions (PSP with the Jain et al. 2016 inverse propensities, `A, B` from xhyp's
 registry); the peers get L2-normalised features, xhyp normalises them itself (`features="l2"`).
 `train (s)`: fit and save, wall clock (xhyp: includes each epoch's validation and the final embedding

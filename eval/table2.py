@@ -1,7 +1,7 @@
 """Table 2 of Gerald & Baskiotis (CAp 2019): the Most-Common baseline.
 
 Every test point receives the labels most frequent in the training set
-(:func:`xhyp.eval.metrics.most_common_baseline`); the table gives its P@1/3/5 per data set, the
+(:func:`xhyp.metrics.most_common_baseline`); the table gives its P@1/3/5 per data set, the
 floor any learned model must clear.
 
 Example::
@@ -12,33 +12,29 @@ Writes ``OUT/table2.md`` and ``OUT/table2.json``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from xhyp.eval.common import add_common_args, command_line, load_xy, write_outputs
-from xhyp.eval.metrics import evaluate, format_table, most_common_baseline
-
-KS = (1, 3, 5)
+from xhyp.datasets import load_split
+from xhyp.eval.common import KS, finish, script_parser
+from xhyp.metrics import evaluate, format_table, most_common_baseline
 
 
 def most_common_table(datasets, data_dir=None, ks=KS) -> dict:
     """``{dataset: {"P@1": .., "P@3": .., "P@5": .., "n_train": .., "n_test": .., "n_labels": ..}}``."""
     out = {}
     for ds in datasets:
-        _, Ytr = load_xy(ds, "train", data_dir)
-        _, Yte = load_xy(ds, "test", data_dir)
+        _, Ytr = load_split(ds, "train", data_dir=data_dir)
+        _, Yte = load_split(ds, "test", data_dir=data_dir)
         S = most_common_baseline(Ytr, Yte.shape[0], k=max(ks))
         m = {k: v for k, v in evaluate(Yte, S, ks=ks).items() if k.startswith("P@")}
         out[ds] = dict(m, n_train=int(Ytr.shape[0]), n_test=int(Yte.shape[0]), n_labels=int(Ytr.shape[1]))
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = argparse.ArgumentParser(prog="python -m xhyp.eval.table2", description=__doc__.split("\n\n")[0])
-    add_common_args(p)
-    return p
+    return script_parser("table2", __doc__, cache=False)
 
 
 def main(argv=None) -> int:
@@ -49,11 +45,7 @@ def main(argv=None) -> int:
     md = "**Most-Common baseline, P@k (%)**\n\n" + format_table(
         {ds: {k: v for k, v in r.items() if k.startswith("P@")} for ds, r in rows.items()},
         metrics=[f"P@{k}" for k in KS]).replace("| Method |", "| Data set |")
-    data = {"results": rows, "wall_seconds": round(time.time() - t0, 2),
-            "command": command_line("table2", argv)}
-    mdp, jsp = write_outputs(args.out, "table2", md, data)
-    print(mdp.read_text())
-    return 0
+    return finish(args.out, "table2", md, {"results": rows}, argv, t0)
 
 
 if __name__ == "__main__":

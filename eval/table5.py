@@ -1,6 +1,6 @@
 """Table 5 of Gerald & Baskiotis (CAp 2019): P@k against the number of learners (1..15) at n=50.
 
-Uses the same cache as :mod:`xhyp.eval.table4` (``--cache``), so after a Table-4 sweep this
+Uses the same cache as :mod:`xhyp.eval.table4` (``--cache``, :func:`xhyp.eval.common.sweep`), so after a Table-4 sweep this
 only re-aggregates the saved per-learner test scores; missing learners are trained.
 
 The *plateau* of a metric is the smallest ensemble size ``M`` whose score is within
@@ -16,14 +16,11 @@ Writes ``OUT/table5.md`` and ``OUT/table5.json``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, pct, write_outputs,
-)
-from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, KS, sweep
+from xhyp.config import GEOMETRIES
+from xhyp.eval.common import GEOMETRY_NAMES, KS, cache_settings, finish, log, pct, script_parser, sweep
 
 
 def plateau(curve: dict, tolerance: float = 0.25) -> int:
@@ -60,11 +57,9 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = argparse.ArgumentParser(prog="python -m xhyp.eval.table5", description=__doc__.split("\n\n")[0])
-    add_common_args(p)
-    add_cache_args(p)
+    p = script_parser("table5", __doc__)
     p.add_argument("--dim", type=int, default=50)
     p.add_argument("--max-learners", type=int, default=15)
     p.add_argument("--geometries", nargs="+", default=["poincare"], choices=GEOMETRIES)
@@ -77,23 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
-    overrides, cache = cache_settings(args)
+    overrides, cache, seed = cache_settings(args)
     t0 = time.time()
     learners = list(range(1, args.max_learners + 1))
     data = sweep(args.datasets, args.data_dir, cache, [args.dim], learners, args.geometries, overrides,
-                 args.seed, args.jobs, args.member_top_k, log=lambda m: print(m, file=sys.stderr, flush=True))
+                 seed, args.jobs, args.member_top_k, log=log)
     data["plateau"] = {
         ds: {g: {f"P@{k}": plateau({int(m): v[f"P@{k}"] for m, v in cells[str(args.dim)]["prefix"].items()},
                                    args.tolerance) for k in KS}
              for g, cells in by_geom.items()}
         for ds, by_geom in data["results"].items()}
     data["settings"] = {"dim": args.dim, "learners": learners, "geometries": args.geometries,
-                        "overrides": overrides, "seed": args.seed, "cache": cache, "tolerance": args.tolerance,
-                        "command": command_line("table5", argv)}
-    data["wall_seconds"] = round(time.time() - t0, 1)
-    md, _ = write_outputs(args.out, "table5", markdown(data), data)
-    print(md.read_text())
-    return 0
+                        "overrides": overrides, "seed": seed, "cache": cache, "tolerance": args.tolerance}
+    return finish(args.out, "table5", markdown(data), data, argv, t0)
 
 
 if __name__ == "__main__":

@@ -20,19 +20,14 @@ Writes ``OUT/table6.md`` and ``OUT/table6.json``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from xhyp.ensemble import learner_name, train_ensemble
-from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, load_xy,
-    write_outputs,
-)
-from xhyp.eval.table4 import GEOMETRIES, GEOMETRY_NAMES, config_dir
+from xhyp.config import GEOMETRIES
+from xhyp.eval.common import GEOMETRY_NAMES, cache_settings, finish, log, model_for, script_parser
 from xhyp.plot import distance_to_origin, load_label_space, spearman_frequency_distance
 
 
@@ -73,15 +68,6 @@ def norm_vs_frequency(W: np.ndarray, freq: np.ndarray, geometry: str = "poincare
             "geometry": geometry, "bins": bins}
 
 
-def model_for(dataset, data_dir, cache, geometry, dim, overrides, seed=0) -> Path:
-    """Learner 0 of the Table-4 cache cell, trained if it is not there yet."""
-    d = config_dir(cache, dataset, geometry, dim, overrides)
-    X, Y = load_xy(dataset, "train", data_dir)
-    train_ensemble(X, Y, d, n_learners=1, model_config={"dim": dim, "geometry": geometry},
-                   train_config=dict(overrides, seed=seed), progress=False, extra_config={"dataset": dataset})
-    return d / learner_name(0)
-
-
 def markdown(results: dict) -> str:
     """Markdown of the results: Spearman's rho and the frequency-binned norm / distance table of each model."""
     lines = []
@@ -100,11 +86,9 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = argparse.ArgumentParser(prog="python -m xhyp.eval.table6", description=__doc__.split("\n\n")[0])
-    add_common_args(p)
-    add_cache_args(p)
+    p = script_parser("table6", __doc__)
     p.add_argument("--model", help="a model directory to analyse instead of the cache's (one data set)")
     p.add_argument("--dim", type=int, default=50)
     p.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=GEOMETRIES)
@@ -114,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
-    overrides, cache = cache_settings(args)
+    overrides, cache, seed = cache_settings(args)
     t0 = time.time()
     results, models = {}, {}
     if args.model:
@@ -124,16 +108,12 @@ def main(argv=None) -> int:
                  (ds, g)) for ds in args.datasets for g in args.geometries]
     for key, src in jobs:
         d = src if isinstance(src, Path) else model_for(src[0], args.data_dir, cache, src[1], args.dim,
-                                                        overrides, args.seed)
+                                                        overrides, seed)
         space = load_label_space(d)
         results[key] = norm_vs_frequency(space["labels"], space["freq"], space["geometry"])
         models[key] = str(d)
-        print(f"[table6] {key}: rho = {results[key]['spearman_rho']:.3f}", file=sys.stderr, flush=True)
-    data = {"results": results, "models": models, "wall_seconds": round(time.time() - t0, 1),
-            "command": command_line("table6", argv)}
-    md, _ = write_outputs(args.out, "table6", markdown(results), data)
-    print(md.read_text())
-    return 0
+        log(f"[table6] {key}: rho = {results[key]['spearman_rho']:.3f}")
+    return finish(args.out, "table6", markdown(results), {"results": results, "models": models}, argv, t0)
 
 
 if __name__ == "__main__":

@@ -15,21 +15,16 @@ Writes ``OUT/vote_sweep.md`` and ``OUT/vote_sweep.json`` (with the best setting 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import numpy as np
 
-from xhyp.ensemble import Ensemble, train_ensemble
-from xhyp.eval.common import (
-    add_cache_args, add_common_args, cache_settings, command_line, load_xy, pct,
-    write_outputs,
-)
-from xhyp.eval.metrics import evaluate
-from xhyp.eval.table4 import config_dir
-
-WEIGHTINGS = ("count", "distance")
+from xhyp.config import GEOMETRIES, WEIGHTINGS
+from xhyp.datasets import load_split
+from xhyp.eval.common import cache_settings, config_dir, finish, log, pct, script_parser, train_cell
+from xhyp.metrics import evaluate
+from xhyp.prediction import Ensemble
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,14 +45,13 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 def sweep_dataset(dataset: str, data_dir, cache, learners: int, knn, dim: int, geometry: str,
                   overrides: dict, holdout: float, seed: int, jobs: int = 1, log=print) -> dict:
     """Train on the fit part, score the held-out part for every (k, weighting); see the module docstring."""
-    X, Y = load_xy(dataset, "train", data_dir)
+    X, Y = load_split(dataset, "train", data_dir=data_dir)
     fit, out = holdout_split(X.shape[0], holdout, seed)
     cell = config_dir(cache, dataset, geometry, dim, overrides)
-    d = cell.with_name(f"holdout{holdout}_seed{seed}_{cell.name}")
     t0 = time.time()
-    train_ensemble(X[fit], Y[fit], d, n_learners=learners, model_config={"dim": dim, "geometry": geometry},
-                   train_config=dict(overrides, seed=seed), jobs=jobs, progress=False,
-                   extra_config={"dataset": dataset, "holdout": {"fraction": holdout, "seed": seed}})
+    d, _ = train_cell(dataset, X[fit], Y[fit], cache, geometry, dim, learners, overrides, seed, jobs,
+                      directory=cell.with_name(f"holdout{holdout}_seed{seed}_{cell.name}"),
+                      extra={"holdout": {"fraction": holdout, "seed": seed}})
     t_train = time.time() - t0
     ens = Ensemble.load(d)
     grid = []
@@ -88,15 +82,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = argparse.ArgumentParser(prog="python -m xhyp.eval.vote_sweep", description=__doc__.split("\n\n")[0])
-    add_common_args(p, datasets_default=("bibtex",))
-    add_cache_args(p, epochs=False)
+    p = script_parser("vote_sweep", __doc__, datasets_default=("bibtex",), skip=("knn", "weighting"))
     p.add_argument("--learners", type=int, default=5, help="learners whose votes are summed (default: 5)")
     p.add_argument("--knn", type=int, nargs="+", default=[5, 10, 20, 30, 50], help="neighbour counts tried")
     p.add_argument("--dim", type=int, default=50)
-    p.add_argument("--geometry", default="poincare", choices=("poincare", "euclidean"))
+    p.add_argument("--geometry", default="poincare", choices=GEOMETRIES)
     p.add_argument("--holdout", type=float, default=0.2, help="share of the training split held out")
     p.add_argument("--jobs", type=int, default=1, help="learners trained at once (processes)")
     return p
@@ -105,17 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
     args = build_parser().parse_args(argv)
-    overrides, cache = cache_settings(args)
+    overrides, cache, seed = cache_settings(args)
     t0 = time.time()
     results = {ds: sweep_dataset(ds, args.data_dir, cache, args.learners, args.knn, args.dim, args.geometry,
-                                 overrides, args.holdout, args.seed, args.jobs,
-                                 log=lambda m: print(m, file=sys.stderr, flush=True))
+                                 overrides, args.holdout, seed, args.jobs, log=log)
                for ds in args.datasets}
-    data = {"results": results, "wall_seconds": round(time.time() - t0, 1),
-            "command": command_line("vote_sweep", argv)}
-    md, _ = write_outputs(args.out, "vote_sweep", markdown(results), data)
-    print(md.read_text())
-    return 0
+    return finish(args.out, "vote_sweep", markdown(results), {"results": results}, argv, t0)
 
 
 if __name__ == "__main__":
