@@ -4,8 +4,9 @@ The library lives in four folders that map onto one installed package so that th
 visible from the checkout:
 
     datasets/  -> xhyp.datasets   (file formats, registry, download, synthetic data)
-    xhyp/      -> xhyp            (Poincaré ball, model, training, index, voting, CLI)
-    eval/      -> xhyp.eval       (metrics and experiment scripts)
+    xhyp/      -> xhyp            (one subpackage per stage: embedding, training, knn, prediction,
+                                   hmc; configuration, metrics, model directory, CLI on top)
+    eval/      -> xhyp.eval       (the paper's experiment drivers)
     cpp_ext/   -> xhyp._C         (C++/CUDA kernels, optional at import time)
 
 Install with ``pip install --no-build-isolation -e .`` after ``pip install torch==2.13.0``: the
@@ -22,7 +23,7 @@ The extension (``xhyp._C``, operators ``torch.ops.xhyp_ext.*``, see ``cpp_ext/xh
   ``CUDAExtension`` that adds ``cpp_ext/cuda/kernels.cu`` and its torch glue
   ``cpp_ext/cuda/ops_cuda.cpp``; ``XHYP_NO_CUDA=1`` forces the CPU-only build.
 * ``XHYP_NO_EXT=1``: no extension at all; xhyp then runs on its pure-torch code paths (with a
-  one-time warning, see ``xhyp/kernels.py``).
+  one-time warning, see ``xhyp/knn/extension.py``).
 """
 import glob
 import os
@@ -32,8 +33,10 @@ from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-packages = ["xhyp", "xhyp.hmc", "xhyp.datasets", "xhyp.eval"]
-package_dir = {"xhyp": "xhyp", "xhyp.hmc": "xhyp/hmc", "xhyp.datasets": "datasets", "xhyp.eval": "eval"}
+# xhyp/ holds one subpackage per stage of the data flow (docs/api/conf.py reads this list)
+packages = ["xhyp", "xhyp.embedding", "xhyp.training", "xhyp.knn", "xhyp.prediction", "xhyp.hmc", "xhyp.datasets",
+            "xhyp.eval"]
+package_dir = {"xhyp": "xhyp", "xhyp.datasets": "datasets", "xhyp.eval": "eval"}  # (xhyp.<stage>: xhyp/<stage>)
 
 
 def _rel(paths):

@@ -8,11 +8,11 @@ single learners 0.547-0.569, their ensembles 0.582-0.586 (gain over the best mem
 import numpy as np
 import pytest
 
-from xhyp.commands import load_split
-from xhyp.ensemble import Ensemble, train_ensemble
-from xhyp.eval.metrics import evaluate
-from xhyp.predict import Predictor
-from xhyp.train import train
+from xhyp.datasets import load_split
+from xhyp.prediction.ensemble import Ensemble, train_ensemble
+from xhyp.metrics import evaluate
+from xhyp.prediction import Predictor
+from xhyp.training import train
 
 pytestmark = pytest.mark.slow
 

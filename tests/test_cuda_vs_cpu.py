@@ -6,9 +6,11 @@ same as the CPU kernel given the same clusters; voting: identical scores, duplic
 import pytest
 import torch
 
-from xhyp import kernels as K
+from xhyp.knn import kernels as K
+from xhyp.knn import extension as X
+from xhyp.knn.vote import neighbour_weights
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and K.ext_available("cuda")),
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and X.ext_available("cuda")),
                                 reason="needs a CUDA GPU and the CUDA build of the extension")
 
 
@@ -99,7 +101,8 @@ def test_vote_gpu_identical_to_cpu_with_duplicate_neighbours():
     D = torch.sort(torch.rand(Q, k, generator=g), dim=1).values
     ip, ix = torch.from_numpy(Y.indptr).long(), torch.from_numpy(Y.indices).long()
     for weighting in ("count", "distance"):
-        cpu = K.vote_topk([I], [D], [ip], [ix], L, 10, weighting, 1.0)
-        gpu = K.vote_topk([I.cuda()], [D.cuda()], [ip.cuda()], [ix.cuda()], L, 10, weighting, 1.0)
+        W = torch.from_numpy(neighbour_weights(D.numpy(), weighting, 1.0))
+        cpu = K.vote_topk([I], [W], [ip], [ix], L, 10)
+        gpu = K.vote_topk([I.cuda()], [W.cuda()], [ip.cuda()], [ix.cuda()], L, 10)
         for a, b in zip(cpu, gpu):
             assert torch.equal(a, b.cpu()), weighting

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from xhyp.train import train
+from xhyp.training import train
 
 from test_train import toy_data
 
@@ -54,7 +54,8 @@ def test_two_processes_match_each_other_and_one_process(tmp_path, mode):
 @pytest.mark.parametrize("mode", ["batch", "pair"])
 def test_batch_shards_partition_the_batch(mode):
     """The shards of 3 ranks hold the batch's examples, pairs and negatives, in order."""
-    from xhyp.train import NegativeSampler, TrainConfig, prepare_batch
+    from xhyp.config import TrainConfig
+    from xhyp.training.batches import NegativeSampler, prepare_batch
 
     X, Y = toy_data(seed=1)
     X, Y = X.astype(np.float32).tocsr(), Y.astype(np.float32).tocsr()

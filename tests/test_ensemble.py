@@ -7,10 +7,10 @@ import scipy.sparse as sp
 import torch
 
 from xhyp.cli import main
-from xhyp.ensemble import (Ensemble, aggregate_files, expand_model_dirs, is_complete, is_ensemble_dir,
+from xhyp.prediction.ensemble import (Ensemble, aggregate_files, expand_model_dirs, is_complete, is_ensemble_dir,
                            train_ensemble)
 from xhyp.datasets.formats import write_xc
-from xhyp.predict import Predictor
+from xhyp.prediction import Predictor
 
 L = 12
 TINY = {"epochs": 2, "negatives": 5, "batch_size": 32, "val_fraction": 0.1, "knn": 5, "threads": 1}
@@ -247,7 +247,7 @@ def test_aggregate_files_cuts_the_sum(ens, data, tmp_path):
 def test_is_complete_needs_every_predictor_file(ens, tmp_path):
     import shutil
 
-    from xhyp.predict import PREDICTOR_FILES
+    from xhyp.prediction.predictor import PREDICTOR_FILES
 
     out, _ = ens
     for name in ("train_summary.json", *PREDICTOR_FILES):
@@ -260,7 +260,7 @@ def test_is_complete_needs_every_predictor_file(ens, tmp_path):
 
 def test_parallel_jobs_train_in_worker_processes(tmp_path, data, monkeypatch):
     """jobs=2: the parent process trains nothing itself (it only checks complete learners)."""
-    import xhyp.ensemble as E
+    import xhyp.prediction.ensemble as E
 
     (X, Y), _ = data
     calls = []

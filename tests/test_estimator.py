@@ -13,10 +13,10 @@ from xhyp.cli import main
 from xhyp.datasets import read_xc, write_xc
 from xhyp.datasets.synthetic import make_hierarchical
 from xhyp.estimator import EXTRA_PARAMS, XHypClassifier, param_defaults, topk_arrays
-from xhyp.eval.metrics import precision_at_k, topk_from_scores
-from xhyp.model import ModelConfig
-from xhyp.predict import Predictor
-from xhyp.train import TrainConfig
+from xhyp.metrics import precision_at_k, topk_from_scores
+from xhyp.config import ModelConfig
+from xhyp.prediction import Predictor
+from xhyp.config import TrainConfig
 
 # training is bit-reproducible on CPU with one thread (several threads sum sparse gradients in
 # varying order), so every comparison with the CLI trains with threads=1 on both sides

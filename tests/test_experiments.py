@@ -7,12 +7,13 @@ import pytest
 from xhyp.cli import main
 from xhyp.eval import fig2, table2, table4, table5, table6
 from xhyp.datasets.formats import read_xc, write_xc
-from xhyp.eval.metrics import evaluate, most_common_baseline
-from xhyp.plot import distance_to_origin, exp0, log0, project_2d, spearman_frequency_distance
+from xhyp.metrics import evaluate, most_common_baseline
+from xhyp.embedding import manifold
+from xhyp.plot import distance_to_origin, project_2d, spearman_frequency_distance
 
 from test_ensemble import L, toy_data
 
-TINY = ["--epochs", "1", "--set", "negatives=5", "knn=5", "threads=1"]
+TINY = ["--epochs", "1", "--negatives", "5", "--knn", "5", "--threads", "1"]  # xhyp train's flags
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,8 @@ def test_table4_sweep_tables_and_cache(sweep_dir, data_dir):
     md = (sweep_dir / "table4.md").read_text()
     assert "| Poincaré | 5 |" in md and "| Euclidean | 2 |" in md and "2 learners" in md
     # content: a cell's numbers are its cached learners' test metrics, recomputed here
-    from xhyp.ensemble import Ensemble
-    from xhyp.predict import Predictor
+    from xhyp.prediction.ensemble import Ensemble
+    from xhyp.prediction import Predictor
 
     Xt, Yt = read_xc(data_dir / "toy" / "test.txt")
     cell_dir = sweep_dir / "cache" / "toy" / "poincare_d5_epochs1_knn5_negatives5"
@@ -150,11 +151,16 @@ def test_spearman_on_constructed_case():
 
 
 def test_log_exp_maps_and_projection():
+    """The plot's projection uses the manifold's maps: |log_0(x)| = d(0, x) / 2."""
+    import torch
+
+    log0 = lambda a: manifold.logmap0(torch.from_numpy(a)).numpy()  # noqa: E731
+    exp0 = lambda a: manifold.expmap0(torch.from_numpy(a)).numpy()  # noqa: E731
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 5))
     x = 0.9 * x / (1 + np.linalg.norm(x, axis=1, keepdims=True))
     np.testing.assert_allclose(exp0(log0(x)), x, atol=1e-12)
-    np.testing.assert_allclose(np.linalg.norm(log0(x), axis=1), distance_to_origin(x), rtol=1e-12)
+    np.testing.assert_allclose(2 * np.linalg.norm(log0(x), axis=1), distance_to_origin(x), rtol=1e-12)
     # points in a 2-D subspace keep their distance to the origin through log -> PCA -> exp
     basis = np.linalg.qr(rng.normal(size=(5, 2)))[0]
     y = exp0((rng.normal(size=(30, 2)) * 2) @ basis.T)
@@ -174,7 +180,7 @@ def test_vote_sweep_uses_only_the_training_split(tmp_path, data_dir):
         vote_sweep.holdout_split(10, 1.0, 0)
     assert vote_sweep.main(["--datasets", "toy", "--data-dir", str(data_dir), "--out", str(tmp_path),
                             "--learners", "2", "--knn", "1", "5", "--dim", "3", "--holdout", "0.25",
-                            "--set", "epochs=1", "negatives=5", "threads=1"]) == 0
+                            "--epochs", "1", "--negatives", "5", "--threads", "1"]) == 0
     saved = json.loads((tmp_path / "vote_sweep.json").read_text())
     assert saved["command"].startswith("python -m xhyp.eval.vote_sweep --datasets toy --data-dir ")
     assert saved["environment"]["xhyp_version"] and saved["environment"]["cpu_count"] >= 1

@@ -318,7 +318,7 @@ def test_fuzz_hmc_arff(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from xhyp.train import train
+    from xhyp.training import train
 
     d = tmp_path_factory.mktemp("fuzzmodel")
     rng = np.random.default_rng(0)
@@ -338,7 +338,7 @@ WRONG_FILES = {"model.pt": b'{"not": "weights"}', "config.json": b'{"model": []}
 def test_fuzz_model_directory_loader(model_dir, tmp_path):
     from xhyp import modeldir
     from xhyp.modeldir import ModelDirError
-    from xhyp.predict import Predictor
+    from xhyp.prediction import Predictor
 
     rng = np.random.default_rng(SEED + 4)
     names = list(modeldir.MODEL_FILES)

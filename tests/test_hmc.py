@@ -9,10 +9,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from xhyp import manifold
+from xhyp.embedding import manifold
 from xhyp.datasets import registry
 from xhyp.datasets.formats import DataFormatError, read_hmc_arff, read_mulan_arff
-from xhyp.eval import metrics as M
+from xhyp import metrics as M
 from xhyp.hmc.data import Hierarchy, load_hmc, preprocess_dense
 from xhyp.hmc.losses import cooccurrence_pairs, himulcon_loss, poincare_label_loss, sample_negatives
 
@@ -296,7 +296,7 @@ def _toy(n=240, seed=0):
 @pytest.mark.parametrize("method,contrastive", [("flat", "none"), ("cascaded", "hmce"), ("joint", "hmc")])
 def test_methods_learn_and_save(tmp_path, method, contrastive):
     from xhyp.hmc.train import train_hmc
-    from xhyp.predict import Predictor
+    from xhyp.prediction import Predictor
 
     X, Y, h = _toy()
     r = train_hmc(X[:160], Y[:160], X[160:], Y[160:], {"method": method, "dim": 4, "hidden": 16, "dropout": 0.0},

@@ -4,9 +4,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from xhyp import manifold as M
-from xhyp.index import ExactIndex, make_index
-from xhyp.vote import aggregate, neighbour_weights, top_k_rows, vote
+from xhyp.embedding import manifold as M
+from xhyp.knn.index import ExactIndex, make_index
+from xhyp.knn.vote import neighbour_weights, sum_top_scores, top_k_rows, vote
 
 
 def ball_points(n, dim, rng, rmax=0.999):
@@ -106,7 +106,7 @@ def test_top_k_rows_ties_by_lower_column():
 
 
 def test_top_k_rows_in_row_blocks_equals_one_block(monkeypatch):
-    import xhyp.vote as V
+    import xhyp.knn.vote as V
 
     rng = np.random.default_rng(0)
     A = sp.random(300, 50, density=0.3, format="csr", random_state=1, dtype=np.float64).toarray()
@@ -114,18 +114,20 @@ def test_top_k_rows_in_row_blocks_equals_one_block(monkeypatch):
     A[7] = 0  # an empty row
     S = sp.csr_matrix(A)
     whole = V.top_k_rows(S, 4)
-    monkeypatch.setattr(V, "_TOPK_BLOCK_ENTRIES", 64)  # blocks of a few rows
+    import xhyp.metrics as MET
+
+    monkeypatch.setattr(MET, "_CHUNK_CELLS", 64)  # the ranking runs in blocks of a few rows
     blocks = V.top_k_rows(S, 4)
     assert blocks.dtype == np.float32 and blocks.has_sorted_indices
     assert (blocks != whole).nnz == 0 and np.array_equal(blocks.indptr, whole.indptr)
     assert np.diff(blocks.indptr).max() == 4 and np.diff(blocks.indptr)[7] == 0
 
 
-def test_aggregate_sums_members():
+def test_sum_top_scores_sums_members():
     a = sp.csr_matrix(np.array([[1, 0, 2]], dtype=np.float32))
     b = sp.csr_matrix(np.array([[0, 3, 1]], dtype=np.float32))
-    assert aggregate([a, b], top_k=2).toarray().tolist() == [[0, 3, 3]]
+    assert sum_top_scores([a, b], top_k=2).toarray().tolist() == [[0, 3, 3]]
     with pytest.raises(ValueError):
-        aggregate([])
+        sum_top_scores([])
     with pytest.raises(ValueError):
-        aggregate([a, sp.csr_matrix((2, 3))])
+        sum_top_scores([a, sp.csr_matrix((2, 3))])

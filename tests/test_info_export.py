@@ -11,7 +11,7 @@ import torch
 from xhyp.cli import main
 from xhyp.datasets import read_xc, write_xc
 from xhyp.datasets.synthetic import make_hierarchical
-from xhyp.model import HyperbolicXMC
+from xhyp.embedding.model import HyperbolicXMC
 
 FAST = ["--epochs", "2", "--threads", "1", "--no-progress"]
 

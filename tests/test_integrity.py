@@ -18,10 +18,11 @@ import torch
 from xhyp import modeldir
 from xhyp.cli import main
 from xhyp.datasets.formats import write_xc
-from xhyp.ensemble import Ensemble, train_ensemble
+from xhyp.prediction.ensemble import Ensemble, train_ensemble
 from xhyp.modeldir import ModelDirError
-from xhyp.predict import Predictor
-from xhyp.train import TrainConfig, train
+from xhyp.prediction import Predictor
+from xhyp.config import TrainConfig
+from xhyp.training import train
 from xhyp.utils import NonFiniteError, atomic_save_sparse, atomic_torch_save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_predict_refuses_directories_mixed_from_two_runs(tmp_path, capsys, from_
 def test_interrupted_overwrite_leaves_a_directory_predict_refuses(tmp_path, monkeypatch, capsys):
     """Copy a trained directory, start a new training into it with other settings, stop it before
     epoch 1 ends: no manifest any more, predict refuses."""
-    import xhyp.train as T
+    import xhyp.training.loop as T
 
     a = tmp_path / "A"
     _train(a)
@@ -241,7 +242,7 @@ def test_ensemble_manifest_and_mixed_members(tmp_path):
 
 
 def test_interrupted_ensemble_is_refused_then_completed(tmp_path, monkeypatch):
-    import xhyp.ensemble as E
+    import xhyp.prediction.ensemble as E
 
     X, Y = _data()
     e = tmp_path / "E"
@@ -417,7 +418,7 @@ def test_gzip_and_bom_training_files(tmp_path, capsys):
 
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path, monkeypatch):
-    import xhyp.train as T
+    import xhyp.training.loop as T
 
     m = tmp_path / "m"
 

@@ -15,10 +15,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from xhyp import kernels as K
-from xhyp import manifold as M
-from xhyp.index import ClusteredIndex, ExactIndex, TorchIndex, make_index
-from xhyp.vote import top_k_rows, vote, vote_ensemble
+from xhyp.knn import kernels as K
+from xhyp.knn import extension as X
+from xhyp.knn import reference as REF
+from xhyp.embedding import manifold as M
+from xhyp.knn.index import ClusteredIndex, ExactIndex, TorchIndex, make_index
+from xhyp.knn.vote import neighbour_weights, top_k_rows, vote, vote_members
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ["ext-cpu", "ext-cuda", "fallback"]
@@ -28,15 +30,15 @@ IMPLS = ["ext-cpu", "ext-cuda", "fallback"]
 def impl(request, monkeypatch):
     """(device) for the implementation under test; the fallback hides the extension."""
     if request.param == "ext-cpu":
-        if not K.ext_available("cpu"):
-            pytest.skip(f"extension not built: {K.ext_error()}")
+        if not X.ext_available("cpu"):
+            pytest.skip(f"extension not built: {X.ext_error()}")
         return "cpu"
     if request.param == "ext-cuda":
-        if not torch.cuda.is_available() or not K.ext_available("cuda"):
+        if not torch.cuda.is_available() or not X.ext_available("cuda"):
             pytest.skip("no GPU or extension built without CUDA")
         return "cuda"
-    monkeypatch.setattr(K, "ext_available", lambda device="cpu": False)
-    monkeypatch.setitem(K._ext_state, "warned", True)  # the warning itself is tested below
+    monkeypatch.setattr(X, "ext_available", lambda device="cpu": False)
+    monkeypatch.setitem(X._ext_state, "warned", True)  # the warning itself is tested below
     return "fallback"
 
 
@@ -69,13 +71,13 @@ def t(a, impl="cpu"):
 
 def check_knn(D, I, q, db, k, geometry="poincare", rtol=1e-5):
     """D/I against the float64 reference, robust to exact ties."""
-    Dr, Ir = K.ref_knn(q.cpu(), db.cpu(), k, geometry)
+    Dr, Ir = REF.ref_knn(q.cpu(), db.cpu(), k, geometry)
     D, I = D.cpu(), I.cpu()
     assert D.dtype == torch.float32 and I.dtype == torch.int64 and D.shape == I.shape == (q.shape[0], k)
     np.testing.assert_allclose(D.numpy(), Dr.numpy(), rtol=rtol, atol=1e-6)
     assert ((I == -1) == (Ir == -1)).all()
     # the returned ids really are at the returned distances
-    full = K.ref_pairwise_dist(q.cpu(), db.cpu(), geometry)
+    full = REF.ref_pairwise_dist(q.cpu(), db.cpu(), geometry)
     valid = I >= 0
     got = torch.gather(full, 1, I.clamp_min(0))
     np.testing.assert_allclose(got[valid].numpy(), Dr[valid].numpy(), rtol=rtol, atol=1e-6)
@@ -95,7 +97,7 @@ def test_pairwise_matches_float64(impl, geometry):
     rng = np.random.default_rng(0)
     x, y = ball(37, 9, rng), ball(211, 9, rng)
     D = K.pairwise_dist(t(x, impl), t(y, impl), geometry).cpu()
-    R = K.ref_pairwise_dist(t(x), t(y), geometry)
+    R = REF.ref_pairwise_dist(t(x), t(y), geometry)
     assert D.dtype == torch.float32 and D.shape == (37, 211)
     np.testing.assert_allclose(D.numpy(), R.numpy(), rtol=1e-5, atol=1e-6)
 
@@ -106,7 +108,7 @@ def test_pairwise_near_boundary_and_duplicates(impl):
     x[0] = x[0] / x[0].norm() * M.MAX_NORM  # exactly at the guard
     x = torch.cat([x, x[:5]])  # duplicates
     D = K.pairwise_dist(x.to(dev(impl)), x.to(dev(impl))).cpu()
-    R = K.ref_pairwise_dist(x, x)
+    R = REF.ref_pairwise_dist(x, x)
     assert torch.isfinite(D).all()
     np.testing.assert_allclose(D.numpy(), R.numpy(), rtol=1e-5, atol=1e-6)
     assert (D.diagonal() == 0).all() and (D[:5, 300:].diagonal() == 0).all()
@@ -135,7 +137,7 @@ def test_knn_near_boundary_exact(impl):
     pts = near_boundary(3100, 8, rng)
     db, q = pts[:3000], pts[3000:]
     D, I = K.knn(q.to(dev(impl)), db.to(dev(impl)), 10)
-    Dr, _ = K.ref_knn(q, db, 10)
+    Dr, _ = REF.ref_knn(q, db, 10)
     if impl == "fallback":
         # the pure-torch path shortlists with a float32 GEMM, which cancels here: it returns
         # valid but not always the nearest points (documented in kernels.torch_knn)
@@ -188,7 +190,7 @@ def make_clusters(db, C, rng, empty=0):
         far = torch.zeros(empty, db.shape[1])
         far[:, 0] = -0.999
         cent = torch.cat([far, cent])
-    assign = K.ref_knn(db, cent, 1)[1][:, 0]
+    assign = REF.ref_knn(db, cent, 1)[1][:, 0]
     order = torch.argsort(assign, stable=True)
     off = torch.zeros(cent.shape[0] + 1, dtype=torch.long)
     off[1:] = torch.cumsum(torch.bincount(assign, minlength=cent.shape[0]), 0)
@@ -204,7 +206,7 @@ def test_clustered_matches_reference(impl, k, nprobe):
     assert (torch.diff(off) == 0).sum() >= 2
     d = dev(impl)
     D, I = K.clustered_knn(q.to(d), dbs.to(d), ids.to(d), off.to(d), cent.to(d), k, nprobe)
-    Dr, Ir = K.ref_clustered_knn(q, dbs, ids, off, cent, k, nprobe)
+    Dr, Ir = REF.ref_clustered_knn(q, dbs, ids, off, cent, k, nprobe)
     np.testing.assert_allclose(D.cpu().numpy(), Dr.numpy(), rtol=1e-5, atol=1e-6)
     assert (I.cpu() == Ir).float().mean() > 0.99
 
@@ -305,9 +307,10 @@ def test_vote_topk_matches_reference(impl, weighting):
     rng = np.random.default_rng(9)
     Y = random_labels(200, 50, rng)
     ids, d = random_neighbours(40, 10, 200, rng)
-    args = (t(ids), t(d), t(Y.indptr.astype(np.int64)), t(Y.indices.astype(np.int64)), 50, 7, weighting, 2.0)
+    w = neighbour_weights(d, weighting, 2.0)  # the one definition of the weights (xhyp.knn.vote)
+    args = (t(ids), t(w), t(Y.indptr.astype(np.int64)), t(Y.indices.astype(np.int64)), 50, 7)
     lab, sc, n = K.vote_topk(*args)
-    lr, sr, nr = K.ref_vote_topk(*args)
+    lr, sr, nr = REF.ref_vote_topk(*args)
     assert lab.shape == (40, 7) and lab.dtype == torch.int64 and sc.dtype == torch.float32
     assert torch.equal(n, nr)
     assert torch.equal(lab, lr)
@@ -319,12 +322,12 @@ def test_vote_topk_ensemble_matches_reference(impl):
     rng = np.random.default_rng(10)
     Ys = [random_labels(150, 30, rng) for _ in range(3)]
     nb = [random_neighbours(25, k, 150, rng) for k in (5, 8, 3)]
-    args = ([t(i, impl) for i, _ in nb], [t(d, impl) for _, d in nb],
+    args = ([t(i, impl) for i, _ in nb], [t(neighbour_weights(d), impl) for _, d in nb],
             [t(Y.indptr.astype(np.int64), impl) for Y in Ys], [t(Y.indices.astype(np.int64), impl) for Y in Ys],
-            30, 40, "count", 1.0)
+            30, 40)
     lab, sc, n = K.vote_topk(*args)
     cpu_args = [[a.cpu() for a in x] if isinstance(x, list) else x for x in args]
-    lr, sr, nr = K.ref_vote_topk(*cpu_args)
+    lr, sr, nr = REF.ref_vote_topk(*cpu_args)
     assert torch.equal(lab.cpu(), lr) and torch.equal(n.cpu(), nr)
     np.testing.assert_allclose(sc.cpu().numpy(), sr.numpy(), rtol=1e-6)
     assert (lab[:, 30:] == -1).all()  # top_k > number of labels: padded
@@ -342,7 +345,7 @@ def assert_csr_identical(A, B):
                                                    ("distance", 30.0, 4), ("distance", 30.0, 500),
                                                    ("distance", 1.0, 1)])
 def test_vote_kernel_backend_identical_to_scipy(weighting, alpha, top_k):
-    if not K.ext_available("cpu"):
+    if not X.ext_available("cpu"):
         pytest.skip("extension not built")
     rng = np.random.default_rng(11)
     Y = random_labels(300, 80, rng, mean=6)
@@ -351,21 +354,21 @@ def test_vote_kernel_backend_identical_to_scipy(weighting, alpha, top_k):
     b = vote(torch.from_numpy(ids), torch.from_numpy(d), Y, top_k=top_k, weighting=weighting, alpha=alpha,
              backend="kernel")
     assert_csr_identical(a, b)
-    c = vote_ensemble([ids, ids[:, :7]], [d, d[:, :7]], [Y, Y], top_k=top_k, weighting=weighting, alpha=alpha,
+    c = vote_members([ids, ids[:, :7]], [d, d[:, :7]], [Y, Y], top_k=top_k, weighting=weighting, alpha=alpha,
                       backend="scipy")
-    e = vote_ensemble([ids, ids[:, :7]], [d, d[:, :7]], Y, top_k=top_k, weighting=weighting, alpha=alpha,
+    e = vote_members([ids, ids[:, :7]], [d, d[:, :7]], Y, top_k=top_k, weighting=weighting, alpha=alpha,
                       backend="kernel")
     assert_csr_identical(c, e)
 
 
-def test_vote_ensemble_is_full_sum():
+def test_vote_members_is_full_sum():
     Y = sp.csr_matrix(np.array([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float32))
     ids = [np.array([[0, 1]]), np.array([[1, 2]])]
     d = [np.array([[0.1, 0.2]]), np.array([[0.1, 0.3]])]
-    S = vote_ensemble(ids, d, Y, top_k=1, backend="scipy").toarray()
+    S = vote_members(ids, d, Y, top_k=1, backend="scipy").toarray()
     assert S.argmax() == 1 and np.round(S[0, 1]) == 2  # label 1 voted by both members
     for backend in ("auto", "scipy"):
-        full = vote_ensemble(ids, d, Y, top_k=10, backend=backend)
+        full = vote_members(ids, d, Y, top_k=10, backend=backend)
         ref = top_k_rows(vote(ids[0], d[0], Y, top_k=10, backend="scipy") +
                          vote(ids[1], d[1], Y, top_k=10, backend="scipy"), 10)
         np.testing.assert_allclose(full.toarray(), ref.toarray(), rtol=1e-6)
@@ -376,7 +379,7 @@ def test_vote_ensemble_is_full_sum():
 
 
 def test_fallback_warns_once(monkeypatch):
-    monkeypatch.setattr(K, "_ext_state", {"loaded": False, "error": "ImportError: test", "warned": False})
+    monkeypatch.setattr(X, "_ext_state", {"loaded": False, "error": "ImportError: test", "warned": False})
     x = torch.rand(5, 3) * 0.5
     with pytest.warns(RuntimeWarning, match="pure-torch fallbacks"):
         D, I = K.knn(x, x, 2)
@@ -392,7 +395,7 @@ def test_extension_loaded_when_built():
     so = list((ROOT / "xhyp").glob("_C*.so")) + list((ROOT / "xhyp").glob("_C*.pyd"))
     if os.environ.get("XHYP_NO_EXT") == "1" or not so:
         pytest.skip("extension not built in this checkout")
-    assert K.ext_available("cpu"), K.ext_error()
+    assert X.ext_available("cpu"), X.ext_error()
     assert "knn" in dir(torch.ops.xhyp_ext)
 
 

@@ -15,11 +15,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import xhyp.train as T
-from xhyp.eval.metrics import precision_at_k
-from xhyp.optim import PaperAdam
-from xhyp.predict import Predictor
-from xhyp.train import train
+import xhyp.training.loop as T
+import xhyp.training.loss as LS
+from xhyp.metrics import precision_at_k
+from xhyp.training.optim import PaperAdam
+from xhyp.prediction import Predictor
+from xhyp.training import train
 
 
 def noisy_toy(n, n_lab=8, own=6, informative=3, noise_pool=300, noise=20, seed=0):
@@ -101,7 +102,7 @@ def test_every_parameter_moves(toy, option):
 
 
 def spy_steps(monkeypatch):
-    """Record every batch the training loop hands to :func:`xhyp.train.train_step` (what the
+    """Record every batch the training loop hands to :func:`xhyp.training.loop.train_step` (what the
     optimiser step sees: feature ids, input weights after dropout, pairs, negatives)."""
     seen = []
     step = T.train_step
@@ -122,7 +123,7 @@ def test_input_dropout_is_inverted_dropout(toy, monkeypatch, label_update):
     seen = spy_steps(monkeypatch)
     m, t = configs({"label_update": label_update}, epochs=1, features="none", input_dropout=0.25)
     train(X, Y, m, t, progress=False)  # raw binary features: all values 1
-    assert seen, "the training loop no longer calls xhyp.train.train_step; re-target this test"
+    assert seen, "the training loop no longer calls xhyp.training.loop.train_step; re-target this test"
     w = torch.cat([b.w for b in seen]).numpy()
     assert len(w) == X.nnz  # one epoch, no validation split: one weight per non-zero input feature
     kept = w[w != 0]
@@ -160,7 +161,7 @@ def test_options_reach_the_loop(toy, monkeypatch, optimizer, sampling, negative_
     optimiser, the sampler, the batches and the loss."""
     import geoopt
 
-    import xhyp.optim as O
+    import xhyp.training.optim as O
 
     (X, Y), _ = toy
     seen = {"steps": {}, "kinds": [], "alphas": set()}
@@ -184,14 +185,14 @@ def test_options_reach_the_loop(toy, monkeypatch, optimizer, sampling, negative_
             seen["kinds"].append(kind)
             super().__init__(label_freq, kind, generator)
 
-    loss = T.batch_loss
+    loss = LS.batch_loss
 
     def spy_loss(model, r, batch, alpha, *args, **kw):
         seen["alphas"].add(alpha)
         return loss(model, r, batch, alpha, *args, **kw)
 
     monkeypatch.setattr(T, "NegativeSampler", SpySampler)
-    monkeypatch.setattr(T, "batch_loss", spy_loss)
+    monkeypatch.setattr(LS, "batch_loss", spy_loss)
     batches = spy_steps(monkeypatch)
     m, t = configs({"optimizer": optimizer, "sampling": sampling, "negative_mode": negative_mode,
                     "label_update": label_update}, epochs=1, negatives=4, shared_negatives=6, alpha=7.0)
@@ -263,8 +264,8 @@ def test_early_stopping_and_best_epoch_restore(tmp_path, toy, monkeypatch, patie
         torch.testing.assert_close(got_mem[name], v, rtol=0, atol=0)
     # the kNN database was embedded by the best model, in memory and on disk
     emb = torch.load(tmp_path / "long" / "train_emb.pt", weights_only=True)
-    torch.testing.assert_close(emb, ref.model.train_emb, rtol=0, atol=0)
-    torch.testing.assert_close(res.model.train_emb, ref.model.train_emb, rtol=0, atol=0)
+    torch.testing.assert_close(emb, ref.train_emb, rtol=0, atol=0)
+    torch.testing.assert_close(res.train_emb, ref.train_emb, rtol=0, atol=0)
     assert emb.shape[0] == X.shape[0]  # validation examples included
     if epochs_run > best_epoch:  # the last epoch's weights (checkpoint) are not the ones kept
         last = _state(tmp_path / "long" / "checkpoint.pt")["model"]
@@ -358,7 +359,7 @@ def test_uniform_sampler_covers_every_label():
 
 @pytest.mark.parametrize("name", ["PaperAdam", "SparsePaperAdam", "SparseRiemannianAdam", "LazyAdam"])
 def test_ball_optimiser_defaults_are_adams(name):
-    import xhyp.optim as O
+    import xhyp.training.optim as O
 
     p = torch.nn.Parameter(torch.zeros(2, 2))
     d = getattr(O, name)([p]).defaults

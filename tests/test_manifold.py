@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from xhyp import manifold as M
+from xhyp.embedding import manifold as M
 
 
 def ref_dist(x, y):

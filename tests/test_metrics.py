@@ -1,4 +1,4 @@
-"""Tests for xhyp.eval.metrics: hand-computed cases, edge cases, napkinxc / sklearn cross-checks."""
+"""Tests for xhyp.metrics: hand-computed cases, edge cases, napkinxc / sklearn cross-checks."""
 import math
 import time
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xhyp.eval import metrics as M
+from xhyp import metrics as M
 from conftest import require
 
 L3 = math.log2(3)  # discount of rank 2 is 1/log2(3); rank 1 -> 1/log2(2) = 1; rank 3 -> 1/log2(4) = 1/2

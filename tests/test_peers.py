@@ -3,7 +3,7 @@
 xhyp always runs (2 learners, 2 epochs); PLT when napkinxc is installed (the test extra has it);
 Parabel/Bonsai when omikuji is installed (the bench extra); XR-Linear is left out (its own venv
 takes minutes to make). Checks the table and JSON structure, metric ranges, and that every
-method's reported P@1/PSP@1 are what :mod:`xhyp.eval.metrics` gives on its saved predictions.
+method's reported P@1/PSP@1 are what :mod:`xhyp.metrics` gives on its saved predictions.
 """
 import importlib.util
 import json
@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from xhyp.datasets.synthetic import make_hierarchical
-from xhyp.eval.metrics import inv_propensity, precision_at_k, psprecision_at_k
+from xhyp.metrics import inv_propensity, precision_at_k, psprecision_at_k
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 The reference re-embeds the raw features with the saved weights (L2 rows, ``X W``, the map
 ``p(u) = u / (1 + sqrt(1 + |u|^2))``), takes float64 Poincaré distances to the re-embedded
-training examples, and votes by hand; it shares no code with :mod:`xhyp.predict`. Settings (k,
+training examples, and votes by hand; it shares no code with :mod:`xhyp.prediction.predictor`. Settings (k,
 weighting, alpha, index, nprobe) come from the directory's config.json or from the caller/CLI.
 """
 import json
@@ -14,8 +14,8 @@ import torch
 
 from xhyp.cli import main
 from xhyp.datasets.formats import write_xc
-from xhyp.predict import Predictor
-from xhyp.train import train
+from xhyp.prediction import Predictor
+from xhyp.training import train
 
 from conftest import require
 from test_learning import noisy_toy

@@ -6,11 +6,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from xhyp import manifold as M
-from xhyp.model import HyperbolicXMC, ModelConfig, csr_to_bag
-from xhyp.optim import PaperAdam
-from xhyp.predict import Predictor
-from xhyp.train import NegativeSampler, TrainConfig, sampled_softmax_loss, train
+from xhyp.embedding import manifold as M
+from xhyp.embedding.model import HyperbolicXMC, ModelConfig, csr_to_bag
+from xhyp.training.optim import PaperAdam
+from xhyp.prediction import Predictor
+from xhyp.config import TrainConfig
+from xhyp.training import train
+from xhyp.training.batches import NegativeSampler
+from xhyp.training.loss import sampled_softmax_loss
 
 
 def toy_data(n=400, n_feat=60, n_lab=12, seed=0):
@@ -104,7 +107,7 @@ def test_training_learns_toy_problem(tmp_path, optimizer, geometry):
     assert res.best_val_p1 > 0.8  # chance is ~1/12
     if geometry == "poincare":
         assert (res.model.labels.detach().norm(dim=-1) <= M.MAX_NORM + 1e-6).all()
-        assert (res.model.train_emb.norm(dim=-1) < 1).all()
+        assert (res.train_emb.norm(dim=-1) < 1).all()
     # the saved directory is self-describing and predicts like the in-memory model
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["model"]["n_labels"] == 12 and cfg["train"]["optimizer"] == optimizer

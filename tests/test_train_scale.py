@@ -11,10 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from xhyp import config as C
-from xhyp import manifold as M
-from xhyp import train as T
-from xhyp.model import HyperbolicXMC, ModelConfig
-from xhyp.optim import LazyAdam, PaperAdam, SparsePaperAdam, SparseRiemannianAdam
+from xhyp.embedding import manifold as M
+from xhyp.training import batches as B
+from xhyp.training import loop as T
+from xhyp.training import loss as LS
+from xhyp.training import optim as O
+from xhyp.embedding.model import HyperbolicXMC, ModelConfig
+from xhyp.training.optim import LazyAdam, PaperAdam, SparsePaperAdam, SparseRiemannianAdam
 
 from test_train import toy_data
 
@@ -131,12 +134,11 @@ def test_embedding_gives_row_sparse_gradient_to_the_labels():
 
 @pytest.mark.parametrize("geometry", ["poincare", "euclidean"])
 def test_shared_distances_match_float64_reference(geometry):
-    m = HyperbolicXMC(ModelConfig(n_features=5, n_labels=3, dim=6, geometry=geometry))
     x64 = _ball_points(40, 6, 6)
     y64 = torch.cat([_ball_points(30, 6, 7), x64[:5] + 1e-3])  # some near-coincident pairs
     y64 = M.project(y64)
     ref = M.dist(x64[:, None], y64[None]) if geometry == "poincare" else (x64[:, None] - y64[None]).norm(dim=-1)
-    got = T.shared_distances(m, x64.float(), y64.float()).double()
+    got = M.pairwise_dist_float64(x64.float(), y64.float(), geometry).double()
     # float32 inputs carry ~6e-8 relative error in the coordinates, amplified near the boundary
     xr = M.dist(x64.float().double()[:, None], y64.float().double()[None]) if geometry == "poincare" else \
         (x64.float().double()[:, None] - y64.float().double()[None]).norm(dim=-1)
@@ -145,7 +147,7 @@ def test_shared_distances_match_float64_reference(geometry):
     # finite gradients, also for an example at the origin (all its features dropped out)
     r = torch.cat([torch.zeros(1, 6), x64[:3].float()]).requires_grad_()
     w = y64[:4].float().clone().requires_grad_()
-    T.shared_distances(m, r, w).sum().backward()
+    M.pairwise_dist_float64(r, w, geometry).sum().backward()
     assert torch.isfinite(r.grad).all() and torch.isfinite(w.grad).all()
 
 
@@ -155,9 +157,9 @@ def test_shared_negative_loss_matches_manual_and_masks_positives():
     r = M.project(torch.randn(3, 3) * 0.3)
     Yb = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 1]], dtype=np.float32))
     gen = torch.Generator().manual_seed(2)
-    sampler = T.NegativeSampler(np.ones(6), "uniform", gen)
+    sampler = B.NegativeSampler(np.ones(6), "uniform", gen)
     state = gen.get_state()
-    loss = T.sampled_softmax_loss(m, r, Yb, sampler, negatives=5, alpha=2.0, mode="batch")
+    loss = LS.sampled_softmax_loss(m, r, Yb, sampler, negatives=5, alpha=2.0, mode="batch")
     gen.set_state(state)
     neg = sampler.sample((5,)).tolist()
     W = m.labels.detach().double()
@@ -179,9 +181,9 @@ def test_shared_negative_loss_is_finite_when_every_negative_is_masked():
     Yb = sp.csr_matrix(np.array([[1, 1], [1, 0]], dtype=np.float32))
     r = M.project(torch.randn(2, 3) * 0.3).requires_grad_()
     gen = torch.Generator().manual_seed(0)
-    sampler = T.NegativeSampler(np.ones(2), "uniform", gen)
+    sampler = B.NegativeSampler(np.ones(2), "uniform", gen)
     state = gen.get_state()
-    loss = T.sampled_softmax_loss(m, r, Yb, sampler, negatives=20, alpha=3.0, mode="batch")
+    loss = LS.sampled_softmax_loss(m, r, Yb, sampler, negatives=20, alpha=3.0, mode="batch")
     gen.set_state(state)
     c = int((sampler.sample((20,)) == 1).sum())  # draws with replacement: copies count, as per pair
     loss.backward()
@@ -193,13 +195,13 @@ def test_shared_negative_loss_is_finite_when_every_negative_is_masked():
 
 
 def test_scaled_lr_rule_and_optimizer_step_sizes():
-    assert T.scaled_lr(3e-3, 64, "sqrt") == pytest.approx(3e-3)
-    assert T.scaled_lr(3e-3, 256, "sqrt") == pytest.approx(6e-3)
-    assert T.scaled_lr(3e-3, 256, "none") == pytest.approx(3e-3)
+    assert O.scaled_lr(3e-3, 64, "sqrt") == pytest.approx(3e-3)
+    assert O.scaled_lr(3e-3, 256, "sqrt") == pytest.approx(6e-3)
+    assert O.scaled_lr(3e-3, 256, "none") == pytest.approx(3e-3)
     with pytest.raises(ValueError):
-        T.scaled_lr(1e-3, 64, "linear")
+        O.scaled_lr(1e-3, 64, "linear")
     m = HyperbolicXMC(ModelConfig(n_features=5, n_labels=3, dim=2))
-    opts = T._make_optimizers(m, T.TrainConfig(batch_size=1024, lr=1e-3, lr_labels=2e-3))
+    opts = O.make_optimizers(m, C.TrainConfig(batch_size=1024, lr=1e-3, lr_labels=2e-3))
     assert [o.param_groups[0]["lr"] for o in opts] == pytest.approx([4e-3, 8e-3])
     assert isinstance(opts[-1], SparseRiemannianAdam) and isinstance(opts[0], LazyAdam)
 
@@ -224,23 +226,23 @@ def test_old_trainer_path_matches_legacy_loss_stream():
     """negative_mode="pair" + label_update="dense" draws the same numbers in the same order as
     the previous trainer: the per-pair loss of the first batch equals sampled_softmax_loss."""
     X, Y = toy_data(seed=4)
-    cfg = T.TrainConfig(negative_mode="pair", label_update="dense", input_dropout=0.0, negatives=7)
+    cfg = C.TrainConfig(negative_mode="pair", label_update="dense", input_dropout=0.0, negatives=7)
     gen = torch.Generator().manual_seed(0)
-    sampler = T.NegativeSampler(np.ones(12), "uniform", gen)
+    sampler = B.NegativeSampler(np.ones(12), "uniform", gen)
     rows = np.arange(16)
     state = gen.get_state()
-    b = T.prepare_batch(X.astype(np.float32), Y.astype(np.float32).tocsr(), rows, sampler, cfg, gen)
+    b = B.prepare_batch(X.astype(np.float32), Y.astype(np.float32).tocsr(), rows, sampler, cfg, gen)
     m = HyperbolicXMC(ModelConfig(n_features=60, n_labels=12, dim=4, init_std_labels=0.2))
     r = m(b.idx, b.off, b.w)
     gen.set_state(state)
-    ref = T.sampled_softmax_loss(m, r, Y[rows].tocsr(), sampler, 7, 30.0)
-    torch.testing.assert_close(T.batch_loss(m, r, b, 30.0, sparse=False), ref)
+    ref = LS.sampled_softmax_loss(m, r, Y[rows].tocsr(), sampler, 7, 30.0)
+    torch.testing.assert_close(LS.batch_loss(m, r, b, 30.0, sparse=False), ref)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good_model(tmp_path, monkeypatch):
     X, Y = toy_data()
     calls = {"n": 0}
-    real = T.batch_loss
+    real = LS.batch_loss
 
     def poisoned(*a, **k):
         calls["n"] += 1
@@ -248,7 +250,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_good_model(tmp
         return loss * float("nan") if calls["n"] == steps_per_epoch + 3 else loss
 
     steps_per_epoch = int(np.ceil(round(400 * 0.9) / 64))
-    monkeypatch.setattr(T, "batch_loss", poisoned)
+    monkeypatch.setattr(LS, "batch_loss", poisoned)
     with pytest.raises(T.NonFiniteLossError, match=r"epoch 2, step 3") as info:
         T.train(X, Y, {"dim": 4}, {"epochs": 3, "val_fraction": 0.1, "seed": 0, "prefetch": 0},
                 out_dir=tmp_path / "m", progress=False)
@@ -275,16 +277,18 @@ def test_new_train_config_fields_are_checked():
     for bad in ({"negative_mode": "block"}, {"label_update": "lazy"}, {"lr_scaling": "linear"},
                 {"distributed": "yes"}, {"shared_negatives": 0}, {"prefetch": -1}, {"max_steps": -2}):
         with pytest.raises(ValueError):
-            T.TrainConfig(**bad)
+            C.TrainConfig(**bad)
 
 
 def test_torch_free_config_is_the_one_definition():
-    from xhyp import index, vote
+    from xhyp.embedding import features
+    from xhyp.knn import index, vote
 
     # the modules re-export xhyp.config's objects (no second copy that could drift)
-    assert M.MAX_NORM is C.MAX_NORM
+    assert M.MAX_NORM is C.MAX_NORM and M.GEOMETRIES is C.GEOMETRIES
     assert vote.WEIGHTINGS is C.WEIGHTINGS
     assert index.INDEX_KINDS is C.INDEX_KINDS
+    assert features.FEATURE_KINDS is C.FEATURE_KINDS
 
 
 def test_cli_parser_does_not_import_torch():
@@ -295,7 +299,7 @@ def test_cli_parser_does_not_import_torch():
 
 
 def test_training_does_not_import_torch_dynamo():
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_train import toy_data; from xhyp.train import train; "
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_train import toy_data; from xhyp.training import train; "
             "X, Y = toy_data(100); train(X, Y, {'dim': 3}, {'epochs': 1}, progress=False); "
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -309,18 +313,18 @@ def test_row_block_step_equals_sparse_embedding_step(mode):
 
     X, Y = toy_data(seed=3)
     X, Y = X.astype(np.float32).tocsr(), Y.astype(np.float32).tocsr()
-    cfg = T.TrainConfig(negative_mode=mode, negatives=6, shared_negatives=6, input_dropout=0.2)
+    cfg = C.TrainConfig(negative_mode=mode, negatives=6, shared_negatives=6, input_dropout=0.2)
     m1 = HyperbolicXMC(ModelConfig(n_features=60, n_labels=12, dim=5, init_std_labels=0.1))
     m2 = copy.deepcopy(m1)
-    o1, o2 = T._make_optimizers(m1, cfg), T._make_optimizers(m2, cfg)
+    o1, o2 = O.make_optimizers(m1, cfg), O.make_optimizers(m2, cfg)
     for step in range(3):
         rows = np.arange(20 * step, 20 * step + 20)
         g1, g2 = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
-        b1 = T.prepare_batch(X, Y, rows, T.NegativeSampler(np.ones(12), "uniform", g1), cfg, g1, row_blocks=True)
-        b2 = T.prepare_batch(X, Y, rows, T.NegativeSampler(np.ones(12), "uniform", g2), cfg, g2)
+        b1 = B.prepare_batch(X, Y, rows, B.NegativeSampler(np.ones(12), "uniform", g1), cfg, g1, row_blocks=True)
+        b2 = B.prepare_batch(X, Y, rows, B.NegativeSampler(np.ones(12), "uniform", g2), cfg, g2)
         assert b2.feat_uniq is None
-        l1 = T.train_step(m1, o1, b1, 5.0, sparse=True)
-        l2 = T.train_step(m2, o2, b2, 5.0, sparse=True)
+        l1 = LS.train_step(m1, o1, b1, 5.0, sparse=True)
+        l2 = LS.train_step(m2, o2, b2, 5.0, sparse=True)
         torch.testing.assert_close(l1, l2)
     for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-7, msg=k)
