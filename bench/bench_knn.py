@@ -232,13 +232,12 @@ def delicious(args, work: Path):
     """Embeddings of Delicious train (database) and test (queries) + labels + vote config."""
     import torch
 
+    from xhyp.config import PredictConfig
+    from xhyp.datasets import load_split
     from xhyp.prediction import Predictor
 
-    from xhyp.datasets.formats import read_xc
-
-    ddir = Path(args.data_dir) / "delicious"
-    X_tr, Y_tr = read_xc(ddir / "train.txt")
-    X_te, Y_te = read_xc(ddir / "test.txt")
+    X_tr, Y_tr = load_split("delicious", "train", data_dir=args.data_dir)
+    X_te, Y_te = load_split("delicious", "test", data_dir=args.data_dir)
     model_dir = Path(args.model) if args.model else work / "delicious_model"
     if not args.model and not (model_dir / "train_emb.pt").exists():
         from xhyp.training import train
@@ -250,12 +249,12 @@ def delicious(args, work: Path):
         print(f"  trained in {time.time() - t0:.0f} s", flush=True)
     pred = Predictor.load(model_dir)
     if pred.train_emb.shape[0] != X_tr.shape[0]:
-        raise SystemExit(f"{model_dir} was not trained on {ddir / 'train.txt'}")
+        raise SystemExit(f"{model_dir} was not trained on Delicious's training split ({args.data_dir})")
     torch.set_num_threads(args.threads)
     q = pred.embed(X_te).float().numpy()
-    tc = pred.config.get("train", {})
-    info = {"model": str(model_dir), "knn": tc.get("knn", 10), "weighting": tc.get("weighting", "count"),
-            "alpha": tc.get("alpha", 1.0), "geometry": pred.model.config.geometry}
+    pc = PredictConfig().for_model(pred.config.get("train"))  # the model's vote settings
+    info = {"model": str(model_dir), "knn": pc.k, "weighting": pc.weighting, "alpha": pc.alpha,
+            "geometry": pred.model.config.geometry}
     return pred.train_emb.float().numpy(), q, pred.train_labels, Y_te, info
 
 
@@ -379,15 +378,11 @@ def bench_dataset(name, db, q, args, work: Path, extra=None, geometry="poincare"
 
 
 def _exact_dist(q, y, geometry):
-    import torch
+    """float64 distances of the ``(Q, n)`` queries to their ``(Q, k, n)`` neighbours
+    (:func:`xhyp.embedding.manifold.dist64`)."""
+    from xhyp.embedding import manifold
 
-    qd, yd = q.double()[:, None, :], y.double()
-    sq = (qd - yd).pow(2).sum(-1)
-    if geometry == "euclidean":
-        return sq.sqrt()
-    cq = 1.0 / ((1 - q.double().norm(dim=-1)) * (1 + q.double().norm(dim=-1)))
-    cy = 1.0 / ((1 - yd.norm(dim=-1)) * (1 + yd.norm(dim=-1)))
-    return 2.0 * torch.asinh((sq * cq[:, None] * cy).clamp_min(0).sqrt())
+    return manifold.dist64(q[:, None, :], y, geometry)
 
 
 def fmt_setting(r):

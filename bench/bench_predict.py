@@ -39,11 +39,12 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from xhyp import commands
+    from xhyp.config import PredictConfig
     from xhyp.datasets.formats import read_xc
     from xhyp.knn.index import make_index
+    from xhyp.knn.vote import vote
     from xhyp.prediction import Predictor
     from xhyp.utils import atomic_save_sparse, atomic_write
-    from xhyp.knn.vote import vote
 
     def timed(fn):
         ts, r = [], None
@@ -57,8 +58,8 @@ def main(argv=None):
     t_read, (X, _) = timed(lambda: read_xc(path))
     Q = X.shape[0]
     pred = Predictor.load(args.model)
-    tc = pred.config.get("train", {})
-    k, weighting, alpha = tc.get("knn", 10), tc.get("weighting", "count"), tc.get("alpha", 1.0)
+    pc = PredictConfig().for_model(pred.config.get("train"))  # the model's vote settings
+    k, weighting, alpha = pc.k, pc.weighting, pc.alpha
     t_embed, q = timed(lambda: pred.embed(X))
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="xhyp_bp_"))

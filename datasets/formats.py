@@ -28,7 +28,8 @@ import scipy.sparse as sp
 
 from xhyp.utils import atomic_write
 
-__all__ = ["DataFormatError", "read_xc", "read_xc_header", "write_xc", "read_mulan_arff", "read_hmc_arff"]
+__all__ = ["DataFormatError", "read_xc", "read_xc_header", "write_xc", "read_mulan_arff", "read_hmc_arff",
+           "topological_order"]
 
 
 class DataFormatError(ValueError):
@@ -155,6 +156,18 @@ def _split_xc_line(text: str) -> tuple[str, list[str]]:
     return first, rest.split()
 
 
+def _parse_id(tok: str, what: str, n: int, path, line: int) -> int:
+    """A label or feature id token as an int in ``[0, n)``; :class:`DataFormatError` otherwise."""
+    if tok.startswith("-") and _DIGITS.fullmatch(tok[1:]):
+        raise DataFormatError(path, line, f"negative {what} {tok}")
+    if not _DIGITS.fullmatch(tok):
+        raise DataFormatError(path, line, f"{what} {_shown(tok)} is not a non-negative integer")
+    v = int(tok)
+    if v >= n:
+        raise DataFormatError(path, line, f"{what} {v} out of range [0, {n})")
+    return v
+
+
 def _parse_xc_line(raw: bytes, line: int, n_feat: int, n_lab: int, path) -> tuple[list, list, list]:
     """Parse one data line in Python: ``(label ids, feature ids, values)``.
 
@@ -171,14 +184,7 @@ def _parse_xc_line(raw: bytes, line: int, n_feat: int, n_lab: int, path) -> tupl
         for tok in field.split(","):
             if not tok:
                 raise DataFormatError(path, line, f"empty label id in label field {_shown(field)} (stray comma)")
-            if tok.startswith("-") and _DIGITS.fullmatch(tok[1:]):
-                raise DataFormatError(path, line, f"negative label id {tok}")
-            if not _DIGITS.fullmatch(tok):
-                raise DataFormatError(path, line, f"label id {_shown(tok)} is not a non-negative integer")
-            lab = int(tok)
-            if lab >= n_lab:
-                raise DataFormatError(path, line, f"label id {lab} out of range [0, {n_lab})")
-            labels.append(lab)
+            labels.append(_parse_id(tok, "label id", n_lab, path, line))
     for tok in feats:
         if "," in tok:
             raise DataFormatError(path, line, f"unexpected ',' in feature {_shown(tok)} (labels come first, without "
@@ -186,13 +192,7 @@ def _parse_xc_line(raw: bytes, line: int, n_feat: int, n_lab: int, path) -> tupl
         fid, colon, val = tok.partition(":")
         if not colon or ":" in val or not fid or not val:
             raise DataFormatError(path, line, f"feature {_shown(tok)} is not of the form id:value")
-        if fid.startswith("-") and _DIGITS.fullmatch(fid[1:]):
-            raise DataFormatError(path, line, f"negative feature id {fid}")
-        if not _DIGITS.fullmatch(fid):
-            raise DataFormatError(path, line, f"feature id {_shown(fid)} is not a non-negative integer")
-        f = int(fid)
-        if f >= n_feat:
-            raise DataFormatError(path, line, f"feature id {f} out of range [0, {n_feat})")
+        f = _parse_id(fid, "feature id", n_feat, path, line)
         if not _FLOAT.fullmatch(val):
             raise DataFormatError(path, line, f"unparsable value {_shown(val)} of feature {f}")
         v = float(val)
@@ -941,7 +941,16 @@ def _hierarchy(path, spec: str, line: int) -> tuple[list[str], list[list[int]], 
     return list(index), parents, is_dag
 
 
-def _topological_order(path, line: int, names: list[str], parents: list[list[int]]) -> list[int]:
+def topological_order(parents: list[list[int]]) -> list[int]:
+    """Kahn's topological order of a DAG given by parent lists (every node after its parents).
+
+    Args:
+        parents: ``parents[i]``: the parent ids of node ``i``.
+
+    Returns:
+        the node ids, parents first; nodes on (or below) a cycle are missing, so a result
+        shorter than ``len(parents)`` means the graph has a cycle.
+    """
     children: list[list[int]] = [[] for _ in parents]
     indeg = [len(p) for p in parents]
     for c, ps in enumerate(parents):
@@ -953,8 +962,14 @@ def _topological_order(path, line: int, names: list[str], parents: list[list[int
             indeg[c] -= 1
             if indeg[c] == 0:
                 order.append(c)
+    return order
+
+
+def _topological_order(path, line: int, names: list[str], parents: list[list[int]]) -> list[int]:
+    order = topological_order(parents)
     if len(order) != len(parents):
-        stuck = next(v for v, d in enumerate(indeg) if d > 0)
+        ordered = set(order)
+        stuck = next(v for v in range(len(parents)) if v not in ordered)
         raise DataFormatError(path, line, f"the class hierarchy has a cycle through {names[stuck]!r}")
     return order
 

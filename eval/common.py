@@ -45,7 +45,8 @@ GEOMETRY_NAMES = {"poincare": "Poincaré", "euclidean": "Euclidean"}
 
 
 def script_parser(name: str, doc: str, datasets_default=("bibtex", "delicious"), cache: bool = True,
-                  skip=()) -> argparse.ArgumentParser:
+                  skip=(), dim: int | None = None, jobs: bool = False,
+                  member_top_k: bool = False) -> argparse.ArgumentParser:
     """The parser of ``python -m xhyp.eval.NAME``: ``--datasets``, ``--data-dir``, ``--out`` and
     (``cache``) the learner cache and training options (:func:`add_cache_args`).
 
@@ -53,12 +54,39 @@ def script_parser(name: str, doc: str, datasets_default=("bibtex", "delicious"),
         name: the script's module name. doc: its docstring (the first paragraph is the description).
         datasets_default: data sets of ``--datasets`` by default.
         cache: add :func:`add_cache_args`. skip: training options the script sets itself.
+        dim: add ``--dim`` (embedding dimension) with this default.
+        jobs: add ``--jobs`` (learners trained at once). member_top_k: add ``--member-top-k``.
     """
     p = argparse.ArgumentParser(prog=f"python -m xhyp.eval.{name}", description=doc.split("\n\n")[0])
     add_common_args(p, datasets_default)
     if cache:
         add_cache_args(p, skip)
+    if dim is not None:
+        p.add_argument("--dim", type=int, default=dim, help=f"embedding dimension (default: {dim})")
+    if jobs:
+        p.add_argument("--jobs", type=int, default=1, help="learners trained at once (processes)")
+    if member_top_k:
+        p.add_argument("--member-top-k", type=int, default=100, help="labels saved per test row and learner")
     return p
+
+
+def run_script(name: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
+    """The ``main`` of every script: parse ``argv``, call ``run(args, overrides, cache, seed) ->
+    (markdown, data)`` (the training options of :func:`cache_settings`; ``({}, None, 0)`` for a
+    script without a cache) and write its outputs (:func:`finish`); returns the exit status."""
+    args = parser.parse_args(argv)
+    overrides, cache, seed = cache_settings(args) if hasattr(args, "cache") else ({}, None, 0)
+    t0 = time.time()
+    markdown, data = run(args, overrides, cache, seed)
+    return finish(args.out, name, markdown, data, argv, t0)
+
+
+def md_table(title: str, head, rows, align: str | None = None) -> list:
+    """Markdown lines of one titled table: the title, a blank line, the header, the alignment row
+    (``align``: ``"l"``/``"r"`` per column, default left then right), the rows, a blank line."""
+    align = align or "l" + "r" * (len(head) - 1)
+    return [title, "", "| " + " | ".join(head) + " |", "|" + "".join("---|" if a == "l" else "---:|" for a in align),
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows), ""]
 
 def add_common_args(p: argparse.ArgumentParser, datasets_default=("bibtex", "delicious")) -> None:
     """``--datasets``, ``--data-dir`` and ``--out`` (every script writes NAME.md and NAME.json there)."""

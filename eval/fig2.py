@@ -16,27 +16,22 @@ names, projection, Spearman's rho of frequency vs distance to the origin).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-from xhyp.eval.common import cache_settings, finish, log, model_for, script_parser
+from xhyp.eval.common import log, model_for, run_script, script_parser
 from xhyp.plot import plot_model_labels
 
 
 def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = script_parser("fig2", __doc__)
+    p = script_parser("fig2", __doc__, dim=2)
     p.add_argument("--model", help="a model directory to draw instead of the cache's (one data set)")
-    p.add_argument("--dim", type=int, default=2, help="dimension of the cached model (2: drawn as learned)")
     p.add_argument("--examples", type=int, default=0, help="also draw up to this many training examples")
     return p
 
 
-def main(argv=None) -> int:
-    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
-    args = build_parser().parse_args(argv)
-    overrides, cache, seed = cache_settings(args)
-    t0 = time.time()
+def run(args, overrides: dict, cache: str, seed: int) -> tuple[str, dict]:
+    """One figure per data set (``--dim`` 2: the model drawn as learned): ``(markdown, data)``."""
     out = Path(args.out)
     figs = {}
     names = [Path(args.model).name] if args.model else args.datasets
@@ -50,7 +45,12 @@ def main(argv=None) -> int:
     for ds, f in figs.items():
         lines.append(f"| {ds} | ![{ds}]({Path(f['out']).name}) | {f['projection']} | {f['n_labels']} | "
                      f"{f['spearman_rho']:.3f} |")
-    return finish(out, "fig2", "\n".join(lines), {"figures": figs}, argv, t0)
+    return "\n".join(lines), {"figures": figs}
+
+
+def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
+    return run_script("fig2", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

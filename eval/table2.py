@@ -13,10 +13,9 @@ Writes ``OUT/table2.md`` and ``OUT/table2.json``.
 from __future__ import annotations
 
 import sys
-import time
 
 from xhyp.datasets import load_split
-from xhyp.eval.common import KS, finish, script_parser
+from xhyp.eval.common import KS, run_script, script_parser
 from xhyp.metrics import evaluate, format_table, most_common_baseline
 
 
@@ -37,15 +36,18 @@ def build_parser():
     return script_parser("table2", __doc__, cache=False)
 
 
-def main(argv=None) -> int:
-    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
-    args = build_parser().parse_args(argv)
-    t0 = time.time()
+def run(args, overrides: dict, cache, seed: int) -> tuple[str, dict]:
+    """The baseline on every data set: ``(markdown, data)`` (no training: the cache arguments are unused)."""
     rows = most_common_table(args.datasets, args.data_dir)
     md = "**Most-Common baseline, P@k (%)**\n\n" + format_table(
         {ds: {k: v for k, v in r.items() if k.startswith("P@")} for ds, r in rows.items()},
         metrics=[f"P@{k}" for k in KS]).replace("| Method |", "| Data set |")
-    return finish(args.out, "table2", md, {"results": rows}, argv, t0)
+    return md, {"results": rows}
+
+
+def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
+    return run_script("table2", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,9 @@ training/prediction seconds, wall time).
 from __future__ import annotations
 
 import sys
-import time
 
 from xhyp.config import GEOMETRIES
-from xhyp.eval.common import (
-    DIMS, GEOMETRY_NAMES, KS, LEARNERS, cache_settings, finish, log, pct, script_parser, sweep,
-)
+from xhyp.eval.common import DIMS, GEOMETRY_NAMES, KS, LEARNERS, log, md_table, pct, run_script, script_parser, sweep
 
 
 def markdown(data: dict, learners, ks=KS) -> str:
@@ -33,15 +30,11 @@ def markdown(data: dict, learners, ks=KS) -> str:
     ov = data.get("settings", {}).get("overrides") or {}
     for ds, by_geom in data["results"].items():
         for k in ks:
-            lines.append(f"**{ds}: P@{k} (%)**" + (f" (training overrides: {ov})" if ov else ""))
-            lines.append("")
-            lines.append("| geometry | n | " + " | ".join(f"{m} learner{'s' if m > 1 else ''}" for m in learners) + " |")
-            lines.append("|---|---:|" + "---:|" * len(learners))
-            for geometry, cells in by_geom.items():
-                for dim, cell in cells.items():
-                    row = [pct(cell["prefix"].get(str(m), {}).get(f"P@{k}")) for m in learners]
-                    lines.append(f"| {GEOMETRY_NAMES.get(geometry, geometry)} | {dim} | " + " | ".join(row) + " |")
-            lines.append("")
+            rows = [[GEOMETRY_NAMES.get(geometry, geometry), dim,
+                     *(pct(cell["prefix"].get(str(m), {}).get(f"P@{k}")) for m in learners)]
+                    for geometry, cells in by_geom.items() for dim, cell in cells.items()]
+            lines += md_table(f"**{ds}: P@{k} (%)**" + (f" (training overrides: {ov})" if ov else ""),
+                              ["geometry", "n", *(f"{m} learner{'s' if m > 1 else ''}" for m in learners)], rows)
         t = data["timing"][ds]
         lines.append(f"{ds}: {t['learners']} learners ({t['trained_now']} trained in this run), "
                      f"sum of learner training times {t['sum_learner_train_seconds']:.0f} s, "
@@ -54,28 +47,28 @@ def markdown(data: dict, learners, ks=KS) -> str:
 
 def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = script_parser("table4", __doc__)
+    p = script_parser("table4", __doc__, jobs=True, member_top_k=True)
     p.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
     p.add_argument("--learners", type=int, nargs="+", default=list(LEARNERS),
                    help="ensemble sizes reported (max(LEARNERS) learners are trained)")
     p.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=GEOMETRIES)
-    p.add_argument("--jobs", type=int, default=1, help="learners trained at once (processes)")
-    p.add_argument("--member-top-k", type=int, default=100, help="labels saved per test row and learner")
     return p
 
 
-def main(argv=None) -> int:
-    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
-    args = build_parser().parse_args(argv)
-    overrides, cache, seed = cache_settings(args)
+def run(args, overrides: dict, cache: str, seed: int) -> tuple[str, dict]:
+    """The sweep of the command line's settings: ``(markdown, data)`` (see :func:`xhyp.eval.common.run_script`)."""
     learners = sorted(set(args.learners))
-    t0 = time.time()
     data = sweep(args.datasets, args.data_dir, cache, args.dims, learners, args.geometries, overrides,
                  seed, args.jobs, args.member_top_k, log=log)
     data["settings"] = {"dims": args.dims, "learners": learners, "geometries": args.geometries,
                         "overrides": overrides, "seed": seed, "jobs": args.jobs, "cache": cache,
                         "member_top_k": args.member_top_k}
-    return finish(args.out, "table4", markdown(data, learners), data, argv, t0)
+    return markdown(data, learners), data
+
+
+def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
+    return run_script("table4", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

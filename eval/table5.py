@@ -17,10 +17,9 @@ Writes ``OUT/table5.md`` and ``OUT/table5.json``.
 from __future__ import annotations
 
 import sys
-import time
 
 from xhyp.config import GEOMETRIES
-from xhyp.eval.common import GEOMETRY_NAMES, KS, cache_settings, finish, log, pct, script_parser, sweep
+from xhyp.eval.common import GEOMETRY_NAMES, KS, log, md_table, pct, run_script, script_parser, sweep
 
 
 def plateau(curve: dict, tolerance: float = 0.25) -> int:
@@ -42,15 +41,11 @@ def markdown(data: dict) -> str:
         for geometry, cells in by_geom.items():
             cell = cells[str(data["settings"]["dim"])]
             ms = sorted(int(m) for m in cell["prefix"])
-            lines.append(f"**{ds}: {GEOMETRY_NAMES.get(geometry, geometry)}, n={data['settings']['dim']}, "
-                         "P@k (%) against the number of learners**")
-            lines.append("")
-            lines.append("| learners | " + " | ".join(f"P@{k}" for k in KS) + " |")
-            lines.append("|---:|" + "---:|" * len(KS))
-            for m in ms:
-                lines.append(f"| {m} | " + " | ".join(pct(cell["prefix"][str(m)][f"P@{k}"]) for k in KS) + " |")
+            lines += md_table(f"**{ds}: {GEOMETRY_NAMES.get(geometry, geometry)}, n={data['settings']['dim']}, "
+                              "P@k (%) against the number of learners**", ["learners", *(f"P@{k}" for k in KS)],
+                              [[m, *(pct(cell["prefix"][str(m)][f"P@{k}"]) for k in KS)] for m in ms],
+                              "r" * (1 + len(KS)))
             p = data["plateau"][ds][geometry]
-            lines.append("")
             lines.append(f"Plateau (first size within {tol} points of the best): "
                          + ", ".join(f"P@{k} at {p[f'P@{k}']} learners" for k in KS) + ".")
             lines.append("")
@@ -59,21 +54,15 @@ def markdown(data: dict) -> str:
 
 def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = script_parser("table5", __doc__)
-    p.add_argument("--dim", type=int, default=50)
+    p = script_parser("table5", __doc__, dim=50, jobs=True, member_top_k=True)
     p.add_argument("--max-learners", type=int, default=15)
     p.add_argument("--geometries", nargs="+", default=["poincare"], choices=GEOMETRIES)
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--member-top-k", type=int, default=100)
     p.add_argument("--tolerance", type=float, default=0.25, help="plateau tolerance in points")
     return p
 
 
-def main(argv=None) -> int:
-    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
-    args = build_parser().parse_args(argv)
-    overrides, cache, seed = cache_settings(args)
-    t0 = time.time()
+def run(args, overrides: dict, cache: str, seed: int) -> tuple[str, dict]:
+    """P@k against 1..``--max-learners`` learners and the plateaus: ``(markdown, data)``."""
     learners = list(range(1, args.max_learners + 1))
     data = sweep(args.datasets, args.data_dir, cache, [args.dim], learners, args.geometries, overrides,
                  seed, args.jobs, args.member_top_k, log=log)
@@ -84,7 +73,12 @@ def main(argv=None) -> int:
         for ds, by_geom in data["results"].items()}
     data["settings"] = {"dim": args.dim, "learners": learners, "geometries": args.geometries,
                         "overrides": overrides, "seed": seed, "cache": cache, "tolerance": args.tolerance}
-    return finish(args.out, "table5", markdown(data), data, argv, t0)
+    return markdown(data), data
+
+
+def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
+    return run_script("table5", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ Writes ``OUT/table6.md`` and ``OUT/table6.json``.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from xhyp.config import GEOMETRIES
-from xhyp.eval.common import GEOMETRY_NAMES, cache_settings, finish, log, model_for, script_parser
+from xhyp.eval.common import GEOMETRY_NAMES, log, md_table, model_for, run_script, script_parser
 from xhyp.plot import distance_to_origin, load_label_space, spearman_frequency_distance
 
 
@@ -72,34 +71,27 @@ def markdown(results: dict) -> str:
     """Markdown of the results: Spearman's rho and the frequency-binned norm / distance table of each model."""
     lines = []
     for key, r in results.items():
-        lines.append(f"**{key}: {r['n_labels']} labels, Spearman's rho(frequency, d(0, w)) = "
-                     f"{r['spearman_rho']:.3f} (p = {r['spearman_p']:.1e})**")
-        lines.append("")
-        lines.append("| label frequency | labels | mean frequency | mean norm | mean d(0, w) | median d(0, w) |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
-        for b in r["bins"]:
-            rng = "0 (unseen)" if b["bin"] < 0 else (
-                f"{b['freq_min']}" if b["freq_min"] == b["freq_max"] else f"{b['freq_min']}-{b['freq_max']}")
-            lines.append(f"| {rng} | {b['labels']} | {b['mean_freq']:.1f} | {b['mean_norm']:.4f} | "
-                         f"{b['mean_dist0']:.3f} | {b['median_dist0']:.3f} |")
-        lines.append("")
+        rows = [["0 (unseen)" if b["bin"] < 0 else (
+                    f"{b['freq_min']}" if b["freq_min"] == b["freq_max"] else f"{b['freq_min']}-{b['freq_max']}"),
+                 b["labels"], f"{b['mean_freq']:.1f}", f"{b['mean_norm']:.4f}", f"{b['mean_dist0']:.3f}",
+                 f"{b['median_dist0']:.3f}"] for b in r["bins"]]
+        lines += md_table(f"**{key}: {r['n_labels']} labels, Spearman's rho(frequency, d(0, w)) = "
+                          f"{r['spearman_rho']:.3f} (p = {r['spearman_p']:.1e})**",
+                          ["label frequency", "labels", "mean frequency", "mean norm", "mean d(0, w)",
+                           "median d(0, w)"], rows)
     return "\n".join(lines)
 
 
 def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = script_parser("table6", __doc__)
+    p = script_parser("table6", __doc__, dim=50)
     p.add_argument("--model", help="a model directory to analyse instead of the cache's (one data set)")
-    p.add_argument("--dim", type=int, default=50)
     p.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=GEOMETRIES)
     return p
 
 
-def main(argv=None) -> int:
-    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
-    args = build_parser().parse_args(argv)
-    overrides, cache, seed = cache_settings(args)
-    t0 = time.time()
+def run(args, overrides: dict, cache: str, seed: int) -> tuple[str, dict]:
+    """The analysis of ``--model`` or of the cache's models: ``(markdown, data)``."""
     results, models = {}, {}
     if args.model:
         jobs = [(Path(args.model).name, Path(args.model))]
@@ -113,7 +105,12 @@ def main(argv=None) -> int:
         results[key] = norm_vs_frequency(space["labels"], space["freq"], space["geometry"])
         models[key] = str(d)
         log(f"[table6] {key}: rho = {results[key]['spearman_rho']:.3f}")
-    return finish(args.out, "table6", markdown(results), {"results": results, "models": models}, argv, t0)
+    return markdown(results), {"results": results, "models": models}
+
+
+def main(argv=None) -> int:
+    """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
+    return run_script("table6", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 
 from xhyp.config import GEOMETRIES, WEIGHTINGS
 from xhyp.datasets import load_split
-from xhyp.eval.common import cache_settings, config_dir, finish, log, pct, script_parser, train_cell
+from xhyp.eval.common import config_dir, log, md_table, pct, run_script, script_parser, train_cell
 from xhyp.metrics import evaluate
 from xhyp.prediction import Ensemble
 
@@ -70,39 +70,36 @@ def markdown(results: dict) -> str:
     """Markdown of the results: held-out P@1/3/5 for every ``k`` and weighting, and the best setting."""
     lines = []
     for ds, r in results.items():
-        lines.append(f"**{ds}: summed votes of {r['learners']} learners on a held-out {r['holdout_rows']} "
-                     f"of the {r['fit_rows'] + r['holdout_rows']} training points (%)**")
-        lines.append("")
-        lines.append("| k | weighting | P@1 | P@3 | P@5 |")
-        lines.append("|---:|---|---:|---:|---:|")
-        for g in r["grid"]:
-            mark = " **(best)**" if g == r["best"] else ""
-            lines.append(f"| {g['k']} | {g['weighting']}{mark} | {pct(g['P@1'])} | {pct(g['P@3'])} | {pct(g['P@5'])} |")
-        lines.append("")
+        rows = [[g["k"], g["weighting"] + (" **(best)**" if g == r["best"] else ""),
+                 pct(g["P@1"]), pct(g["P@3"]), pct(g["P@5"])] for g in r["grid"]]
+        lines += md_table(f"**{ds}: summed votes of {r['learners']} learners on a held-out {r['holdout_rows']} "
+                          f"of the {r['fit_rows'] + r['holdout_rows']} training points (%)**",
+                          ["k", "weighting", "P@1", "P@3", "P@5"], rows, "rlrrr")
     return "\n".join(lines)
 
 
 def build_parser():
     """The script's command-line parser (``--help`` lists its options)."""
-    p = script_parser("vote_sweep", __doc__, datasets_default=("bibtex",), skip=("knn", "weighting"))
+    p = script_parser("vote_sweep", __doc__, datasets_default=("bibtex",), skip=("knn", "weighting"), dim=50,
+                      jobs=True)
     p.add_argument("--learners", type=int, default=5, help="learners whose votes are summed (default: 5)")
     p.add_argument("--knn", type=int, nargs="+", default=[5, 10, 20, 30, 50], help="neighbour counts tried")
-    p.add_argument("--dim", type=int, default=50)
     p.add_argument("--geometry", default="poincare", choices=GEOMETRIES)
     p.add_argument("--holdout", type=float, default=0.2, help="share of the training split held out")
-    p.add_argument("--jobs", type=int, default=1, help="learners trained at once (processes)")
     return p
+
+
+def run(args, overrides: dict, cache: str, seed: int) -> tuple[str, dict]:
+    """The held-out grid of every data set: ``(markdown, data)``."""
+    results = {ds: sweep_dataset(ds, args.data_dir, cache, args.learners, args.knn, args.dim, args.geometry,
+                                 overrides, args.holdout, seed, args.jobs, log=log)
+               for ds in args.datasets}
+    return markdown(results), {"results": results}
 
 
 def main(argv=None) -> int:
     """Run the script on ``argv`` (default: the command line); writes Markdown and JSON; exit status."""
-    args = build_parser().parse_args(argv)
-    overrides, cache, seed = cache_settings(args)
-    t0 = time.time()
-    results = {ds: sweep_dataset(ds, args.data_dir, cache, args.learners, args.knn, args.dim, args.geometry,
-                                 overrides, args.holdout, seed, args.jobs, log=log)
-               for ds in args.datasets}
-    return finish(args.out, "vote_sweep", markdown(results), {"results": results}, argv, t0)
+    return run_script("vote_sweep", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ fi
 # 1. build
 step build 200 env XHYP_FORCE_CUDA=1 "$PY" -m pip install -q --no-build-isolation -e .
 HAVE_EXT=1
-"$PY" -c "import sys, torch; from xhyp import kernels as K; sys.exit(0 if K.ext_available('cuda') else 1)" \
+"$PY" -c "import sys, torch; from xhyp.knn import extension; sys.exit(0 if extension.ext_available('cuda') else 1)" \
     >> "$LOG" 2>&1 || HAVE_EXT=0
 
 # 2. tests
@@ -68,7 +68,7 @@ fi
 # 3. compute-sanitizer on tiny inputs
 cat > "$OUT_DIR/tiny.py" << 'EOF'
 import torch
-from xhyp import kernels as K
+from xhyp.knn import kernels as K
 torch.manual_seed(0)
 db = (torch.rand(300, 17) - 0.5) * 0.5
 q = (torch.rand(70, 17) - 0.5) * 0.5
@@ -79,7 +79,7 @@ K.clustered_knn(q.cuda(), db.cuda(), torch.arange(300).cuda(), off.cuda(), db[[0
 ip = torch.arange(0, 601, 2)
 ix = torch.randint(0, 40, (600,))
 I = torch.randint(0, 300, (70, 10))
-K.vote_topk([I.cuda()], [torch.rand(70, 10).sort(1).values.cuda()], [ip.cuda()], [ix.cuda()], 40, 5, "count", 1.0)
+K.vote_topk([I.cuda()], [torch.rand(70, 10).sort(1).values.double().cuda()], [ip.cuda()], [ix.cuda()], 40, 5)
 torch.cuda.synchronize()
 print("tiny ok")
 EOF
@@ -98,8 +98,8 @@ import numpy as np
 import torch
 sys.path.insert(0, "bench")
 from bench_knn import synthetic
-from xhyp import kernels as K
-from xhyp.index import make_index
+from xhyp.knn import kernels as K
+from xhyp.knn.index import make_index
 out = sys.argv[1]
 torch.set_num_threads(os.cpu_count() or 1)
 db, q = synthetic(196_606, 100_095, 50, 2000, 0.9, 0.6, 0.07, 0)

@@ -11,6 +11,7 @@ from xhyp.prediction.ensemble import (Ensemble, aggregate_files, expand_model_di
                            train_ensemble)
 from xhyp.datasets.formats import write_xc
 from xhyp.prediction import Predictor
+from conftest import np_top_k, np_vote
 
 L = 12
 TINY = {"epochs": 2, "negatives": 5, "batch_size": 32, "val_fraction": 0.1, "knn": 5, "threads": 1}
@@ -149,28 +150,13 @@ def test_cli_ensemble_predict_aggregate(tmp_path, data, capsys):
     assert json.loads(capsys.readouterr().out)["trained"] == 0
 
 
-def np_top_k(S, top_k):
-    """By hand: keep each row's ``top_k`` largest positive entries (ties: lower label id first)."""
-    out = np.zeros_like(S)
-    for q in range(S.shape[0]):
-        cols = sorted(np.flatnonzero(S[q]), key=lambda c: (-S[q, c], c))[:top_k]
-        out[q, cols] = S[q, cols]
-    return out
-
-
 def count_votes_by_hand(pred, X):
     """A member's full float64 ``count`` votes, by hand from its exact neighbours: each neighbour
     adds ``1 + 1e-3 exp(-(d - d_1))`` to each of its labels (summed in neighbour-id order)."""
     tc = pred.config["train"]
     assert tc.get("weighting", "count") == "count"
     D, I = pred.index("exact").search(pred.embed(X), tc["knn"])
-    D, I = np.asarray(D, np.float64), np.asarray(I)
-    Ytr = pred.train_labels.tocsr()
-    S = np.zeros((X.shape[0], Ytr.shape[1]))
-    for q in range(X.shape[0]):
-        for j in np.argsort(I[q], kind="stable"):
-            S[q, Ytr[I[q, j]].indices] += 1.0 + 1e-3 * np.exp(-(D[q, j] - D[q, 0]))
-    return S
+    return np_vote(I, D, pred.train_labels, "count", id_order=True)
 
 
 @pytest.mark.parametrize("top_k", [2, 4])

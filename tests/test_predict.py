@@ -17,7 +17,7 @@ from xhyp.datasets.formats import write_xc
 from xhyp.prediction import Predictor
 from xhyp.training import train
 
-from conftest import require
+from conftest import np_top_k, np_vote, require
 from test_learning import noisy_toy
 
 TRAIN = dict(epochs=3, batch_size=32, negatives=7, sampling="uniform", alpha=5.0, lr=0.03, lr_labels=0.03,
@@ -58,26 +58,6 @@ def np_knn(q, db, k, floor=1.0):
     # rows whose k-th and (k+1)-th neighbours are clearly apart (float32 search cannot swap them)
     clear = (Ds[:, k] - Ds[:, k - 1]) > 1e-4 * np.maximum(Ds[:, k], floor) if Ds.shape[1] > k else np.ones(len(q), bool)
     return order[:, :k], Ds[:, :k], clear
-
-
-def np_vote(I, D, Y, weighting, alpha):
-    """By hand: a neighbour adds its weight to each of its labels (count: 1 plus a 1e-3 tie-break)."""
-    Yd = Y.toarray() > 0
-    S = np.zeros((I.shape[0], Y.shape[1]))
-    for q in range(I.shape[0]):
-        for j in range(I.shape[1]):
-            gap = D[q, j] - D[q, 0]
-            w = 1.0 + 1e-3 * np.exp(-gap) if weighting == "count" else np.exp(-alpha * gap)
-            S[q, Yd[I[q, j]]] += w
-    return S
-
-
-def np_top_k(S, top_k):
-    out = np.zeros_like(S)
-    for q in range(S.shape[0]):
-        order = sorted(np.flatnonzero(S[q]), key=lambda c: (-S[q, c], c))[:top_k]
-        out[q, order] = S[q, order]
-    return out
 
 
 def reference(model_dir, X_train, Y_train, Xq, k, weighting, alpha, top_k):

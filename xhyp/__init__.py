@@ -1,13 +1,17 @@
 """xhyp: extreme multi-label classification with a joint hyperbolic embedding of examples and labels.
 
-Data flow (one module per arrow)::
+Data flow (one subpackage per stage)::
 
     datasets/ (xhyp.datasets)  files -> X (CSR N x F), Y (CSR N x L)
-    xhyp/model.py              X -> r = p(f_theta(x)) in the Poincaré ball; labels W (L x n)
-    xhyp/train.py              sampled softmax over -alpha * d(r, W[l]), Riemannian Adam
-    xhyp/index.py              kNN of a query among training embeddings (exact | clustered | faiss)
-    xhyp/vote.py               neighbours' labels -> top-K label scores (and across an ensemble)
-    eval/ (xhyp.eval)          P@k, nDCG@k, PSP@k, PSnDCG@k
+    xhyp/embedding/            X -> r = p(f_theta(x)) in the Poincaré ball; labels W (L x n)
+    xhyp/training/             sampled softmax over -alpha * d(r, W[l]), Riemannian Adam -> model directory
+    xhyp/knn/                  kNN of a query among training embeddings (exact | ann | clustered | faiss),
+                               neighbours' labels -> top-K label scores (vote)
+    xhyp/prediction/           model directory -> Predictor -> scores; ensembles sum their votes
+    xhyp/metrics.py            P@k, nDCG@k, PSP@k, PSnDCG@k
+
+Every stage's options are the dataclasses of :mod:`xhyp.config`; the entry points are
+``xhyp.training.train``, ``xhyp.prediction.Predictor`` and ``xhyp.prediction.train_ensemble``.
 
 The scikit-learn-style estimator :class:`xhyp.XHypClassifier` (``fit``, ``predict``, ``save``,
 ``load``; :mod:`xhyp.estimator`) wraps the whole flow. It is imported on first use, so

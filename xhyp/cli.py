@@ -109,6 +109,17 @@ def _add_hmc_args(p):
     add_hmc_args(p)
 
 
+def _add_training_args(p, replaced: str) -> None:
+    """``--overwrite``, ``--config``, ``--no-progress``, the model and training flags and the HMC
+    flags of the verbs that train (``replaced``: what ``--overwrite`` replaces)."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {replaced}")
+    p.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
+    p.add_argument("--no-progress", action="store_true")
+    add_config_args(p, ModelConfig, "model")
+    add_config_args(p, TrainConfig, "training")
+    _add_hmc_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="xhyp", description="Extreme multi-label classification with a joint "
@@ -120,12 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--out", required=True, help="model directory")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--overwrite", action="store_true", help="replace the model OUT already holds")
-    t.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
-    t.add_argument("--no-progress", action="store_true")
-    add_config_args(t, ModelConfig, "model")
-    add_config_args(t, TrainConfig, "training")
-    _add_hmc_args(t)
+    _add_training_args(t, "the model OUT already holds")
 
     en = sub.add_parser("ensemble", help="train M learners (seeds seed, seed+1, ...) into OUT/learner_XX "
                         "plus OUT/ensemble.json; rerunning skips complete learners")
@@ -134,12 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--learners", "-M", type=int, default=3, help="number of learners M (default: 3)")
     en.add_argument("--jobs", type=int, default=1, help="learners trained at once, one process each (default: 1)")
     en.add_argument("--resume", action="store_true", help="complete the ensemble OUT holds (the default)")
-    en.add_argument("--overwrite", action="store_true", help="replace the ensemble OUT holds")
-    en.add_argument("--config", help="JSON file with {'model': {...}, 'train': {...}} defaults")
-    en.add_argument("--no-progress", action="store_true")
-    add_config_args(en, ModelConfig, "model")
-    add_config_args(en, TrainConfig, "training")
-    _add_hmc_args(en)
+    _add_training_args(en, "the ensemble OUT holds")
 
     pr = sub.add_parser("predict", help="score queries; saves a sparse (Q x L) score matrix (.npz)")
     src = pr.add_mutually_exclusive_group(required=True)
@@ -192,11 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--test-file", help="your own test file (same format and label space as --train-file)")
     r.add_argument("--out", required=True)
     r.add_argument("--index", default="exact", choices=INDEX_KINDS, help="kNN search backend (default: exact)")
-    r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--overwrite", action="store_true", help="replace the model OUT/model already holds")
-    add_config_args(r, ModelConfig, "model")
-    add_config_args(r, TrainConfig, "training")
-    _add_hmc_args(r)
+    _add_training_args(r, "the model OUT/model already holds")
 
     inf = sub.add_parser("info", help="what a model or ensemble directory holds: configuration, data "
                          "fingerprint, best epoch, validation curve, files")

@@ -409,6 +409,15 @@ def evaluate(Y_true, scores, ks: Sequence[int] = (1, 3, 5), inv_prop=None) -> di
     Returns ``{"P@1": .., "P@3": .., "P@5": .., "nDCG@1": .., ..}`` and, when ``inv_prop`` is
     given, also ``"PSP@k"`` and ``"PSnDCG@k"``; values are Python floats in [0, 1] (fractions,
     not percentages).
+
+    Args:
+        Y_true: ``(N, L)`` true labels (CSR or dense, binary).
+        scores: ``(N, L)`` scores (CSR or dense; see :func:`topk_from_scores`).
+        ks: cut-offs.
+        inv_prop: ``(L,)`` inverse propensities (:func:`inv_propensity`) for the PS metrics, or ``None``.
+
+    Raises:
+        ValueError: empty or non-positive ``ks``, shapes that disagree, or ``inv_prop`` of the wrong length.
     """
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:

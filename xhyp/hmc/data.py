@@ -50,17 +50,9 @@ class Hierarchy:
         return len(self.names)
 
     def _order(self) -> list[int]:
-        children = [[] for _ in self.parents]
-        indeg = [len(p) for p in self.parents]
-        for c, ps in enumerate(self.parents):
-            for p in ps:
-                children[p].append(c)
-        order = [v for v, d in enumerate(indeg) if d == 0]
-        for v in order:
-            for c in children[v]:
-                indeg[c] -= 1
-                if indeg[c] == 0:
-                    order.append(c)
+        from xhyp.datasets.formats import topological_order
+
+        order = topological_order(self.parents)
         if len(order) != len(self.parents):
             raise ValueError("the hierarchy has a cycle")
         return order

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from xhyp.embedding import manifold
-from xhyp.config import PROJECTORS, ConfigBase
+from xhyp.config import PROJECTORS, ConfigBase, check_choice
 
 __all__ = ["HMC_METHODS", "HMCModelConfig", "HMCModel", "to_tensor"]
 
@@ -59,10 +59,8 @@ class HMCModelConfig(ConfigBase):
     init_label_scale: float = 0.0
 
     def __post_init__(self):
-        if self.method not in HMC_METHODS:
-            raise ValueError(f"method must be one of {HMC_METHODS}, got {self.method!r}")
-        if self.projector not in PROJECTORS:
-            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
+        check_choice("method", self.method, HMC_METHODS)
+        check_choice("projector", self.projector, PROJECTORS)
         if min(self.n_features, self.n_labels, self.dim, self.hidden) < 1:
             raise ValueError(f"n_features, n_labels, dim and hidden must be positive: {self}")
 

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from xhyp.config import ConfigBase
+from xhyp.config import ConfigBase, check_choice
 from xhyp.utils import atomic_save_json, atomic_torch_save, seed_everything
 
 from .losses import CONTRASTIVE_KINDS, cooccurrence_pairs, himulcon_loss, poincare_label_loss, sample_negatives
@@ -82,8 +82,7 @@ class HMCTrainConfig(ConfigBase):
     threads: int = 0
 
     def __post_init__(self):
-        if self.contrastive not in CONTRASTIVE_KINDS:
-            raise ValueError(f"contrastive must be one of {CONTRASTIVE_KINDS}, got {self.contrastive!r}")
+        check_choice("contrastive", self.contrastive, CONTRASTIVE_KINDS)
         if self.epochs < 1 or self.batch_size < 1 or self.negatives < 1 or self.pair_batch < 1:
             raise ValueError(f"epochs, batch_size, negatives and pair_batch must be positive: {self}")
 

@@ -163,7 +163,7 @@ class TorchIndex(_Base):
         return D.cpu(), I.cpu()
 
 
-class ExactIndex(_Base):
+class ExactIndex(TorchIndex):
     """Exact brute-force kNN with the fused kernel (:func:`xhyp.knn.kernels.knn`).
 
     The database's per-row precomputation is done once in :meth:`add`; queries are searched in
@@ -180,19 +180,13 @@ class ExactIndex(_Base):
 
     def __init__(self, geometry: str = "poincare", query_batch: int = 65536, db_batch: int = 65536,
                  device=None):
-        manifold.check_geometry(geometry)
-        self.geometry = geometry
-        self.query_batch = query_batch
-        self.db_batch = db_batch
-        self.device = device
-        self.db = None
+        super().__init__(geometry, query_batch, db_batch, device)
         self.aug = None
 
     def add(self, db: torch.Tensor) -> "ExactIndex":
         """Set the database: ``(M, n)`` float tensor (in the ball for Poincaré geometry)."""
-        self._check_db(db)
-        db = db.to(self.device) if self.device is not None else db
-        self.db = db.contiguous()
+        super().add(db)
+        self.db = self.db.contiguous()
         self.aug = kernels.knn_prepare(self.db, self.geometry) if self.db.dtype == torch.float32 else None
         return self
 
@@ -208,7 +202,24 @@ class ExactIndex(_Base):
                              lambda qb: kernels.knn(qb, self.db, k, self.geometry, self.aug))
 
 
-class ClusteredIndex(_Base):
+class _Clusters(_Base):
+    """Shared parts of the indexes whose database is stored sorted by cluster (``offsets``)."""
+
+    nprobe = 1
+    offsets = None
+
+    @property
+    def cluster_sizes(self) -> torch.Tensor:
+        """``(C,)`` number of points per cluster."""
+        return torch.diff(self.offsets)
+
+    def _nprobe(self, q: torch.Tensor, k: int, nprobe: int | None) -> int:
+        """Check a search and return its ``nprobe`` (the call's, else the constructor's)."""
+        self._check_search(q, k)
+        return int(nprobe or self.nprobe)
+
+
+class ClusteredIndex(_Clusters):
     """Centroid-clustered approximate kNN (Gerald & Baskiotis, CAp 2019, section 2.6).
 
     :meth:`add` draws ``n_clusters`` centroids at random among the database points (default
@@ -309,11 +320,6 @@ class ClusteredIndex(_Base):
             cen = torch.from_numpy(km.cluster_centers_.astype(np.float64))
         return manifold.project(cen).float() if self.geometry == "poincare" else cen.float()
 
-    @property
-    def cluster_sizes(self) -> torch.Tensor:
-        """``(C,)`` number of points per cluster."""
-        return torch.diff(self.offsets)
-
     @torch.no_grad()
     def search(self, q: torch.Tensor, k: int, nprobe: int | None = None):
         """Approximate k nearest neighbours; see :meth:`TorchIndex.search` for the output.
@@ -321,8 +327,7 @@ class ClusteredIndex(_Base):
         Args:
             nprobe: overrides the constructor's ``nprobe`` for this call.
         """
-        self._check_search(q, k)
-        nprobe = int(nprobe or self.nprobe)
+        nprobe = self._nprobe(q, k, nprobe)
         q = q.to(self.db.device, self.db.dtype)
         return self._batched(q, k, self.query_batch, lambda qb: kernels.clustered_knn(
             qb, self.db_sorted, self.ids, self.offsets, self.centroids, k, nprobe, self.geometry, self.aug))
@@ -371,7 +376,7 @@ def _lloyd(u, C, iters, seed, chunk, sp):
     return cen.double().numpy()
 
 
-class AnnIndex(_Base):
+class AnnIndex(_Clusters):
     """Approximate kNN: balanced k-means inverted file, query-major exact scan of the probes.
 
     :meth:`add` runs k-means (``kmeans_iters`` Lloyd iterations on the ball coordinates, in
@@ -486,11 +491,6 @@ class AnnIndex(_Base):
         self.db = db
         return self
 
-    @property
-    def cluster_sizes(self) -> torch.Tensor:
-        """``(C,)`` number of points per cluster (after balancing)."""
-        return torch.diff(self.offsets)
-
     @torch.no_grad()
     def search(self, q: torch.Tensor, k: int, nprobe: int | None = None):
         """Approximate k nearest neighbours (exact distances); see :meth:`TorchIndex.search`.
@@ -498,8 +498,7 @@ class AnnIndex(_Base):
         Args:
             nprobe: overrides the constructor's ``nprobe`` for this call.
         """
-        self._check_search(q, k)
-        nprobe = int(nprobe or self.nprobe)
+        nprobe = self._nprobe(q, k, nprobe)
         q = q.detach().cpu().float()
         def block(qs):
             qs = qs.contiguous()

@@ -138,6 +138,9 @@ def pairwise_dist(x: torch.Tensor, y: torch.Tensor, geometry: str = "poincare") 
         >>> pairwise_dist(x, x)[0, 1].item()  # 2 artanh(0.5)
         1.0986123...
 
+    Raises:
+        ValueError: an unknown geometry, inputs that are not 2-D, or different dimensions.
+
     Source: Nickel & Kiela, NIPS 2017, eq. 1; kernel ``cpp_ext/cpu/knn_cpu.cpp``
     (``pairwise_dist``), ``cpp_ext/cuda/kernels.cu``.
     """
@@ -199,6 +202,10 @@ def knn(q: torch.Tensor, db: torch.Tensor, k: int, geometry: str = "poincare",
         >>> knn(torch.tensor([[0.4, 0.0]]), db, 2)[1].tolist()
         [[1, 0]]
 
+    Raises:
+        ValueError: an unknown geometry, inputs that are not 2-D, ``k < 1`` or different dimensions.
+        RuntimeError: (extension) a ``db_aug`` that is not :func:`knn_prepare` of ``db``.
+
     Source: kernel ``cpp_ext/cpu/knn_cpu.cpp`` (``knn``), ``cpp_ext/cuda/kernels.cu``; fallback
     :func:`torch_knn`; reference :func:`ref_knn`.
     """
@@ -243,6 +250,11 @@ def clustered_knn(q: torch.Tensor, db_sorted: torch.Tensor, ids: torch.Tensor, o
         >>> ids, off = torch.arange(4), torch.tensor([0, 2, 4])
         >>> clustered_knn(torch.tensor([[0.55, 0.0]]), db, ids, off, db[[0, 2]], 3, 1)[1].tolist()
         [[2, 3, -1]]
+
+    Raises:
+        ValueError: an unknown geometry, inputs that are not 2-D, ``k`` or ``nprobe`` below 1,
+            different dimensions, or ``offsets`` of the wrong length.
+        RuntimeError: (extension) offsets that do not start at 0, end at ``M`` and never decrease.
 
     Source: kernel ``cpp_ext/cpu/knn_cpu.cpp`` (``clustered_knn``), ``cpp_ext/cuda/kernels.cu``;
     reference :func:`ref_clustered_knn`.
@@ -382,6 +394,10 @@ def ivf_probe(q: torch.Tensor, cen_aug: torch.Tensor, nprobe: int, geometry: str
 
     Returns:
         ``(Q, max(1, min(nprobe, C)))`` int64 centroid indices (``-1`` when ``C = 0``).
+
+    Raises:
+        ValueError: an unknown geometry, inputs that are not 2-D, ``nprobe < 1`` or a ``cen_aug``
+            without ``n + 2`` columns.
 
     Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_probe``).
     """

@@ -62,7 +62,12 @@ class PaperAdam(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, max_norm=max_norm))
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient (see the class docstring).
+
+        Raises:
+            RuntimeError: a sparse gradient (use :class:`SparsePaperAdam`).
+        """
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             b1, b2 = group["betas"]
