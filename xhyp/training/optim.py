@@ -43,6 +43,33 @@ def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
     return float(lr) * math.sqrt(batch_size / LR_REFERENCE_BATCH) if rule == "sqrt" else float(lr)
 
 
+def paper_adam_rows(x: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: int,
+                    group: dict) -> torch.Tensor:
+    """The paper's update of ``(R, n)`` rows of a ball parameter (Gerald & Baskiotis, CAp 2019,
+    section 2.4; Nickel & Kiela 2017, eq. 4-5): the rule of :class:`PaperAdam` and
+    :class:`SparsePaperAdam`.
+
+    ``g = ((1 - |x|^2) / 2)^2 grad`` (the inverse metric), Adam moments ``m``, ``v`` (updated in
+    place) with bias correction at step ``t``, then the step and the max-norm projection.
+
+    Args:
+        x: ``(R, n)`` rows. grad: ``(R, n)`` their Euclidean gradient. m, v: ``(R, n)`` moments.
+        t: step count (>= 1). group: the optimiser's parameter group (``lr``, ``betas``, ``eps``,
+            ``max_norm``).
+
+    Returns:
+        ``(R, n)`` new rows, in the ball of radius ``max_norm``.
+    """
+    b1, b2 = group["betas"]
+    sq = (x * x).sum(-1, keepdim=True)
+    g = grad * ((1.0 - sq) / 2.0) ** 2
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    m_hat = m / (1 - b1 ** t)
+    v_hat = v / (1 - b2 ** t)
+    return manifold.project(x - group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]), group["max_norm"])
+
+
 class PaperAdam(torch.optim.Optimizer):
     """Adam on the inverse-metric-rescaled gradient, followed by the max-norm projection.
 
@@ -70,7 +97,6 @@ class PaperAdam(torch.optim.Optimizer):
         """
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            b1, b2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -83,14 +109,7 @@ class PaperAdam(torch.optim.Optimizer):
                     state["v"] = torch.zeros_like(p)
                 state["step"] += 1
                 t = state["step"]
-                sq = (p * p).sum(-1, keepdim=True)
-                g = p.grad * ((1.0 - sq) / 2.0) ** 2
-                state["m"].mul_(b1).add_(g, alpha=1 - b1)
-                state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                m_hat = state["m"] / (1 - b1 ** t)
-                v_hat = state["v"] / (1 - b2 ** t)
-                p.sub_(group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]))
-                p.copy_(manifold.project(p, group["max_norm"]))
+                p.copy_(paper_adam_rows(p, p.grad, state["m"], state["v"], t, group))
         return loss
 
 
@@ -215,13 +234,7 @@ class SparsePaperAdam(_LazyRows):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, max_norm=max_norm))
 
     def _rows(self, p, group, x, grad, m, v, t):  # noqa: D102
-        b1, b2 = group["betas"]
-        sq = (x * x).sum(-1, keepdim=True)
-        g = grad * ((1.0 - sq) / 2.0) ** 2
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        x = x - group["lr"] * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + group["eps"])
-        return manifold.project(x, group["max_norm"]), m, v
+        return paper_adam_rows(x, grad, m, v, t, group), m, v
 
 
 class LazyAdam(_LazyRows):
