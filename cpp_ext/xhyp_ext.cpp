@@ -6,6 +6,8 @@
 //   cpu/knn_cpu.cpp       CPU kernels: pairwise_dist, knn_prepare, knn, clustered_knn;
 //   cpu/ivf_cpu.cpp       CPU kernels of the ann index: ivf_pack, ivf_probe, ivf_knn;
 //   cpu/vote_cpu.cpp      CPU kernel: vote_topk;
+//   cpu/optim_cpu.cpp     CPU kernels of training: lazy_adam_, riemannian_adam_ball_ (fused
+//                         row-sparse optimiser steps);
 //   cuda/kernels.cu       CUDA kernels and their launchers, plain CUDA C++ (no torch headers), so
 //                         they compile with ``nvcc -c`` against include/xhyp_cuda.h only;
 //   cuda/ops_cuda.cpp     torch glue for CUDA tensors (allocations, checks, stream), calling the
@@ -53,4 +55,12 @@ TORCH_LIBRARY(xhyp_ext, m) {
   // scores, (Q,) int64 number of labels with a non-zero score.
   m.def("vote_topk(Tensor[] ids, Tensor[] weights, Tensor[] indptr, Tensor[] indices, int n_labels, "
         "int top_k) -> (Tensor, Tensor, Tensor)");
+  // training: in-place lazy Adam step of the (R,) sorted unique rows of an (N, n) float32
+  // embedding table and its two moments, given the rows' (R, n) gradient (xhyp.training.optim.LazyAdam).
+  m.def("lazy_adam_(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor rows, Tensor grad, "
+        "float step_size, float beta1, float beta2, float eps) -> ()");
+  // the same for the Riemannian Adam step of label embeddings in the Poincaré ball
+  // (xhyp.training.optim.SparseRiemannianAdam): step = the bias-correction count t, max_norm the guard.
+  m.def("riemannian_adam_ball_(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor rows, "
+        "Tensor grad, float lr, float beta1, float beta2, float eps, int step, float max_norm) -> ()");
 }

@@ -139,7 +139,7 @@ MUTANTS = [
            "saved database labels are the training part only"),
     Mutant("T25", LO, "pipe = FeaturePipeline(tcfg.features).fit(X)", 'pipe = FeaturePipeline("l2").fit(X)',
            "the features option is ignored"),
-    Mutant("T26", LO, "scores = knn_scores(db, Y_db, q, tcfg.knn, tcfg.weighting, tcfg.alpha, mcfg.geometry)", "scores = knn_scores(db, Y_db, q, tcfg.knn, tcfg.weighting, 1.0, mcfg.geometry)",
+    Mutant("T26", LO, "tcfg.weighting, tcfg.alpha, mcfg.geometry, device=device)", "tcfg.weighting, 1.0, mcfg.geometry, device=device)",
            "validation ignores alpha (distance weighting)"),
     Mutant("T27", LO, "return vote(I, D, Y_db, top_k=top_k, weighting=weighting, alpha=alpha)",
            'return vote(I, D, Y_db, top_k=top_k, weighting="count", alpha=alpha)', "validation ignores the weighting"),

@@ -58,6 +58,39 @@ def test_sparse_riemannian_adam_equals_geoopt_when_every_row_is_touched(sparse_g
     assert (p_new.data.norm(dim=-1) <= M.MAX_NORM + 1e-12).all()
 
 
+def test_sparse_riemannian_adam_kernel_against_float64_geoopt_step():
+    """The compiled float32 step (fused) against geoopt's float64 step from the same state,
+    one lazy step at a time (half the points within 1e-4 of the max-norm boundary)."""
+    import xhyp.knn.extension as K
+
+    if not K.ext_available("cpu"):
+        pytest.skip("extension not built")
+    L, n = 40, 7
+    p32 = _param(_ball_points(L, n, 9).float())
+    opt32 = SparseRiemannianAdam([p32], lr=0.05)
+    calls = []
+    real = opt32._fused
+    opt32._fused = lambda *a: calls.append(real(*a)) or calls[-1]
+    g = torch.Generator().manual_seed(10)
+    for t in range(1, 9):
+        rows = torch.randint(0, L, (25,), generator=g)  # duplicates: summed by coalesce
+        vals = torch.randn(25, n, generator=g) * [1e-3, 1.0, 300.0][t % 3]
+        p64 = _param(p32.data.double())
+        opt64 = SparseRiemannianAdam([p64], lr=0.05, fused=False)
+        if t > 1:
+            opt64.state[p64] = {"step": t - 1, **{k: opt32.state[p32][k].double().clone()
+                                                   for k in ("exp_avg", "exp_avg_sq")}}
+        p64.grad = torch.sparse_coo_tensor(rows[None], vals.double(), (L, n))
+        p32.grad = torch.sparse_coo_tensor(rows[None], vals, (L, n))
+        opt64.step()
+        opt32.step()
+        torch.testing.assert_close(p32.data.double(), p64.data, rtol=1e-6, atol=1e-7)
+        for k in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt32.state[p32][k].double(), opt64.state[p64][k], rtol=1e-5, atol=1e-12)
+    assert calls == [True] * 8
+    assert (p32.data.double().norm(dim=-1) <= M.MAX_NORM + 1e-7).all()
+
+
 def test_sparse_riemannian_adam_steps_only_touched_rows_lazily():
     """Touched rows follow Riemannian Adam with moments updated only when touched and the
     global step count in the bias correction (as SparseAdam); untouched rows stay put."""
@@ -123,6 +156,69 @@ def test_lazy_adam_equals_torch_sparse_adam():
         ob.step()
         torch.testing.assert_close(b.data, a.data, rtol=1e-12, atol=1e-14)
     assert torch.equal(b.data[[]], w0[[]])
+
+
+def _adam_rows_reference(w, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """float64 NumPy lazy Adam (Kingma & Ba 2015, Algorithm 1; SparseAdam's step size): each
+    gradient is a (rows, values) pair whose duplicate rows are summed first."""
+    w = w.astype(np.float64).copy()
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, (rows, vals) in enumerate(grads, start=1):
+        g = np.zeros_like(w)
+        np.add.at(g, rows, vals.astype(np.float64))
+        u = np.unique(rows)
+        m[u] = b1 * m[u] + (1 - b1) * g[u]
+        v[u] = b2 * v[u] + (1 - b2) * g[u] ** 2
+        w[u] -= lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m[u] / (np.sqrt(v[u]) + eps)
+    return w
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_lazy_adam_float32_against_float64_reference(fused):
+    """The compiled kernel (fused) and the tensor code agree with a float64 reference."""
+    import xhyp.knn.extension as K
+
+    if fused and not K.ext_available("cpu"):
+        pytest.skip("extension not built")
+    rng = np.random.default_rng(4)
+    N, n = 500, 37
+    w0 = rng.normal(size=(N, n)).astype(np.float32)
+    grads = []
+    for _ in range(12):
+        rows = rng.integers(0, N, rng.integers(1, 400))  # duplicates: summed by coalesce
+        grads.append((rows, (rng.normal(size=(len(rows), n)) * rng.choice([1e-4, 1.0, 30.0])).astype(np.float32)))
+    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    opt = LazyAdam([p], lr=0.05, fused=fused)
+    calls = []
+    real = opt._fused
+    opt._fused = lambda *a: calls.append(real(*a)) or calls[-1]  # did the kernel take the step?
+    for rows, vals in grads:
+        p.grad = torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(vals), (N, n))
+        opt.step()
+    assert calls == [fused] * len(grads)
+    ref = _adam_rows_reference(w0, grads, 0.05)
+    np.testing.assert_allclose(p.data.numpy(), ref, rtol=2e-5, atol=2e-5)
+    untouched = np.setdiff1d(np.arange(N), np.concatenate([r for r, _ in grads]))
+    assert np.array_equal(p.data.numpy()[untouched], w0[untouched])
+
+
+def test_row_step_kernels_refuse_bad_rows():
+    import xhyp.knn.extension as K
+
+    if not K.ext_available("cpu"):
+        pytest.skip("extension not built")
+    w, m, v = torch.zeros(5, 3), torch.zeros(5, 3), torch.zeros(5, 3)
+    g = torch.ones(2, 3)
+    steps = (lambda r, gr: torch.ops.xhyp_ext.lazy_adam_(w, m, v, r, gr, 0.1, 0.9, 0.999, 1e-8),
+             lambda r, gr: torch.ops.xhyp_ext.riemannian_adam_ball_(w, m, v, r, gr, 0.1, 0.9, 0.999, 1e-8, 1, 0.99))
+    for step in steps:
+        for rows, msg in (([3, 1], "strictly increasing"), ([1, 1], "strictly increasing"),
+                          ([0, 5], "out of range"), ([-1, 2], "out of range")):
+            with pytest.raises(RuntimeError, match=msg):
+                step(torch.tensor(rows), g)
+        with pytest.raises(RuntimeError, match="grad must be"):
+            step(torch.tensor([0, 1]), torch.ones(2, 4))
+    assert not w.any() and not m.any() and not v.any()
 
 
 def test_embedding_gives_row_sparse_gradient_to_the_labels():
@@ -328,3 +424,31 @@ def test_row_block_step_equals_sparse_embedding_step(mode):
         torch.testing.assert_close(l1, l2)
     for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-7, msg=k)
+
+
+@pytest.mark.parametrize("projector", ["linear", "mlp"])
+def test_csr_first_layer_equals_embedding_bag(projector):
+    """The CPU trainer's first layer (CsrBag, scipy products) gives the embedding_bag path's
+    embeddings and gradients (float64, dropped-out zero weights and empty rows included)."""
+    from xhyp.embedding.model import CsrBag
+
+    rng = np.random.default_rng(3)
+    X = sp.random(9, 40, density=0.15, format="csr", random_state=4, dtype=np.float64)
+    X.data[::5] = 0.0  # explicit zeros, as input dropout leaves them
+    X[4] = 0  # an example without features
+    X = sp.csr_matrix(X)
+    idx = torch.from_numpy(X.indices.astype(np.int64))
+    uniq, inv = torch.unique(idx, sorted=True, return_inverse=True)
+    off = torch.from_numpy(X.indptr[:-1].astype(np.int64))
+    w = torch.from_numpy(X.data)
+    model = HyperbolicXMC(ModelConfig(n_features=40, n_labels=3, dim=5, projector=projector, hidden=6)).double()
+    rows = torch.from_numpy(rng.normal(size=(len(uniq), model.bag.weight.shape[1])) * 0.3).requires_grad_()
+    bag = CsrBag(sp.csr_matrix((X.data, inv.numpy().astype(np.int32), X.indptr), shape=(9, len(uniq))))
+    out = []
+    for feats in (inv, bag):
+        r = model.forward_rows(rows, feats, off, w)
+        (g,) = torch.autograd.grad((r * torch.arange(r.numel(), dtype=r.dtype).view_as(r)).sum(), rows)
+        out.append((r, g))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-12, atol=1e-14)
+    assert out[0][1].abs().sum() > 0

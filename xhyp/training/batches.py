@@ -75,6 +75,8 @@ class Batch:
             ``idx`` in it (``None`` unless prepared for row-block training, see :func:`train_step`).
         lab_uniq, lab_inv: the same for the label ids ``cat(pos, neg)`` (shared) or
             ``cat(pos[:, None], neg)`` (per pair), ``lab_inv`` shaped like those ids.
+        csr: the shard's features over ``feat_uniq`` as a :class:`xhyp.embedding.model.CsrBag`
+            (CPU row-block training only, else ``None``).
     """
 
     idx: object
@@ -89,6 +91,7 @@ class Batch:
     feat_inv: object = None
     lab_uniq: object = None
     lab_inv: object = None
+    csr: object = None
 
     _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv")
 
@@ -136,7 +139,7 @@ def pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str, 
 
 def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler: NegativeSampler,
                   cfg: TrainConfig, gen, rank: int = 0, world: int = 1, pin: bool = False,
-                  row_blocks: bool = False) -> Batch:
+                  row_blocks: bool = False, csr: bool = False) -> Batch:
     """Slice, drop out and sample one batch (no Python work per example).
 
     Random draws (the dropout mask, then the negatives, from ``gen`` and ``sampler``) are made
@@ -151,6 +154,7 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
         gen: the ``torch.Generator`` of the dropout mask (the sampler's own generator draws negatives).
         rank, world: this process's shard. pin: pin the tensors (for CUDA transfers).
         row_blocks: also compute the unique features and labels (``feat_*``, ``lab_*``).
+        csr: with ``row_blocks``, also build ``csr`` (for a CPU model).
 
     Returns:
         a :class:`Batch` on the CPU.
@@ -181,6 +185,12 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
     batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs)
     if row_blocks:
         batch.feat_uniq, batch.feat_inv = torch.unique(idx, sorted=True, return_inverse=True)
+        if csr:
+            from ..embedding.model import CsrBag
+
+            shape = (len(indptr) - 1, len(batch.feat_uniq))
+            batch.csr = CsrBag(sp.csr_matrix((w.numpy(), batch.feat_inv.numpy().astype(np.int32),
+                                              indptr.numpy().astype(np.int32)), shape=shape))
         ids = torch.cat([pos, neg]) if neg.dim() == 1 else torch.cat([pos[:, None], neg], 1)
         batch.lab_uniq, batch.lab_inv = torch.unique(ids, sorted=True, return_inverse=True)
     if pin:

@@ -85,7 +85,7 @@ def precision_at_1(scores: sp.csr_matrix, Y: sp.csr_matrix) -> float:
 
 
 def knn_scores(db, Y_db: sp.csr_matrix, q, k: int, weighting: str, alpha: float, geometry: str,
-               top_k: int = 1) -> sp.csr_matrix:
+               top_k: int = 1, device=None) -> sp.csr_matrix:
     """Scores of the vote of the ``k`` nearest database points of each query (exact search).
 
     Args:
@@ -96,6 +96,8 @@ def knn_scores(db, Y_db: sp.csr_matrix, q, k: int, weighting: str, alpha: float,
         weighting, alpha: see :func:`xhyp.knn.vote.vote`.
         geometry: the embeddings' geometry.
         top_k: labels kept per query.
+        device: where the search runs (``None``: where ``db`` is; on a GPU, the CUDA kNN kernel);
+            the neighbours come back to the CPU for the vote.
 
     Returns:
         ``(Q, L)`` float32 CSR scores.
@@ -103,7 +105,7 @@ def knn_scores(db, Y_db: sp.csr_matrix, q, k: int, weighting: str, alpha: float,
     from ..knn.index import make_index
     from ..knn.vote import vote
 
-    D, I = make_index("exact", geometry=geometry).add(db).search(q, k)
+    D, I = make_index("exact", geometry=geometry, device=device).add(db).search(q, k)
     return vote(I, D, Y_db, top_k=top_k, weighting=weighting, alpha=alpha)
 
 
@@ -279,7 +281,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         def make_batches(perm=perm, starts=starts):
             for s in starts:
                 rows = tr_idx[np.sort(perm[s:s + tcfg.batch_size])]
-                yield prepare_batch(Xp, Y, rows, sampler, tcfg, gen, rank, world, pin, row_blocks=sparse_labels)
+                yield prepare_batch(Xp, Y, rows, sampler, tcfg, gen, rank, world, pin, row_blocks=sparse_labels,
+                                    csr=device.type == "cpu")
 
         total, steps, n_pairs, buf = 0.0, 0, 0, []
         bar = tqdm(total=len(starts), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress or rank != 0,
@@ -311,7 +314,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         if len(va_idx) > 0:
             db = _embed_rows(model, Xp, db_rows, device)
             q = _embed_rows(model, Xp, q_rows, device)
-            scores = knn_scores(db, Y_db, q, tcfg.knn, tcfg.weighting, tcfg.alpha, mcfg.geometry)
+            scores = knn_scores(db, Y_db, q, tcfg.knn, tcfg.weighting, tcfg.alpha, mcfg.geometry, device=device)
             p1 = precision_at_1(scores, Y_q)
             rec["val_p1"] = p1
             rec["val_seconds"] = round(time.time() - t0 - train_time, 3)

@@ -97,7 +97,8 @@ def train_step(model, opts, b: Batch, alpha: float, sparse: bool, world: int = 1
         bag_w, labels = model.bag.weight, model.labels
         Wf = bag_w.detach().index_select(0, b.feat_uniq).requires_grad_()
         Wl = labels.detach().as_subclass(torch.Tensor).index_select(0, b.lab_uniq).requires_grad_()
-        loss = batch_loss(model, model.forward_rows(Wf, b.feat_inv, b.off, b.w), b, alpha, label_rows=Wl)
+        feats = b.csr if b.csr is not None else b.feat_inv
+        loss = batch_loss(model, model.forward_rows(Wf, feats, b.off, b.w), b, alpha, label_rows=Wl)
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
