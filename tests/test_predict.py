@@ -219,3 +219,22 @@ def test_index_cache_follows_the_parameters(model_dir):
     np.testing.assert_array_equal(a, Predictor.load(d).predict(Xq, index_params={"n_clusters": 4, "nprobe": 1},
                                                                **kw).toarray())
     assert np.abs(a - b).max() > 1e-3
+
+
+def test_predict_device_cpu_equals_auto_and_cuda_is_refused_without_a_gpu(model_dir, tmp_path, capsys):
+    """--device: cpu gives the default's scores; a GPU that is not there is one clear error."""
+    d, (X, Y), (Xq, Yq) = model_dir
+    p = Predictor.load(d)
+    a = p.predict(Xq, top_k=L).toarray()
+    np.testing.assert_array_equal(p.predict(Xq, top_k=L, device="cpu").toarray(), a)
+    if torch.cuda.is_available():  # a GPU machine: the exact kernel there gives the same votes
+        np.testing.assert_allclose(p.predict(Xq, top_k=L, device="cuda").toarray(), a, rtol=1e-5, atol=1e-6)
+        return
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        p.predict(Xq, top_k=L, device="cuda")
+    write_xc(tmp_path / "q.txt", Xq, Yq)
+    rc = main(["predict", "--model", str(d), "--file", str(tmp_path / "q.txt"), "--out", str(tmp_path / "s.npz"),
+               "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CUDA GPU is available" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s.npz").exists()

@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "xhyp.knn.index); more = higher recall, slower")
     pr.add_argument("--n-clusters", type=int, help="clusters of the ann/clustered index (default: ann N/192, "
                     "clustered N/3000)")
+    pr.add_argument("--device", default="auto", help="where queries are embedded and searched: auto (a GPU when "
+                    "there is one), cpu, cuda, cuda:N (default: auto; see xhyp.config.PredictConfig)")
 
     ag = sub.add_parser("aggregate", help="sum saved score matrices (.npz) of several learners (summed votes)")
     ag.add_argument("--pred", nargs="+", required=True, help=".npz files from `xhyp predict`")
@@ -282,7 +284,7 @@ def _run(args) -> int:
                                         "directory written by `xhyp ensemble` (use --model for one model)")
         _print_json(commands.predict_model(args.model or args.ensemble, args.out, args.dataset, args.path, args.split,
                                            args.data_dir, args.k, args.top_k, args.index, args.weighting,
-                                           params))
+                                           params, device=args.device))
         return 0
     if args.verb == "aggregate":
         _print_json(commands.aggregate_predictions(args.pred, args.out, args.top_k))

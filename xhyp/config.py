@@ -224,6 +224,11 @@ class PredictConfig(ConfigBase):
         index: kNN backend (one of :data:`INDEX_KINDS`, see :func:`xhyp.knn.index.make_index`).
         index_params: extra index constructor arguments (e.g. ``{"nprobe": 8}``).
         batch_size: queries per chunk (bounds memory).
+        device: where queries are embedded and searched: ``"auto"`` (a CUDA GPU when there is
+            one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. On a GPU the ``exact``,
+            ``torch`` and ``clustered`` indexes search there (the CUDA kNN kernels); ``ann`` and
+            the FAISS indexes search on the CPU (FAISS's own ``gpu`` option aside); the vote is
+            computed on the CPU.
     """
 
     k: int | None = None
@@ -233,6 +238,7 @@ class PredictConfig(ConfigBase):
     index: str = "exact"
     index_params: dict = field(default_factory=dict)
     batch_size: int = 16384
+    device: str = "auto"
 
     def __post_init__(self):
         if self.weighting is not None:
@@ -252,7 +258,8 @@ class PredictConfig(ConfigBase):
         tc = TrainConfig.from_dict(train_config)
         return PredictConfig(k=self.k or tc.knn, weighting=self.weighting or tc.weighting,
                              alpha=tc.alpha if self.alpha is None else self.alpha, top_k=self.top_k,
-                             index=self.index, index_params=self.index_params, batch_size=self.batch_size)
+                             index=self.index, index_params=self.index_params, batch_size=self.batch_size,
+                             device=self.device)
 
 
 def normalise_configs(n_features: int, n_labels: int, model_config=None, train_config=None

@@ -135,9 +135,23 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str = "auto"):
-    """``"auto"`` -> CUDA when available else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` -> CUDA when available else CPU; anything else is passed to ``torch.device``.
+
+    Raises:
+        ValueError: an unknown device name, or a CUDA device when torch sees no usable GPU.
+    """
     import torch
 
-    if device == "auto":
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r}: no CUDA GPU is available to torch (torch.cuda.is_available() "
+                         "is False; a CPU-only torch build or no driver); use --device cpu or auto")
+    return dev

@@ -676,6 +676,8 @@ _PARAMS = {
     "faiss-ivf": ("rerank", "nlist", "nprobe", "space", "gpu", "threads", "seed"),
     "faiss-hnsw": ("rerank", "M", "efSearch", "efConstruction", "space", "threads"),
 }
+DEVICE_INDEXES = tuple(kind for kind, names in _PARAMS.items() if "device" in names)
+"""Index kinds that search on the device of their ``device`` argument (CUDA kernels on a GPU)."""
 
 
 def make_index(kind: str = "exact", geometry: str = "poincare", **params):

@@ -13,8 +13,9 @@ import torch
 from ..config import PredictConfig
 from ..embedding.features import FeaturePipeline
 from ..embedding.model import HyperbolicXMC
-from ..knn.index import make_index
+from ..knn.index import DEVICE_INDEXES, make_index
 from ..knn.vote import vote
+from ..utils import resolve_device
 
 
 # the files of a model directory that prediction needs
@@ -93,16 +94,23 @@ class Predictor:
         :class:`~xhyp.training.loop.TrainResult`: model, kNN database, feature pipeline)."""
         return cls(result.model, result.pipeline, result.train_emb, result.train_labels, result.config)
 
-    def embed(self, X: sp.csr_matrix, batch_size: int = 4096) -> torch.Tensor:
-        """``(Q, F)`` raw CSR features -> ``(Q, n)`` float32 embeddings.
+    def embed(self, X: sp.csr_matrix, batch_size: int = 4096, device: str = "cpu") -> torch.Tensor:
+        """``(Q, F)`` raw CSR features -> ``(Q, n)`` float32 embeddings (a CPU tensor).
+
+        Args:
+            X: the queries. batch_size: rows per forward pass.
+            device: where the projector runs (the model is moved there).
 
         Raises:
-            ValueError: ``X`` has another number of features than the training data.
+            ValueError: ``X`` has another number of features than the training data, or
+                ``device`` names an unavailable GPU.
         """
         if X.shape[1] != self.model.config.n_features:
             raise ValueError(f"queries have {X.shape[1]} features, the model was trained on "
                              f"{self.model.config.n_features}")
-        return self.model.embed(self.pipeline.transform(X), batch_size=batch_size)
+        dev = resolve_device(device)
+        self.model.to(dev)
+        return self.model.embed(self.pipeline.transform(X), batch_size=batch_size, device=dev)
 
     def index(self, kind: str = "exact", **params):
         """The kNN index over the training embeddings (built once per kind/params, then cached).
@@ -118,7 +126,7 @@ class Predictor:
 
     def predict(self, X: sp.csr_matrix, k: int | None = None, top_k: int = 100, index: str = "exact",
                 weighting: str | None = None, batch_size: int = 16384, index_params: dict | None = None,
-                alpha: float | None = None) -> sp.csr_matrix:
+                alpha: float | None = None, device: str = "auto") -> sp.csr_matrix:
         """Top-``top_k`` label scores for each query (Gerald & Baskiotis 2019, section 2.5).
 
         The arguments are the fields of :class:`xhyp.config.PredictConfig`; ``None`` ones take the
@@ -133,6 +141,7 @@ class Predictor:
             batch_size: queries per chunk (bounds memory).
             index_params: extra index constructor arguments (e.g. ``nprobe``).
             alpha: softmax scale of the distance weighting (default: the training ``alpha``).
+            device: where queries are embedded and searched (see :class:`xhyp.config.PredictConfig`).
 
         Returns:
             ``(Q, L)`` float32 CSR score matrix, at most ``top_k`` entries a row.
@@ -141,7 +150,7 @@ class Predictor:
             ValueError: an invalid setting, or ``X`` with another number of features.
         """
         cfg = PredictConfig(k=k, weighting=weighting, alpha=alpha, top_k=top_k, index=index,
-                            index_params=index_params or {}, batch_size=batch_size)
+                            index_params=index_params or {}, batch_size=batch_size, device=device)
         return self.predict_with(X, cfg)
 
     def predict_with(self, X: sp.csr_matrix, config: PredictConfig) -> sp.csr_matrix:
@@ -152,10 +161,14 @@ class Predictor:
             ValueError: ``X`` with another number of features than the training data.
         """
         cfg = config.for_model(self.config.get("train"))
-        idx = self.index(cfg.index, **cfg.index_params)
+        dev = resolve_device(cfg.device)
+        params = dict(cfg.index_params)
+        if dev.type != "cpu" and cfg.index in DEVICE_INDEXES:
+            params.setdefault("device", dev)
+        idx = self.index(cfg.index, **params)
         parts = []
         for s in range(0, X.shape[0], cfg.batch_size):
-            q = self.embed(X[s:s + cfg.batch_size])
+            q = self.embed(X[s:s + cfg.batch_size], device=dev)
             D, I = idx.search(q, cfg.k)
             parts.append(vote(I, D, self.train_labels, top_k=cfg.top_k, weighting=cfg.weighting, alpha=cfg.alpha))
         if not parts:
