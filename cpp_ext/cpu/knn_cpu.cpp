@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "xhyp_common.h"
+#include "xhyp_plan.h"
 #include "xhyp_topk.h"
 
 namespace xhyp {
@@ -434,11 +435,18 @@ std::tuple<at::Tensor, at::Tensor> clustered_knn_cpu(const at::Tensor& q, const 
   return {D, I};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_plan_cpu(const at::Tensor& probes, int64_t n_clusters,
+                                                             int64_t block) {
+  TORCH_CHECK(probes.device().is_cpu(), "probes must be a CPU tensor");
+  return scan_plan(probes.contiguous(), n_clusters, block);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace xhyp
 
 TORCH_LIBRARY_IMPL(xhyp_ext, CPU, m) {
+  m.impl("scan_plan", &xhyp::cpu::scan_plan_cpu);
   m.impl("pairwise_dist", &xhyp::cpu::pairwise_dist_cpu);
   m.impl("knn_prepare", &xhyp::cpu::knn_prepare_cpu);
   m.impl("knn", &xhyp::cpu::knn_cpu);

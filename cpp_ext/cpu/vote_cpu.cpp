@@ -11,9 +11,7 @@
 // (sparse matrix sum); labels with a zero score are dropped (as csr_matmat does); ranking is on
 // the double-precision score, descending, then label id ascending; scores are returned as float32.
 //
-// Weightings (xhyp.vote.neighbour_weights): "count": 1 + 1e-3 exp(-(d - d1)) for finite d, else
-// 0; "distance": exp(-alpha (d - d1)); "weight": the dists tensors already hold the weights.
-// d1 is the member's first (nearest) distance of the query, 0 when it is not finite.
+// Weightings: include/xhyp_vote.h (shared with the CUDA glue).
 //
 // Each thread keeps a dense double accumulator over the labels and a list of touched labels, so
 // the work per query is O(sum of the neighbours' label counts + touched * log(top_k)).
@@ -29,17 +27,16 @@
 #include <utility>
 #include <vector>
 
+#include "xhyp_vote.h"
+
 namespace xhyp {
 namespace cpu {
 namespace {
 
-enum class Weighting { kCount, kDistance, kWeight };
-
-Weighting parse_weighting(const std::string& s) {
-  if (s == "count") return Weighting::kCount;
-  if (s == "distance") return Weighting::kDistance;
-  if (s == "weight") return Weighting::kWeight;
-  TORCH_CHECK(false, "unknown weighting '", s, "'; choose from count, distance, weight");
+Weighting checked_weighting(const std::string& s) {
+  const Weighting w = parse_weighting(s);
+  TORCH_CHECK(w != Weighting::kUnknown, "unknown weighting '", s, "'; choose from count, distance, weight");
+  return w;
 }
 
 struct Member {
@@ -51,27 +48,10 @@ struct Member {
   int64_t n_rows;
 };
 
-template <typename T>
-void load_weights(const T* d, int64_t k, Weighting w, double alpha, double* out) {
-  if (w == Weighting::kWeight) {
-    for (int64_t j = 0; j < k; ++j) out[j] = double(d[j]);
-    return;
-  }
-  double d1 = k > 0 ? double(d[0]) : 0.0;
-  if (!std::isfinite(d1)) d1 = 0.0;
-  for (int64_t j = 0; j < k; ++j) {
-    const double dj = double(d[j]);
-    if (w == Weighting::kCount)
-      out[j] = std::isfinite(dj) ? 1.0 + 1e-3 * std::exp(-(dj - d1)) : 0.0;
-    else
-      out[j] = std::exp(-alpha * (dj - d1));
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vote_topk_cpu(
     at::TensorList ids, at::TensorList dists, at::TensorList indptr, at::TensorList indices,
     int64_t n_labels, int64_t top_k, c10::string_view weighting, double alpha) {
-  const Weighting wmode = parse_weighting(std::string(weighting));
+  const Weighting wmode = checked_weighting(std::string(weighting));
   const int64_t n_members = static_cast<int64_t>(ids.size());
   TORCH_CHECK(n_members >= 1, "vote_topk needs at least one member");
   TORCH_CHECK(static_cast<int64_t>(dists.size()) == n_members, "ids and dists must have the same length");
