@@ -49,9 +49,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -70,6 +68,7 @@
 
 #include "xhyp_checks.h"
 #include "xhyp_common.h"
+#include "xhyp_cpu_gemm.h"
 #include "xhyp_topk.h"
 
 namespace xhyp {
@@ -873,12 +872,10 @@ at::Tensor ivf_probe_cpu(const at::Tensor& q, const at::Tensor& cen_aug, int64_t
     std::vector<float> xa(kChunk * K), g(kChunk * C), mins;
     std::vector<uint32_t> mk(C / kLanes + 1);
     std::vector<uint64_t> buf;
-    auto opts = at::TensorOptions().dtype(at::kFloat);
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t i0 = ch * kChunk, m = std::min(kChunk, Q - i0);
       for (int64_t u = 0; u < m; ++u) make_qaug(qp + (i0 + u) * n, n, xa.data() + u * K);
-      at::Tensor gt = at::from_blob(g.data(), {m, C}, opts);
-      at::mm_out(gt, at::from_blob(xa.data(), {m, K}, opts), cen_aug.t());
+      gemm_nt(xa.data(), m, cen_aug.data_ptr<float>(), C, K, g.data());
       for (int64_t u = 0; u < m; ++u) select_smallest(g.data() + u * C, C, P, kern, mins, mk, buf, op + (i0 + u) * P);
     }
   });
