@@ -572,9 +572,11 @@ void scan_groups(const Scan& a, Make make_bounds) {
 #pragma omp for schedule(dynamic, 4)
     for (int64_t gi = 0; gi < n_groups; ++gi) {
       const int64_t w0 = gstart[gi], ng = gstart[gi + 1] - w0;
-      if (gi + 1 < n_groups)  // the probe lists of the next group (rows of pr in query order)
-        for (int64_t w = gstart[gi + 1]; w < gstart[gi + 2]; ++w)
+      if (gi + 1 < n_groups)  // the next group's queries and probe lists (rows in query order)
+        for (int64_t w = gstart[gi + 1]; w < gstart[gi + 2]; ++w) {
+          prefetch_row(a.q + order[w] * n, n);
           for (int64_t o = 0; o < P * 8; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(pr + order[w] * P) + o);
+        }
       ent_c.clear();
       ent_mask.clear();
       ent.clear();
