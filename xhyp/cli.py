@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="kNN search backend (default: exact); ann: approximate, balanced k-means clusters, "
                     "exact distances inside the probed ones (about 20x exact at recall@10 0.95, bench/README.md)")
     pr.add_argument("--weighting", choices=("count", "distance"))
-    pr.add_argument("--nprobe", type=int, help="clusters probed (ann: default 40; clustered/faiss-ivf: see "
+    pr.add_argument("--nprobe", type=int, help="clusters probed (ann: default 30; clustered/faiss-ivf: see "
                     "xhyp.index); more = higher recall, slower")
-    pr.add_argument("--n-clusters", type=int, help="clusters of the ann/clustered index (default: ann N/192, "
+    pr.add_argument("--n-clusters", type=int, help="clusters of the ann/clustered index (default: ann N/384, "
                     "clustered N/3000)")
     pr.add_argument("--ann-codes", choices=("int8", "float"), help="row codes of the ann index's scan (default "
                     "int8: 72 bytes a row at dimension 50 instead of 200; same results, exact re-check)")

@@ -16,8 +16,8 @@ kind            search
                 centroids (default ``N / 3000``), exact search in the ``nprobe`` nearest
                 clusters (``n_clusters``, ``nprobe``, ``seed``)
 ``ann``         :class:`AnnIndex`: balanced k-means clusters (``n_clusters``, default
-                ``N / 192``, big clusters split), query-major scan of the ``nprobe`` nearest
-                (default 40) with one heap per query, rows bounded from int8 residual codes
+                ``N / 384``, big clusters split), query-major scan of the ``nprobe`` nearest
+                (default 30) with one heap per query, rows bounded from int8 residual codes
                 (``codes``); exact distances, approximate only in which clusters are scanned.
                 The fastest setting at recall@10 >= 0.95 (``bench/README.md``)
 ``faiss-flat``  faiss ``IndexFlatIP`` on the hyperboloid lift (exact up to float32), re-ranked
@@ -399,7 +399,8 @@ class AnnIndex(_Base):
         geometry: ``"poincare"`` or ``"euclidean"``.
         nprobe: clusters scanned per query (``nprobe >= n_clusters`` is exact search).
         n_clusters: number of clusters before balancing (``None``: ``max(1, N // points_per_cluster)``).
-        points_per_cluster: default cluster size, 192.
+        points_per_cluster: default cluster size, 384 (chosen with ``nprobe`` 30 on a held-out
+            synthetic draw, ``bench/README.md``).
         balance: clusters larger than ``balance`` times the mean size are split (``0`` or
             ``None``: no splitting).
         kmeans_iters: Lloyd iterations; seed: seeds k-means.
@@ -418,8 +419,8 @@ class AnnIndex(_Base):
 
     CODES = ("int8", "float")
 
-    def __init__(self, geometry: str = "poincare", nprobe: int = 40, n_clusters: int | None = None,
-                 points_per_cluster: int = 192, balance: float | None = 1.5, kmeans_iters: int = 10,
+    def __init__(self, geometry: str = "poincare", nprobe: int = 30, n_clusters: int | None = None,
+                 points_per_cluster: int = 384, balance: float | None = 1.5, kmeans_iters: int = 10,
                  seed: int = 0, query_batch: int = 65536, codes: str = "int8"):
         _check_geometry(geometry)
         if codes not in self.CODES:

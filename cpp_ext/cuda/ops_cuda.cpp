@@ -147,6 +147,8 @@ std::tuple<at::Tensor, at::Tensor> clustered_knn_cuda(const at::Tensor& q, const
   // 2. the plan: blocks of queries with the same nearest centroid, the clusters each block scans
   at::Tensor bq, entries, masks;
   std::tie(bq, entries, masks) = scan_plan(probe, C, scan_queries_per_block(k));
+  if (entries.size(1) == 0) return {D, I};  // no query probes a cluster (an empty entries pointer
+                                            // would mean "scan everything" to the kernel)
   at::Tensor ids_c = ids.contiguous(), off_c = offsets.contiguous();
   check(launch_knn_scan(q.data_ptr<float>(), db.data_ptr<float>(), cx.data_ptr<double>(), cy.data_ptr<double>(),
                         ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(), bq.data_ptr<int64_t>(),
