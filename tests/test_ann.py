@@ -328,3 +328,27 @@ def test_ann_index_int8_and_float_codes_agree():
         assert torch.equal(Ia, Ib) and torch.equal(Da, Db)
     with pytest.raises(ValueError, match="codes"):
         make_index("ann", codes="pq")
+
+
+def test_cli_predict_passes_the_ann_knobs(monkeypatch):
+    """`xhyp predict --nprobe/--n-clusters/--ann-codes` arrive as the ann index's constructor
+    arguments (``index_params``), next to --device; a bad --ann-codes is refused."""
+    import inspect
+
+    import xhyp.commands
+    from xhyp.cli import main
+
+    sig, seen = inspect.signature(xhyp.commands.predict_model), []
+    monkeypatch.setattr(xhyp.commands, "predict_model",
+                        lambda *a, **kw: seen.append(sig.bind(*a, **kw).arguments) or {})
+    base = ["predict", "--model", "m", "--file", "q.txt", "--out", "s.npz", "--index", "ann"]
+    assert main([*base, "--nprobe", "7", "--n-clusters", "12", "--ann-codes", "float", "--device", "cpu"]) == 0
+    got = seen.pop()
+    assert got["index"] == "ann" and got["device"] == "cpu"
+    assert got["index_params"] == {"nprobe": 7, "n_clusters": 12, "codes": "float"}
+    index = make_index("ann", **got["index_params"])
+    assert isinstance(index, AnnIndex) and (index.codes, index.nprobe, index.n_clusters) == ("float", 7, 12)
+    assert main(base) == 0 and seen.pop()["index_params"] is None  # no knob given: the index's defaults
+    assert (make_index("ann").codes, make_index("ann").nprobe) == ("int8", 30)
+    with pytest.raises(SystemExit):
+        main([*base, "--ann-codes", "pq"])

@@ -14,7 +14,8 @@ import re
 import sys
 from dataclasses import MISSING, fields
 
-from .config import ANN_CODES, INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig  # torch-free: `xhyp --help` starts fast
+# torch-free: `xhyp --help` starts fast
+from .config import ANN_CODES, INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig
 
 _SKIP = {"n_features", "n_labels"}
 
