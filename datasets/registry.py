@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from .formats import DataFormatError, read_hmc_arff, read_xc, read_xc_header
+from .formats import DataFormatError, read_xc, read_xc_header
 
 __all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "FetchError", "get_spec", "resolve_data_dir",
-           "dataset_paths", "load_dataset", "load_split", "fetch", "dataset_info", "is_verified", "raw_hmc_splits",
-           "load_hmc_split", "propensity_params", "PROPENSITY_AB"]
+           "dataset_paths", "locate_split", "rcv1_splits", "fetch", "dataset_info", "is_verified",
+           "propensity_params", "PROPENSITY_AB"]
 
 #: (A, B) of the Jain et al. (KDD 2016) inverse-propensity model used by the Extreme Classification
 #: Repository for each family of data sets; every other data set (and data outside the registry)
@@ -208,7 +208,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def dataset_paths(name: str, data_dir=None) -> tuple[Path, Path]:
-    """Where :func:`load_dataset` reads the train and test files of a file-based dataset.
+    """Where :func:`xhyp.datasets.loading.load_dataset` reads the train and test files of a file-based dataset.
 
     Raises:
         KeyError: unknown name. ValueError: a synthetic dataset (no files).
@@ -251,34 +251,26 @@ def _check_header(path: Path, spec: DatasetSpec, split: str, shown=None) -> None
                                                 f"{spec.name!r} ({split}) has {' '.join(map(str, want))}")
 
 
-def load_dataset(name: str, split: str = "train", data_dir=None):
-    """Load one split of a registry dataset.
+def locate_split(name: str, split: str = "train", data_dir=None) -> Path:
+    """The file of one split of a file-based Extreme Classification Repository dataset, its header
+    checked against the spec (the file itself is not read further).
 
     Args:
-        name: registry name (see :data:`DATASETS`).
+        name: registry name (see :data:`DATASETS`) of a dataset in the XC text format.
         split: ``"train"`` or ``"test"``.
-        data_dir: data directory (see :func:`resolve_data_dir`); unused for synthetic data.
-
-    Returns:
-        ``(X, Y)``: ``(N, F)`` float32 CSR features and ``(N, L)`` binary float32 CSR labels, with
-        ``N, F, L`` as in the dataset's spec.
+        data_dir: data directory (see :func:`resolve_data_dir`).
 
     Raises:
-        KeyError: unknown name. ValueError: bad split.
+        KeyError: unknown name. ValueError: bad split, or a dataset without files in that format.
         DatasetNotFoundError: the split's file is missing (the message says which files are
             expected where and how to get them).
-        DataFormatError: the file's header disagrees with the spec, or the file is malformed.
+        DataFormatError: the file's header disagrees with the spec.
     """
     spec = get_spec(name)
-    if spec.fmt != "xc":  # hierarchical multi-label sets: preprocessed, see xhyp.hmc.data
-        return load_hmc_split(name, split, data_dir)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if spec.kind == "synthetic":
-        from .synthetic import make_hierarchical
-
-        d = make_hierarchical(n_train=spec.n_train, n_test=spec.n_test, n_features=spec.n_features, seed=0)
-        return d[f"X_{split}"], d[f"Y_{split}"]
+    if spec.fmt != "xc" or spec.kind == "synthetic":
+        raise ValueError(f"dataset {name!r} has no Extreme Classification Repository text files")
     root = resolve_data_dir(data_dir)
     path = _existing_file(spec, root, split)
     if path is None:
@@ -288,91 +280,18 @@ def load_dataset(name: str, split: str = "train", data_dir=None):
             f"{root / spec.files[1]} (data directory: --data-dir, else $XHYP_DATA, else ./data).\n"
             + how + _manual_instructions(spec, root))
     _check_header(path, spec, split)
-    return read_xc(path)
+    return path
 
 
-def load_split(dataset: str | None = None, split: str = "train", path=None, data_dir=None):
-    """``(X, Y)`` of a data set split by name, or of an Extreme Classification Repository text
-    file: the one loader of the CLI, the experiment drivers and the benchmarks.
-
-    A registry name goes through :func:`load_dataset`; a name the registry does not know is read
-    from ``data_dir/NAME/SPLIT.txt`` when that file exists (any folder laid out like the shared
-    ``bibtex/``, ``delicious/`` data).
-
-    Args:
-        dataset: registry name (``xhyp data list``) or folder name, or ``None`` when ``path`` is given.
-        split: ``"train"`` or ``"test"`` (``"valid"`` too for the HMC sets).
-        path: an Extreme Classification Repository text file.
-        data_dir: data directory (default: ``$XHYP_DATA``, else ``./data``; see :func:`resolve_data_dir`).
-
-    Returns:
-        ``(X (N, F) float32 CSR, Y (N, L) float32 CSR)``.
+def rcv1_splits(root: Path) -> dict:
+    """RCV1-v2's train and test splits through scikit-learn's ``fetch_rcv1`` (downloaded once,
+    then cached under ``root/rcv1``): ``{"train": (X, Y), "test": (X, Y)}``, ``X`` float32 CSR
+    tf-idf (``N x 47,236``), ``Y`` binary float32 CSR (``N x 103``).
 
     Raises:
-        ValueError: neither or both of ``dataset`` and ``path``, or a bad split.
-        KeyError: a name neither the registry nor ``data_dir`` knows.
-        DatasetNotFoundError: a registry dataset's files are absent (says how to get them).
-        DataFormatError: a malformed file (names file and line).
+        DatasetNotFoundError: not cached and the download fails (offline); the message says how
+            to get it on a machine that is online.
     """
-    if (dataset is None) == (path is None):
-        raise ValueError("give exactly one of a dataset name or a file path")
-    if path is not None:
-        return read_xc(path)
-    if dataset not in DATASETS:
-        folder = resolve_data_dir(data_dir) / dataset / f"{split}.txt"
-        if folder.is_file():
-            return read_xc(folder)
-    return load_dataset(dataset, split=split, data_dir=data_dir)
-
-
-def propensity_params(dataset: str | None = None) -> tuple[float, float]:
-    """Jain et al. (KDD 2016) propensity parameters ``(A, B)`` of a data set: its registry spec's,
-    or :data:`PROPENSITY_AB` ``["default"]`` (0.55, 1.5) for ``None`` and names outside the registry."""
-    if dataset is None or dataset not in DATASETS:
-        return PROPENSITY_AB["default"]
-    spec = get_spec(dataset)
-    return spec.propensity_a, spec.propensity_b
-
-
-def raw_hmc_splits(name: str, data_dir=None) -> dict:
-    """The raw splits of an HMC dataset: ``{"train": (X, Y), "valid": (X, Y) (if the dataset has
-    one), "test": (X, Y), "hierarchy": Hierarchy or None}``; ``X`` is a float32 ndarray with NaN
-    for missing values (Clus-HMC) or a CSR matrix (RCV1), ``Y`` a binary CSR matrix.
-
-    Raises:
-        DatasetNotFoundError: a file is missing, or RCV1 cannot be downloaded (offline).
-        DataFormatError: malformed files, or splits whose declared hierarchies differ.
-    """
-    from xhyp.hmc.data import Hierarchy
-
-    spec = get_spec(name)
-    root = resolve_data_dir(data_dir)
-    if spec.fmt == "sklearn-rcv1":
-        return {**_rcv1_splits(root), "hierarchy": None}
-    out, first = {}, None
-    for split, rel in (("train", spec.files[0]), ("valid", spec.valid_file), ("test", spec.files[1])):
-        if not rel:
-            continue
-        path = root / rel
-        if not path.is_file():
-            raise DatasetNotFoundError(
-                f"dataset {name!r} ({split} split) not found: expected {path} (data directory: --data-dir, else "
-                f"$XHYP_DATA, else ./data). Get the Clus-HMC .arff files from {spec.source}, then rerun.")
-        X, Y, names, parents = read_hmc_arff(path)
-        want = {"train": spec.n_train, "valid": spec.n_valid, "test": spec.n_test}[split]
-        if X.shape[0] != want:
-            raise DataFormatError(path, None, f"{X.shape[0]} rows but dataset {name!r} ({split}) has {want}")
-        if first is None:
-            first = (path, names, parents)
-        elif (names, parents) != first[1:]:
-            raise DataFormatError(path, None, f"its class hierarchy differs from the one of {first[0]}")
-        out[split] = (X, Y)
-    out["hierarchy"] = Hierarchy(first[1], first[2])
-    return out
-
-
-def _rcv1_splits(root: Path) -> dict:
-    """RCV1-v2 through scikit-learn's ``fetch_rcv1`` (cached under ``root/rcv1``)."""
     from sklearn.datasets import fetch_rcv1
 
     home = root / "rcv1"
@@ -390,21 +309,13 @@ def _rcv1_splits(root: Path) -> dict:
     return out
 
 
-def load_hmc_split(name: str, split: str = "train", data_dir=None):
-    """``(X, Y)`` of one split (``"train"``, ``"valid"``, ``"test"``) of an HMC dataset, preprocessed
-    as :func:`xhyp.hmc.data.load_hmc` does (``X`` as float32 CSR so that the XMC commands accept it).
-
-    Raises:
-        ValueError: bad split. See :func:`raw_hmc_splits` for the rest.
-    """
-    from xhyp.hmc.data import load_hmc
-    import scipy.sparse as sp
-
-    if split not in ("train", "valid", "test"):
-        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-    d = load_hmc(name, data_dir)
-    X, Y = {"train": (d.X_train, d.Y_train), "valid": (d.X_val, d.Y_val), "test": (d.X_test, d.Y_test)}[split]
-    return sp.csr_matrix(X, dtype="float32"), Y
+def propensity_params(dataset: str | None = None) -> tuple[float, float]:
+    """Jain et al. (KDD 2016) propensity parameters ``(A, B)`` of a data set: its registry spec's,
+    or :data:`PROPENSITY_AB` ``["default"]`` (0.55, 1.5) for ``None`` and names outside the registry."""
+    if dataset is None or dataset not in DATASETS:
+        return PROPENSITY_AB["default"]
+    spec = get_spec(dataset)
+    return spec.propensity_a, spec.propensity_b
 
 
 def dataset_info(name: str, data_dir=None) -> dict:
@@ -694,7 +605,7 @@ def fetch(name: str, data_dir=None, url: str | None = None, progress: bool = Tru
         raise ValueError(f"dataset {name!r} is generated in memory; there is nothing to fetch")
     root = resolve_data_dir(data_dir)
     if spec.fmt == "sklearn-rcv1":  # scikit-learn downloads and caches it
-        _rcv1_splits(root)
+        rcv1_splits(root)
         return root / "rcv1"
     target = root / name
     if _verify_in_place(spec, root):

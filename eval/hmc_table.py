@@ -45,7 +45,7 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
     import torch
 
     from xhyp.metrics import hierarchy_reconstruction, hmc_evaluate, norm_depth_spearman
-    from xhyp.hmc.data import load_hmc
+    from xhyp.datasets.hmc import load_hmc
     from xhyp.hmc.train import train_hmc
     from xhyp.utils import atomic_save_json
 

@@ -7,7 +7,8 @@ from scipy.sparse.csgraph import connected_components
 from xhyp.datasets import formats, registry
 from xhyp.datasets.formats import DataFormatError, read_hmc_arff, read_mulan_arff, read_xc, write_xc
 from xhyp.embedding.features import FeaturePipeline
-from xhyp.datasets.registry import DatasetNotFoundError, dataset_info, get_spec, load_dataset, resolve_data_dir
+from xhyp.datasets.loading import load_dataset
+from xhyp.datasets.registry import DatasetNotFoundError, dataset_info, get_spec, resolve_data_dir
 from xhyp.datasets.synthetic import make_hierarchical, make_like
 
 

@@ -16,7 +16,8 @@ import scipy.sparse as sp
 
 from xhyp.datasets import registry
 from xhyp.datasets.formats import DataFormatError, write_xc
-from xhyp.datasets.registry import DatasetSpec, FetchError, fetch, load_dataset
+from xhyp.datasets.loading import load_dataset
+from xhyp.datasets.registry import DatasetSpec, FetchError, fetch
 
 
 def _tiny(n, seed):

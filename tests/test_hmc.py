@@ -10,10 +10,10 @@ import scipy.sparse as sp
 import torch
 
 from xhyp.embedding import manifold
-from xhyp.datasets import registry
+from xhyp.datasets import loading, registry
 from xhyp.datasets.formats import DataFormatError, read_hmc_arff, read_mulan_arff
 from xhyp import metrics as M
-from xhyp.hmc.data import Hierarchy, load_hmc, preprocess_dense
+from xhyp.datasets.hmc import Hierarchy, load_hmc, preprocess_dense
 from xhyp.hmc.losses import cooccurrence_pairs, himulcon_loss, poincare_label_loss, sample_negatives
 
 # -- ARFF -------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_registry_hmc_sets(shared_data_dir, name, shapes, n_eval, from_train):
     sd = d.X_train.std(0)
     assert np.all((np.abs(sd - 1) < 1e-3) | (sd == 0))
     assert all(d.hierarchy.is_closed(Y) for Y in (d.Y_train, d.Y_val, d.Y_test))
-    X, Y = registry.load_dataset(name, "test", shared_data_dir)  # the generic loader gives the same test split
+    X, Y = loading.load_dataset(name, "test", shared_data_dir)  # the generic loader gives the same test split
     assert sp.issparse(X) and np.allclose(X.toarray(), d.X_test) and (Y != d.Y_test).nnz == 0
 
 
@@ -114,7 +114,7 @@ def test_rcv1_offline_message(tmp_path, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(sklearn.datasets, "fetch_rcv1", offline)
-    for call in (lambda: registry.load_dataset("rcv1", "train", tmp_path), lambda: registry.fetch("rcv1", tmp_path)):
+    for call in (lambda: loading.load_dataset("rcv1", "train", tmp_path), lambda: registry.fetch("rcv1", tmp_path)):
         with pytest.raises(registry.DatasetNotFoundError) as info:
             call()
         msg = str(info.value)
@@ -404,7 +404,7 @@ def test_cli_train_predict_evaluate_ensemble(tmp_path, monkeypatch, capsys):
     from xhyp.hmc.train import HMCPredictor
 
     mean = sum(HMCPredictor.load(tmp_path / "ens" / f"learner_0{i}").predict(
-        registry.load_dataset("toy_hmc", "test", tmp_path)[0]).toarray() for i in range(2)) / 2
+        loading.load_dataset("toy_hmc", "test", tmp_path)[0]).toarray() for i in range(2)) / 2
     assert np.allclose(sp.load_npz(tmp_path / "pe.npz").toarray(), mean, atol=1e-6)
     assert main(["run", "--method", "flat", *d, "--out", str(tmp_path / "r"), *common]) == 0
     assert "au_prc" in json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]

@@ -117,3 +117,9 @@ def test_every_stage_is_a_package():
     assert top == ["cli", "commands", "config", "estimator", "metrics", "modeldir", "plot", "utils"]
     for stage in ("embedding", "training", "knn", "prediction", "hmc"):
         assert (ROOT / "xhyp" / stage / "__init__.py").is_file()
+
+
+def test_no_import_cycle_anywhere():
+    """No cycle in the whole graph either: the data loaders, the HMC data and the generators
+    (``xhyp.datasets``) included."""
+    assert cycles(import_graph()) == []

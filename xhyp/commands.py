@@ -13,7 +13,8 @@ from pathlib import Path
 
 import scipy.sparse as sp
 
-from xhyp.datasets.registry import load_split, propensity_params
+from xhyp.datasets.loading import load_split
+from xhyp.datasets.registry import propensity_params
 
 from .prediction.ensemble import Ensemble, aggregate_files, expand_model_dirs, is_ensemble_dir, train_ensemble
 from .prediction.predictor import Predictor
@@ -33,7 +34,7 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
 
     Args:
         out_dir: model directory (see :mod:`xhyp.training.loop` for its contents).
-        dataset, path, data_dir: training data, see :func:`xhyp.datasets.registry.load_split` (split ``"train"``).
+        dataset, path, data_dir: training data, see :func:`xhyp.datasets.loading.load_split` (split ``"train"``).
         model: :class:`xhyp.embedding.model.ModelConfig` fields. train_cfg: :class:`xhyp.training.loop.TrainConfig` fields.
         resume: continue from ``out_dir/checkpoint.pt`` (an ``out_dir`` that does not exist, e.g. of
             a run killed at start-up, starts a new run; see also :func:`xhyp.modeldir.model_dir_writer`).
@@ -70,7 +71,7 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
             directory (written by :func:`ensemble_model`, holds ``ensemble.json``) stands for all
             its members.
         out: output ``.npz`` (a scipy sparse ``(Q, L)`` score matrix, written atomically).
-        dataset, path, split, data_dir: the queries, see :func:`xhyp.datasets.registry.load_split`.
+        dataset, path, split, data_dir: the queries, see :func:`xhyp.datasets.loading.load_split`.
         k, top_k, index, weighting, index_params, device: see
             :meth:`xhyp.prediction.predictor.Predictor.predict`.
         X: ``(Q, F)`` query features already loaded (then nothing is read).
@@ -111,7 +112,7 @@ def ensemble_model(out_dir: str | Path, dataset: str | None = None, path: str | 
 
     Args:
         out_dir: ensemble directory.
-        dataset, path, data_dir: training data, see :func:`xhyp.datasets.registry.load_split` (split ``"train"``).
+        dataset, path, data_dir: training data, see :func:`xhyp.datasets.loading.load_split` (split ``"train"``).
         model, train_cfg: shared :class:`ModelConfig` / :class:`TrainConfig` fields.
         n_learners: ``M``. jobs: learners trained at once, each in its own process.
         progress: progress output.
@@ -181,7 +182,7 @@ def evaluate_predictions(pred: str | Path, dataset: str | None = None, path: str
 
     Args:
         pred: ``.npz`` score matrix from :func:`predict_model`.
-        dataset, path, split, data_dir: the true labels, see :func:`xhyp.datasets.registry.load_split`.
+        dataset, path, split, data_dir: the true labels, see :func:`xhyp.datasets.loading.load_split`.
         train_path: XC file of the training split when ``path`` is used.
         ks: cut-offs. A, B: propensity parameters (default: the dataset's).
         out: JSON file for the metrics (written atomically).

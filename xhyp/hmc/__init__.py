@@ -2,12 +2,12 @@
 label embeddings (Chatterjee et al., EACL 2021) and HiMulCon's hierarchy-preserving contrastive
 losses (Zhang et al., CVPR 2022) on the Clus-HMC benchmarks.
 
-* :mod:`~xhyp.hmc.data`: :class:`~xhyp.hmc.data.Hierarchy`, :func:`~xhyp.hmc.data.load_hmc`;
 * :mod:`~xhyp.hmc.models`: :class:`~xhyp.hmc.models.HMCModel` (flat / cascaded / joint);
 * :mod:`~xhyp.hmc.losses`: Poincaré label loss, :func:`~xhyp.hmc.losses.himulcon_loss`;
 * :mod:`~xhyp.hmc.train`: :func:`~xhyp.hmc.train.train_hmc`, :class:`~xhyp.hmc.train.HMCPredictor`,
   :func:`~xhyp.hmc.train.train_hmc_dataset` (what ``xhyp train --method ...`` runs).
 
-The metrics live in :mod:`xhyp.metrics` (``hmc_evaluate``, ``choose_threshold``,
+The data (:class:`~xhyp.datasets.hmc.Hierarchy`, :func:`~xhyp.datasets.hmc.load_hmc`) live in
+:mod:`xhyp.datasets.hmc`; the metrics in :mod:`xhyp.metrics` (``hmc_evaluate``, ``choose_threshold``,
 ``hierarchy_reconstruction``, ``norm_depth_spearman``).
 """

@@ -77,7 +77,7 @@ def train_hmc_model(out_dir, dataset: str, data_dir=None, model: dict | None = N
     Raises:
         ValueError: no dataset, or not an HMC dataset.
     """
-    from .data import load_hmc
+    from xhyp.datasets.hmc import load_hmc
     from .train import train_hmc
 
     if not dataset:
@@ -120,7 +120,7 @@ def run_hmc_verb(args, model: dict, train_cfg: dict) -> dict:
         atomic_save_json(res, out / "ensemble_summary.json")
         return res
     # run: train, predict the test split, evaluate
-    from xhyp.datasets.registry import load_hmc_split
+    from xhyp.datasets.hmc import load_hmc_split
 
     out = Path(args.out)
     s = train_hmc_model(out / "model", args.dataset, args.data_dir, m, t, progress=progress)
@@ -175,7 +175,7 @@ def hmc_metrics(dataset: str | None, Y, S, threshold: float | None = None, data_
     from xhyp.datasets.registry import get_spec
     from xhyp.metrics import hmc_evaluate
 
-    from .data import GO_ROOTS
+    from xhyp.datasets.hmc import GO_ROOTS
 
     try:
         spec = get_spec(dataset)

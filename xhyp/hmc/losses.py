@@ -140,7 +140,7 @@ def himulcon_loss(z: torch.Tensor, Y: torch.Tensor, levels: list | None = None, 
     Args:
         z: ``(B, n)`` float embeddings (gradients flow into them).
         Y: ``(B, L)`` binary labels (float or bool tensor).
-        levels: per-depth label id arrays (see :meth:`xhyp.hmc.data.Hierarchy.levels`), or None.
+        levels: per-depth label id arrays (see :meth:`xhyp.datasets.hmc.Hierarchy.levels`), or None.
         kind: ``"hmc"`` (level penalty) or ``"hmce"`` (penalty and constraint); ``"none"`` returns 0.
         temperature: ``tau`` of the softmax (Khosla et al. use 0.1, HiMulCon 0.07).
 

@@ -174,7 +174,7 @@ def train_hmc(X, Y, X_val, Y_val, model_config: dict, train_config: dict, hierar
         Y, Y_val: binary ``(N, L)`` / ``(N_val, L)`` labels (CSR or dense).
         model_config: :class:`HMCModelConfig` fields (``n_features``/``n_labels`` are filled in).
         train_config: :class:`HMCTrainConfig` fields.
-        hierarchy: :class:`xhyp.hmc.data.Hierarchy` or None.
+        hierarchy: :class:`xhyp.datasets.hmc.Hierarchy` or None.
         eval_labels: label ids used by the validation metrics (default: all).
         out_dir: model directory (None: nothing written).
         resume: continue from ``out_dir/checkpoint.pt`` (the settings must be the same).

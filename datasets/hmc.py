@@ -2,6 +2,8 @@
 
 * :class:`Hierarchy`: the label DAG (a tree for FunCat), with depths, ancestor sets and the
   per-level label groups that HiMulCon's losses and the faithfulness metrics use;
+* :func:`raw_hmc_splits` / :func:`load_hmc_split`: the files of a registry HMC dataset (the
+  Clus-HMC ARFF files, or RCV1-v2 through scikit-learn), raw or as one preprocessed split;
 * :func:`load_hmc`: a registry HMC dataset as train / validation / test splits, preprocessed as
   C-HMCNN (Giunchiglia & Lukasiewicz 2020) does: missing values imputed with the training mean,
   then every feature standardised with the training mean and standard deviation; the labels are
@@ -20,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Hierarchy", "HMCData", "load_hmc", "preprocess_dense", "GO_ROOTS"]
+from .formats import DataFormatError, read_hmc_arff, topological_order
+from .registry import DatasetNotFoundError, get_spec, rcv1_splits, resolve_data_dir
+
+__all__ = ["Hierarchy", "HMCData", "load_hmc", "load_hmc_split", "raw_hmc_splits", "preprocess_dense", "GO_ROOTS"]
 
 GO_ROOTS = ("GO0003674", "GO0005575", "GO0008150")  # molecular function, cellular component, biological process
 
@@ -50,7 +55,6 @@ class Hierarchy:
         return len(self.names)
 
     def _order(self) -> list[int]:
-        from xhyp.datasets.formats import topological_order
 
         order = topological_order(self.parents)
         if len(order) != len(self.parents):
@@ -196,8 +200,6 @@ def load_hmc(name: str, data_dir=None, val_fraction: float = 0.2, seed: int = 0)
         xhyp.datasets.registry.DatasetNotFoundError: files absent (the message says where).
         xhyp.datasets.formats.DataFormatError: malformed file, or splits whose hierarchies differ.
     """
-    from xhyp.datasets.registry import get_spec, raw_hmc_splits
-
     spec = get_spec(name)
     if spec.fmt not in ("hmc-arff", "sklearn-rcv1"):
         raise ValueError(f"dataset {name!r} is not a hierarchical multi-label dataset (format {spec.fmt!r})")
@@ -224,3 +226,52 @@ def load_hmc(name: str, data_dir=None, val_fraction: float = 0.2, seed: int = 0)
         keep = np.array([i for i in range(L) if i not in skip], np.int64)
     return HMCData(name, X_tr, sp.csr_matrix(Y_tr), X_va, sp.csr_matrix(Y_va), X_te, sp.csr_matrix(Y_te), hier,
                    keep, from_train)
+
+
+def raw_hmc_splits(name: str, data_dir=None) -> dict:
+    """The raw splits of an HMC dataset: ``{"train": (X, Y), "valid": (X, Y) (if the dataset has
+    one), "test": (X, Y), "hierarchy": Hierarchy or None}``; ``X`` is a float32 ndarray with NaN
+    for missing values (Clus-HMC) or a CSR matrix (RCV1), ``Y`` a binary CSR matrix.
+
+    Raises:
+        DatasetNotFoundError: a file is missing, or RCV1 cannot be downloaded (offline).
+        DataFormatError: malformed files, or splits whose declared hierarchies differ.
+    """
+    spec = get_spec(name)
+    root = resolve_data_dir(data_dir)
+    if spec.fmt == "sklearn-rcv1":
+        return {**rcv1_splits(root), "hierarchy": None}
+    out, first = {}, None
+    for split, rel in (("train", spec.files[0]), ("valid", spec.valid_file), ("test", spec.files[1])):
+        if not rel:
+            continue
+        path = root / rel
+        if not path.is_file():
+            raise DatasetNotFoundError(
+                f"dataset {name!r} ({split} split) not found: expected {path} (data directory: --data-dir, else "
+                f"$XHYP_DATA, else ./data). Get the Clus-HMC .arff files from {spec.source}, then rerun.")
+        X, Y, names, parents = read_hmc_arff(path)
+        want = {"train": spec.n_train, "valid": spec.n_valid, "test": spec.n_test}[split]
+        if X.shape[0] != want:
+            raise DataFormatError(path, None, f"{X.shape[0]} rows but dataset {name!r} ({split}) has {want}")
+        if first is None:
+            first = (path, names, parents)
+        elif (names, parents) != first[1:]:
+            raise DataFormatError(path, None, f"its class hierarchy differs from the one of {first[0]}")
+        out[split] = (X, Y)
+    out["hierarchy"] = Hierarchy(first[1], first[2])
+    return out
+
+
+def load_hmc_split(name: str, split: str = "train", data_dir=None):
+    """``(X, Y)`` of one split (``"train"``, ``"valid"``, ``"test"``) of an HMC dataset, preprocessed
+    as :func:`load_hmc` does (``X`` as float32 CSR so that the XMC commands accept it).
+
+    Raises:
+        ValueError: bad split. See :func:`raw_hmc_splits` for the rest.
+    """
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+    d = load_hmc(name, data_dir)
+    X, Y = {"train": (d.X_train, d.Y_train), "valid": (d.X_val, d.Y_val), "test": (d.X_test, d.Y_test)}[split]
+    return sp.csr_matrix(X, dtype="float32"), Y
