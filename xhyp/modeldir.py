@@ -48,8 +48,11 @@ MODEL_KIND = "xhyp-model"
 ENSEMBLE_KIND = "xhyp-ensemble-manifest"
 # files a finished model directory holds, all listed in its manifest
 MODEL_FILES = ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz", "history.json")
+# files a finished model directory holds when its configuration asks for them (listed in its
+# manifest then): the shortlist scorers of xhyp.rerank
+OPTIONAL_MODEL_FILES = ("reranker.npz",)
 # files a run writes (removed by --overwrite)
-RUN_FILES = (*MODEL_FILES, "checkpoint.pt", "train_summary.json", MANIFEST)
+RUN_FILES = (*MODEL_FILES, *OPTIONAL_MODEL_FILES, "checkpoint.pt", "train_summary.json", MANIFEST)
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<hex>[0-9a-f]+)\.tmp$")
 
 __all__ = ["ModelDirError", "ModelFileMissingError", "MANIFEST", "model_dir_writer", "lock_dir", "clean_stale_temps",
@@ -446,7 +449,8 @@ def model_dir_writer(train_fn):
                 a["resume"] = False
             prepare_dir(out, resume, overwrite)
             res = train_fn(*bound.args, **bound.kwargs)
-            write_manifest(out, uuid.uuid4().hex)
+            write_manifest(out, uuid.uuid4().hex,
+                           files=(*MODEL_FILES, *(n for n in OPTIONAL_MODEL_FILES if (d / n).is_file())))
             return res
         finally:
             lock.release()

@@ -57,6 +57,7 @@ from .utils import (atomic_save_json, atomic_save_sparse, atomic_torch_save, che
 
 SAMPLINGS = ("uniform", "frequency")
 NEGATIVE_MODES = ("batch", "pair")
+NEGATIVE_DRAWS = ("replace", "unique")
 LABEL_UPDATES = ("sparse", "dense")
 LR_SCALINGS = ("sqrt", "none")
 DISTRIBUTED_MODES = ("auto", "on", "off")
@@ -105,6 +106,9 @@ class TrainConfig(ConfigBase):
             stepped: :class:`xhyp.optim.SparseRiemannianAdam` / :class:`xhyp.optim.SparsePaperAdam`)
             or ``"dense"`` (geoopt's RiemannianAdam / :class:`xhyp.optim.PaperAdam` on all rows);
             the projector gets :class:`xhyp.optim.LazyAdam` or torch's SparseAdam likewise.
+        negative_draw: ``"replace"`` (the ``shared_negatives`` labels of a batch drawn
+            independently, with repeats) or ``"unique"`` (drawn without replacement: every label
+            at most once, all ``L`` labels, the full softmax, when ``shared_negatives >= L``).
         lr_scaling: ``"sqrt"`` (``lr`` and ``lr_labels`` times ``sqrt(batch_size / 64)``) or ``"none"``.
         prefetch: batches prepared ahead by a background thread (0: prepared inline).
         val_max_queries: validation queries scored per epoch (a fixed random subset when the
@@ -114,6 +118,15 @@ class TrainConfig(ConfigBase):
         max_steps: steps per epoch at most (0: the whole epoch); for benchmarks.
         distributed: ``"auto"`` (data-parallel when launched by torchrun with more than one
             process), ``"on"`` (require a torch.distributed environment) or ``"off"``.
+        knn_grid: comma-separated vote neighbour counts; after training the best of them on the
+            validation split becomes the model's prediction ``k`` (``config.json["predict"]``,
+            :func:`xhyp.rerank.fit_prediction`); empty: ``knn``.
+        rerank: ``"linear"`` (re-rank the kNN shortlist with per-label linear scorers trained on
+            hard negatives mined from the shortlists, :mod:`xhyp.rerank`) or ``"none"`` (the vote).
+        rerank_knn: neighbours whose labels form a shortlist (training and prediction).
+        rerank_c: inverse regularisation strength of the per-label linear SVMs.
+        rerank_weights: comma-separated fusion weights ``w`` of the scorers against the vote; the
+            best on the validation split is stored with the model.
     """
 
     epochs: int = 30
@@ -135,6 +148,7 @@ class TrainConfig(ConfigBase):
     threads: int = 0
     negative_mode: str = "batch"
     shared_negatives: int = 500
+    negative_draw: str = "replace"
     label_update: str = "sparse"
     lr_scaling: str = "sqrt"
     prefetch: int = 2
@@ -142,6 +156,11 @@ class TrainConfig(ConfigBase):
     val_max_database: int = 100_000
     max_steps: int = 0
     distributed: str = "auto"
+    knn_grid: str = ""
+    rerank: str = "none"
+    rerank_knn: int = 50
+    rerank_c: float = 1.0
+    rerank_weights: str = "0,0.5,1,2,4,8"
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
@@ -159,6 +178,7 @@ class TrainConfig(ConfigBase):
         if self.negatives < 1 or self.batch_size < 1 or self.epochs < 0 or self.alpha <= 0:
             raise ValueError(f"negatives, batch_size, alpha must be positive and epochs >= 0: {self}")
         for name, allowed in (("negative_mode", NEGATIVE_MODES), ("label_update", LABEL_UPDATES),
+                              ("negative_draw", NEGATIVE_DRAWS),
                               ("lr_scaling", LR_SCALINGS), ("distributed", DISTRIBUTED_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -166,11 +186,24 @@ class TrainConfig(ConfigBase):
             raise ValueError(f"shared_negatives must be >= 1, got {self.shared_negatives}")
         if min(self.prefetch, self.val_max_queries, self.val_max_database, self.max_steps) < 0:
             raise ValueError(f"prefetch, val_max_queries, val_max_database and max_steps must be >= 0: {self}")
+        _check_prediction_fields(self)
         check_finite_fields(self)
         if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
             raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
                              f"lr={self.lr}, lr_labels={self.lr_labels}): larger values overflow float32")
 
+
+def _check_prediction_fields(cfg) -> None:
+    """Validate the after-training options of :class:`TrainConfig` (``knn_grid``, ``rerank*``)."""
+    from .rerank import RERANKERS, parse_grid
+
+    if cfg.rerank not in RERANKERS:
+        raise ValueError(f"rerank must be one of {RERANKERS}, got {cfg.rerank!r}")
+    if any(k < 1 for k in parse_grid(cfg.knn_grid, int, "knn_grid")):
+        raise ValueError(f"knn_grid values must be >= 1, got {cfg.knn_grid!r}")
+    parse_grid(cfg.rerank_weights, float, "rerank_weights")
+    if cfg.rerank_knn < 1 or not cfg.rerank_c > 0:
+        raise ValueError(f"rerank_knn must be >= 1 and rerank_c > 0 (got {cfg.rerank_knn}, {cfg.rerank_c})")
 
 
 class NegativeSampler:
@@ -182,18 +215,21 @@ class NegativeSampler:
         label_freq: ``(L,)`` training frequency of each label.
         kind: ``"uniform"`` or ``"frequency"``.
         generator: a seeded ``torch.Generator``.
+        unique: :meth:`sample_shared` draws without replacement.
     """
 
-    def __init__(self, label_freq: np.ndarray, kind: str, generator):
+    def __init__(self, label_freq: np.ndarray, kind: str, generator, unique: bool = False):
         import torch
 
         self.L = int(label_freq.shape[0])
         self.kind = kind
         self.gen = generator
+        self.unique = unique
         if kind == "frequency":
             w = np.power(label_freq.astype(np.float64), 0.75)
             if w.sum() <= 0:
                 w = np.ones_like(w)
+            self.weights = torch.from_numpy(w / w.sum())
             self.cdf = torch.from_numpy(np.cumsum(w) / w.sum())
         elif kind != "uniform":
             raise ValueError(f"unknown sampling {kind!r}")
@@ -206,6 +242,20 @@ class NegativeSampler:
             return torch.randint(0, self.L, shape, generator=self.gen)
         u = torch.rand(shape, generator=self.gen, dtype=torch.float64)
         return torch.searchsorted(self.cdf, u).clamp_max(self.L - 1)
+
+    def sample_shared(self, k: int):
+        """The ``(k,)`` int64 negatives shared by a batch: :meth:`sample` or, with ``unique``, ``min(k, L)``
+        distinct labels (uniformly: a random permutation's prefix; by frequency: successive draws
+        without replacement, ``torch.multinomial``); all labels, in order, when ``k >= L``."""
+        import torch
+
+        if not self.unique:
+            return self.sample((k,))
+        if k >= self.L:
+            return torch.arange(self.L, dtype=torch.int64)
+        if self.kind == "uniform":
+            return torch.randperm(self.L, generator=self.gen)[:k]
+        return torch.multinomial(self.weights, k, replacement=False, generator=self.gen)
 
 
 def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
@@ -282,7 +332,7 @@ def _pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str,
         neg = sampler.sample((P, k))
         neg_keys = ex[:, None] * L + neg
     else:
-        neg = sampler.sample((k,))
+        neg = sampler.sample_shared(k)
         neg_keys = torch.arange(B, dtype=torch.int64)[:, None] * L + neg[None, :]
     if P == 0:
         return ex, pos, neg, torch.zeros(neg_keys.shape, dtype=torch.bool)
@@ -748,7 +798,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         dist_utils.broadcast_parameters(model)
     opts = _make_optimizers(model, tcfg)
     gen = torch.Generator().manual_seed(tcfg.seed)
-    sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen)
+    sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,
+                              unique=tcfg.negative_draw == "unique")
     config = {"model": asdict(mcfg), "train": asdict(tcfg), "data": data_fingerprint(X, Y)}
     if extra_config:
         config.update(extra_config)
@@ -873,7 +924,14 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         model.load_state_dict(best_state)
     # the kNN database: every training example (validation ones included), best model
     emb = model.embed(Xp, device=device)
+    scorer = None
+    if tcfg.rerank != "none" or tcfg.knn_grid.strip():  # prediction settings and shortlist scorers
+        from .rerank import fit_prediction
+
+        config["predict"], scorer = fit_prediction(model, Xp, Y, tr_idx, va_idx, emb, tcfg)
     if write:
+        if scorer is not None:
+            scorer.save(out / config["predict"]["reranker"])
         model.save(out, {k: v for k, v in config.items() if k != "model"})
         atomic_torch_save(emb, out / "train_emb.pt")
         atomic_save_sparse(out / "train_labels.npz", Y)
@@ -881,5 +939,6 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     model.train_emb = emb
     model.train_labels = Y
     model.pipeline = pipe
+    model.scorer = scorer
     return TrainResult(model=model, out_dir=out, history=history, best_epoch=best_epoch,
                        best_val_p1=best if len(va_idx) > 0 else float("nan"), config=config)
