@@ -84,9 +84,6 @@ for _a, _lrl in ((10, 0.03), (10, 0.1), (5, 0.03), (5, 0.1), (5, 0.3), (4, 0.1),
     _variant(f"rerank-a{_a}-lrl{_lrl}", f"alpha {_a}, label learning rate {_lrl}", alpha=float(_a), lr_labels=_lrl)
 _variant("rerank-init0.01-lrl0.03", "labels initialised with std 1e-2, label learning rate 0.03",
          model={"init_std_labels": 0.01}, lr_labels=0.03)
-for _r in (1.0, 2.0):
-    _variant(f"rerank-a5-lrl0.1-freqinit{_r}", f"alpha 5, label learning rate 0.1, labels initialised by frequency "
-             f"(radius {_r})", "rerank-a5-lrl0.1", model={"init_labels": "frequency", "init_radius": _r})
 for _std in (0.05, 0.1):
     _variant(f"rerank-a5-lrl0.1-init{_std}", f"alpha 5, label learning rate 0.1, labels initialised with std {_std}",
              "rerank-a5-lrl0.1", model={"init_std_labels": _std})

@@ -14,7 +14,6 @@ MAX_NORM = 1.0 - 1e-5
 (also :data:`xhyp.manifold.MAX_NORM`; see :mod:`xhyp.manifold` for why this value)."""
 GEOMETRIES = ("poincare", "euclidean")
 PROJECTORS = ("linear", "mlp")
-LABEL_INITS = ("normal", "frequency")  # label-embedding initialisations (xhyp.model)
 WEIGHTINGS = ("count", "distance")  # vote weightings (xhyp.vote)
 INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.index backends
 
@@ -50,11 +49,6 @@ class ModelConfig(ConfigBase):
         max_norm: max-norm guard of the ball (see :mod:`xhyp.manifold`).
         init_std_projector: std of the normal initialisation of the projector (paper: 1e-3).
         init_std_labels: std of the normal initialisation of the label embeddings (paper: 1e-4).
-        init_labels: ``"normal"`` (``N(0, init_std_labels^2)``, the paper's) or ``"frequency"``
-            (random directions at a distance from the origin that falls with the label's training
-            frequency, from ``init_radius`` for the rarest to 0 for the most frequent:
-            :func:`xhyp.model.frequency_radial_init`).
-        init_radius: distance from the origin of the rarest labels under ``init_labels="frequency"``.
     """
 
     n_features: int
@@ -66,8 +60,6 @@ class ModelConfig(ConfigBase):
     max_norm: float = MAX_NORM
     init_std_projector: float = 1e-3
     init_std_labels: float = 1e-4
-    init_labels: str = "normal"
-    init_radius: float = 2.0
 
     def __post_init__(self):
         if self.geometry not in GEOMETRIES:
@@ -77,8 +69,6 @@ class ModelConfig(ConfigBase):
         if self.dim < 1 or self.n_features < 1 or self.n_labels < 1:
             raise ValueError(f"dim, n_features and n_labels must be positive: {self}")
         check_finite_fields(self)
-        if self.init_labels not in LABEL_INITS or self.init_radius < 0:
-            raise ValueError(f"init_labels must be one of {LABEL_INITS} and init_radius >= 0: {self}")
         if not 0.0 < self.max_norm < 1.0 or self.init_std_projector < 0 or self.init_std_labels < 0:
             raise ValueError(f"max_norm must be in (0, 1) and the init stds >= 0: {self}")
 

@@ -45,40 +45,6 @@ def csr_to_bag(X: sp.csr_matrix, device: torch.device | str = "cpu"):
     return idx.to(device), off.to(device), w.to(device)
 
 
-def frequency_radial_init(n_labels: int, dim: int, freq: np.ndarray, radius: float, geometry: str,
-                          max_norm: float = manifold.MAX_NORM, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Label embeddings in random directions, nearer the origin the more frequent the label.
-
-    Label ``l`` with training frequency ``f_l`` is placed at distance
-    ``radius * (1 - log(1 + f_l) / log(1 + max_j f_j))`` from the origin (Poincaré: hyperbolic
-    distance, the point ``tanh(d / 2) u``; Euclidean: ``d u``), ``u`` uniform on the unit sphere.
-    This starts the model where the paper's analysis of a trained one puts frequent (generic)
-    labels, near the centre of the ball, and rare ones towards the boundary (Gerald & Baskiotis,
-    CAp 2019, section 4; Nickel & Kiela, NIPS 2017, for generic-near-the-origin in the ball).
-
-    Args:
-        n_labels, dim: shape. freq: ``(L,)`` non-negative training frequencies.
-        radius: distance of the rarest labels (>= 0). geometry: ``"poincare"`` or ``"euclidean"``.
-        max_norm: the ball's max-norm guard. generator: seeds the directions.
-
-    Returns:
-        ``(L, dim)`` float32 tensor.
-
-    Raises:
-        ValueError: ``freq`` of the wrong shape or negative, or ``radius < 0``.
-    """
-    freq = np.asarray(freq, dtype=np.float64)
-    if freq.shape != (n_labels,) or (freq < 0).any() or radius < 0:
-        raise ValueError(f"freq must be ({n_labels},) non-negative and radius >= 0 (got {freq.shape}, {radius})")
-    top = np.log1p(freq.max()) if n_labels else 0.0
-    d = radius * (1.0 - (np.log1p(freq) / top if top > 0 else np.zeros_like(freq)))
-    u = torch.randn(n_labels, dim, generator=generator, dtype=torch.float64)
-    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    d = torch.from_numpy(d)[:, None]
-    w = torch.tanh(d / 2.0) * u if geometry == "poincare" else d * u
-    return manifold.project(w, max_norm).float() if geometry == "poincare" else w.float()
-
-
 class HyperbolicXMC(nn.Module):
     """Projector ``f_theta`` plus label embeddings ``W``.
 

@@ -793,15 +793,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     q_rows = _subset(va_idx, tcfg.val_max_queries, tcfg.seed + 2)
     db_rows = _subset(tr_idx, tcfg.val_max_database, tcfg.seed + 3)
 
-    model = HyperbolicXMC(mcfg)
-    if mcfg.init_labels == "frequency":
-        from .model import frequency_radial_init
-
-        with torch.no_grad():
-            model.labels.copy_(frequency_radial_init(
-                mcfg.n_labels, mcfg.dim, np.asarray(Y[tr_idx].sum(0)).ravel(), mcfg.init_radius, mcfg.geometry,
-                mcfg.max_norm, torch.Generator().manual_seed(tcfg.seed + 4)))
-    model = model.to(device)
+    model = HyperbolicXMC(mcfg).to(device)
     if world > 1:
         dist_utils.broadcast_parameters(model)
     opts = _make_optimizers(model, tcfg)
