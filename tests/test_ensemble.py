@@ -13,7 +13,8 @@ from xhyp.datasets.formats import write_xc
 from xhyp.predict import Predictor
 
 L = 12
-TINY = {"epochs": 2, "negatives": 5, "batch_size": 32, "val_fraction": 0.1, "knn": 5, "threads": 1}
+TINY = {"epochs": 2, "negatives": 5, "batch_size": 32, "val_fraction": 0.1, "knn": 5, "threads": 1, "rerank": "none",
+        "knn_grid": ""}
 
 
 def toy_data(n, n_feat=60, n_lab=L, seed=0):

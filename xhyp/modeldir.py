@@ -265,15 +265,19 @@ def load_file(path, loader, what: str):
         raise ModelDirError(p, f"is damaged or not a {what} ({type(exc).__name__}{': ' + msg if msg else ''})") from None
 
 
-def write_manifest(directory, run_id: str, files=MODEL_FILES, kind: str = MODEL_KIND, extra: dict | None = None) -> dict:
+def write_manifest(directory, run_id: str, files=None, kind: str = MODEL_KIND, extra: dict | None = None) -> dict:
     """Write ``directory/manifest.json`` (atomically) listing the size and SHA-256 of ``files``.
 
     Call it last: it marks the directory as complete. ``config`` is ``config.json`` when present.
+    ``files`` defaults to a model directory's: ``MODEL_FILES`` and those of ``OPTIONAL_MODEL_FILES``
+    it holds.
 
     Returns:
         the manifest dict.
     """
     d = Path(directory)
+    if files is None:
+        files = (*MODEL_FILES, *(n for n in OPTIONAL_MODEL_FILES if (d / n).is_file()))
     entries = {}
     for n in files:
         size, sha = _digest(d / n)
@@ -449,8 +453,7 @@ def model_dir_writer(train_fn):
                 a["resume"] = False
             prepare_dir(out, resume, overwrite)
             res = train_fn(*bound.args, **bound.kwargs)
-            write_manifest(out, uuid.uuid4().hex,
-                           files=(*MODEL_FILES, *(n for n in OPTIONAL_MODEL_FILES if (d / n).is_file())))
+            write_manifest(out, uuid.uuid4().hex)
             return res
         finally:
             lock.release()

@@ -102,6 +102,7 @@ class LabelScorer:
 
     @property
     def n_labels(self) -> int:
+        """``L``, the number of labels scored."""
         return int(self.coef.shape[1])
 
     @classmethod

@@ -133,9 +133,9 @@ class TrainConfig(ConfigBase):
     batch_size: int = 64
     negatives: int = 50
     sampling: str = "uniform"
-    alpha: float = 30.0
+    alpha: float = 5.0
     lr: float = 3e-3
-    lr_labels: float = 3e-3
+    lr_labels: float = 0.1
     optimizer: str = "radam"
     val_fraction: float = 0.05
     patience: int = 5
@@ -156,8 +156,8 @@ class TrainConfig(ConfigBase):
     val_max_database: int = 100_000
     max_steps: int = 0
     distributed: str = "auto"
-    knn_grid: str = ""
-    rerank: str = "none"
+    knn_grid: str = "5,10,20,30,50"
+    rerank: str = "linear"
     rerank_knn: int = 50
     rerank_c: float = 1.0
     rerank_weights: str = "0,0.5,1,2,4,8"
