@@ -104,6 +104,8 @@ for _c in (0.3, 3.0):
     _variant(f"rerank-c{_c}", f"SVM C = {_c}", rerank_c=_c)
 _variant("rerank-sl100", "shortlists of 100 neighbours", rerank_knn=100)
 _variant("rerank-euclid", "Euclidean geometry", model={"geometry": "euclidean"})
+_variant("rerank-a5-lrl0.1-untrained", "ablation: the re-ranker on an untrained (random) embedding",
+         "rerank-a5-lrl0.1", epochs=0)
 for _a in (3, 5):
     _variant(f"rerank-a{_a}-lrl0.1-euclid", f"Euclidean geometry, alpha {_a}, label learning rate 0.1",
              f"rerank-a{_a}-lrl0.1", model={"geometry": "euclidean"})

@@ -53,8 +53,8 @@ def test_ensemble_beats_its_learners(bibtex):
 def test_shortlist_reranker_lifts_the_vote(bibtex):
     """The same 2-epoch learner with the shortlist scorers (xhyp.rerank) against its plain vote.
 
-    Measured while writing this test: vote P@1 0.62, reranked 0.64 (weight and k chosen on the
-    validation split)."""
+    Measured while writing this test: vote P@1 0.565, P@5 0.244, PSP@1 0.426; reranked 0.634,
+    0.285, 0.493 (k = 20 and weight 4 chosen on the validation split)."""
     (X, Y), (Xt, Yt), _ = bibtex
     res = train(X, Y, MODEL, dict(TRAIN, rerank="linear", knn_grid="10,20"), progress=False)
     pred = Predictor.from_train_result(res)
@@ -62,5 +62,5 @@ def test_shortlist_reranker_lifts_the_vote(bibtex):
     ip = inv_propensity(Y)
     fused = evaluate(Yt, pred.predict(Xt, top_k=5), inv_prop=ip)
     plain = evaluate(Yt, pred.predict(Xt, top_k=5, rerank_weight=0), inv_prop=ip)
-    assert fused["P@1"] - plain["P@1"] >= 0.01 and fused["P@5"] - plain["P@5"] >= 0.01, (fused, plain)
-    assert fused["PSP@1"] > plain["PSP@1"]
+    assert fused["P@1"] - plain["P@1"] >= 0.03 and fused["P@5"] - plain["P@5"] >= 0.02, (fused, plain)
+    assert fused["PSP@1"] - plain["PSP@1"] >= 0.03, (fused, plain)

@@ -12,9 +12,9 @@ where ``v_k(q, l)`` is the vote of the ``k`` nearest neighbours (:func:`xhyp.vot
 :class:`xhyp.features.FeaturePipeline`) and ``(a_l, b_l)`` label ``l``'s linear scorer; labels
 outside the shortlist are not scored. ``w = 0`` is the plain vote.
 
-Training the scorers follows the shortlist-classifier stage of SiameseXML (Dahiya et al., WSDM
-2021), DECAF/ECLARE and DEXA (Dahiya et al., KDD 2023) and the hard-negative mining of NGAME
-(Dahiya et al., WSDM 2023): label ``l`` is trained on its positive training examples against its
+Training the scorers follows the shortlist-classifier stage of SiameseXML (Dahiya et al., ICML
+2021) and DEXA (Dahiya et al., KDD 2023) and the hard-negative mining of NGAME (Dahiya et al.,
+WSDM 2023): label ``l`` is trained on its positive training examples against its
 **hard negatives**, the training examples that do not carry ``l`` but whose own shortlist (the
 labels of their ``K`` nearest *other* training examples in the learned space) contains it. Each
 scorer is an L2-regularised squared-hinge linear SVM (scikit-learn's ``LinearSVC``, i.e.
