@@ -1,0 +1,202 @@
+"""Shortlist re-ranking (xhyp.knn.rerank), the prediction settings chosen after training
+(xhyp.training.prediction_fit), and the shared negatives drawn without replacement."""
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from xhyp.config import TrainConfig
+from xhyp.knn import rerank as R
+from xhyp.knn.vote import vote
+from xhyp.metrics import evaluate, inv_propensity
+from xhyp.modeldir import ModelDirError
+from xhyp.prediction import Predictor
+from xhyp.training import prediction_fit as PF
+from xhyp.training import train
+from xhyp.training.batches import NegativeSampler
+
+from test_train import toy_data
+
+
+def random_binary(rng, shape, density):
+    M = sp.random(*shape, density=density, random_state=rng, format="csr", dtype=np.float32)
+    M.data[:] = 1.0
+    return M
+
+
+def test_neighbour_labels_counts_and_leaves_self_out():
+    rng = np.random.default_rng(0)
+    Y = random_binary(rng, (30, 8), 0.3)
+    ids = rng.integers(0, 30, size=(6, 5))
+    ids[2, 4] = -1
+    ids[:, 0] = np.arange(6)  # every query is its own first neighbour
+    got = R.neighbour_labels(ids, Y).toarray()
+    got_loo = R.neighbour_labels(torch.from_numpy(ids), Y, self_ids=np.arange(6)).toarray()
+    Yd = Y.toarray().astype(np.float64)
+    for q in range(6):
+        ref = sum(Yd[j] for j in ids[q] if j >= 0)
+        ref_loo = sum((Yd[j] for j in ids[q] if j >= 0 and j != q), np.zeros(8))
+        np.testing.assert_array_equal(got[q], ref)
+        np.testing.assert_array_equal(got_loo[q], ref_loo)
+
+
+def test_values_at_reads_entries_and_zero_elsewhere():
+    rng = np.random.default_rng(1)
+    S = sp.random(7, 9, density=0.3, random_state=rng, format="csr")
+    P = random_binary(rng, (7, 9), 0.4)
+    got = R.values_at(S, P)
+    rows = np.repeat(np.arange(7), np.diff(P.indptr))
+    np.testing.assert_array_equal(got, S.toarray()[rows, P.indices])
+    assert R.values_at(sp.csr_matrix((7, 9)), P).tolist() == [0.0] * P.nnz
+
+
+def test_label_scorer_fit_trains_each_label_on_its_positives_and_shortlist():
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(2)
+    X = sp.random(60, 15, density=0.3, random_state=rng, format="csr", dtype=np.float32)
+    Y = random_binary(rng, (60, 5), 0.25).toarray()
+    Y[:, 4] = 0  # a label nobody carries
+    SL = random_binary(rng, (60, 5), 0.3).toarray()
+    SL[:, 3] = Y[:, 3]  # label 3: shortlisted only where positive -> no negative
+    Y, SL = sp.csr_matrix(Y), sp.csr_matrix(SL)
+    sc = R.LabelScorer.fit(X, Y, SL, C=0.7, seed=3)
+    Yd, Sd = Y.toarray() > 0, SL.toarray() > 0
+    for l in range(3):
+        rows = np.flatnonzero(Yd[:, l] | Sd[:, l])
+        ref = LinearSVC(C=0.7, loss="squared_hinge", dual=True, random_state=3, max_iter=2000).fit(X[rows], Yd[rows, l])
+        np.testing.assert_allclose(sc.coef[:, l].toarray().ravel(), ref.coef_.ravel(), rtol=1e-5, atol=1e-6)
+        assert sc.intercept[l] == pytest.approx(ref.intercept_[0], rel=1e-5, abs=1e-6)
+    assert sc.coef[:, 3].nnz == 0 and sc.intercept[3] == 1.0   # only positives
+    assert sc.coef[:, 4].nnz == 0 and sc.intercept[4] == -1.0  # no positive
+
+
+def test_margins_match_dense_float64_reference(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    coef = sp.random(12, 40, density=0.5, random_state=rng, format="csc")
+    b = rng.normal(size=40)
+    sc = R.LabelScorer(coef, b)
+    X = sp.random(25, 12, density=0.4, random_state=rng, format="csr")
+    P = random_binary(rng, (25, 40), 0.2)
+    ref = (X.toarray().astype(np.float64) @ coef.toarray() + b)[np.repeat(np.arange(25), np.diff(P.indptr)), P.indices]
+    monkeypatch.setattr(R, "_MARGIN_BLOCK_CELLS", 50)  # many small blocks of queries
+    np.testing.assert_allclose(sc.margins(X, P), ref, rtol=1e-5, atol=1e-5)
+    sc.save(tmp_path / "s.npz")
+    back = R.LabelScorer.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.coef.toarray(), sc.coef.toarray())
+    np.testing.assert_array_equal(back.intercept, sc.intercept)
+    with pytest.raises(ValueError, match="do not fit"):
+        sc.margins(X[:, :5], P)
+
+
+def test_fuse_is_vote_over_k_plus_weighted_sigmoid_on_the_shortlist():
+    rng = np.random.default_rng(4)
+    votes = sp.csr_matrix(np.array([[3, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 2, 0, 0, 0]], dtype=np.float32))
+    shortlist = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 1, 0, 0, 1]], dtype=np.float32))
+    M = rng.normal(size=(3, 5))
+    calls = []
+
+    def margins(pat):
+        calls.append(pat.nnz)
+        return M[np.repeat(np.arange(3), np.diff(pat.indptr)), pat.indices]
+
+    S = R.fuse(votes, shortlist, margins, weight=2.0, k=4).toarray()
+    union = (votes.toarray() > 0) | (shortlist.toarray() > 0)
+    ref = np.where(union, votes.toarray() / 4 + 2.0 / (1 + np.exp(-M)), 0.0)
+    np.testing.assert_allclose(S, ref, rtol=1e-6)
+    assert calls == [int(union.sum())]
+    plain = R.fuse(votes, shortlist, margins, weight=0.0, k=4)
+    np.testing.assert_allclose(plain.toarray(), votes.toarray() / 4)
+    assert len(calls) == 1  # weight 0: no scorer call, the vote's own labels only
+
+
+def test_select_settings_picks_the_best_mean_of_p_and_psp():
+    rng = np.random.default_rng(5)
+    Y_db = random_binary(rng, (40, 6), 0.3)
+    Y_q = random_binary(rng, (10, 6), 0.3)
+    I = torch.from_numpy(rng.integers(0, 40, size=(10, 8)))
+    D = torch.sort(torch.rand(10, 8), 1).values
+    sl = R.neighbour_labels(I, Y_db)
+    sl.data[:] = 1
+    margins = sp.csr_matrix((rng.normal(size=sl.nnz), sl.indices, sl.indptr), shape=sl.shape)
+    best, grid = PF.select_settings(D, I, Y_db, Y_q, [2, 8], [0.0, 1.0, 5.0], margins)
+    assert len(grid) == 6 and best == max(grid, key=lambda r: r["score"])
+    g = grid[4]  # k = 8, w = 1
+    S = R.fuse(vote(I, D, Y_db, top_k=6), sl, lambda p: R.values_at(margins, p), 1.0, 8)
+    m = evaluate(Y_q, S, ks=(1, 3, 5), inv_prop=inv_propensity(Y_db))
+    assert (g["k"], g["weight"]) == (8, 1.0)
+    assert g["score"] == pytest.approx(np.mean([m[n] for n in PF.SELECTION_METRICS]))
+    with pytest.raises(ValueError, match="exceeds"):
+        PF.select_settings(D, I, Y_db, Y_q, [9], [0.0])
+    with pytest.raises(ValueError, match="margins"):
+        PF.select_settings(D, I, Y_db, Y_q, [2], [1.0])
+
+
+def test_trained_model_stores_scorers_and_choices_and_reloads(tmp_path):
+    X, Y = toy_data(seed=6)
+    cfg = {"epochs": 3, "val_fraction": 0.2, "seed": 1, "knn_grid": "3,10", "rerank": "linear",
+           "rerank_weights": "0,1,3"}
+    res = train(X, Y, {"dim": 6}, cfg, out_dir=tmp_path / "m", progress=False)
+    pc = json.loads((tmp_path / "m" / "config.json").read_text())["predict"]
+    assert pc["reranker"] == R.RERANK_FILE and (tmp_path / "m" / R.RERANK_FILE).is_file()
+    best = max(pc["selection"], key=lambda r: r["score"])
+    assert (pc["k"], pc["rerank_weight"]) == (best["k"], best["weight"]) and len(pc["selection"]) == 6
+    man = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert R.RERANK_FILE in man["files"]
+    loaded = Predictor.load(tmp_path / "m")
+    S1 = loaded.predict(X[:40], top_k=5, rerank_weight=2.0)
+    S2 = Predictor.from_train_result(res).predict(X[:40], top_k=5, rerank_weight=2.0)
+    np.testing.assert_allclose(S1.toarray(), S2.toarray(), rtol=1e-6)
+    # the fused scores are the vote over k plus the weighted sigmoid of the scorer's margin
+    p = Predictor.from_train_result(res)
+    Xp = p.features(X[:40])
+    D, I = p.index().search(p.model.embed(Xp), pc["rerank_knn"])
+    V = vote(I[:, :4], D[:, :4], p.train_labels, top_k=Y.shape[1])
+    ref = R.fuse(V, R.neighbour_labels(I, p.train_labels), lambda pat: p.scorer.margins(Xp, pat), 2.0, 4)
+    np.testing.assert_allclose(p.predict(X[:40], k=4, top_k=Y.shape[1], rerank_weight=2.0).toarray(),
+                               ref.toarray(), rtol=1e-6)
+    # weight 0 is the plain vote
+    V = vote(*reversed(p.index().search(p.model.embed(Xp), 4)), p.train_labels, top_k=5)
+    np.testing.assert_allclose(p.predict(X[:40], k=4, top_k=5, rerank_weight=0).toarray(), V.toarray())
+    # a damaged scorer file is refused by the manifest check
+    path = tmp_path / "m" / R.RERANK_FILE
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ModelDirError, match="reranker.npz"):
+        Predictor.load(tmp_path / "m")
+
+
+def test_model_without_reranker_refuses_a_weight(tmp_path):
+    X, Y = toy_data(seed=7)
+    res = train(X, Y, {"dim": 4}, {"epochs": 1, "rerank": "none", "knn_grid": "2,5"}, out_dir=tmp_path / "m",
+                progress=False)
+    pc = res.config["predict"]
+    assert pc["reranker"] is None and pc["rerank_weight"] == 0.0 and pc["k"] in (2, 5)
+    assert not (tmp_path / "m" / R.RERANK_FILE).exists()
+    with pytest.raises(ValueError, match="no shortlist scorers"):
+        Predictor.load(tmp_path / "m").predict(X[:3], rerank_weight=1.0)
+
+
+def test_prediction_option_validation():
+    for bad in ({"rerank": "mlp"}, {"knn_grid": "5,x"}, {"knn_grid": "0,5"}, {"rerank_weights": "-1"},
+                {"rerank_knn": 0}, {"rerank_c": 0.0}, {"negative_draw": "some"}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_unique_shared_negatives():
+    gen = torch.Generator().manual_seed(0)
+    s = NegativeSampler(np.ones(10), "uniform", gen, unique=True)
+    assert s.sample_shared(25).tolist() == list(range(10))  # k >= L: the full softmax
+    for _ in range(20):
+        d = s.sample_shared(7)
+        assert len(set(d.tolist())) == 7 and d.min() >= 0 and d.max() < 10
+    f = NegativeSampler(np.array([1.0, 0.0, 5.0, 9.0, 2.0]), "frequency", gen, unique=True)
+    for _ in range(20):
+        d = f.sample_shared(3).tolist()
+        assert len(set(d)) == 3 and 1 not in d  # a label of frequency 0 is never drawn
+    # replace (the default) keeps the previous stream
+    a = NegativeSampler(np.ones(10), "uniform", torch.Generator().manual_seed(4)).sample_shared(30)
+    b = NegativeSampler(np.ones(10), "uniform", torch.Generator().manual_seed(4)).sample((30,))
+    assert torch.equal(a, b)
