@@ -200,3 +200,44 @@ def test_unique_shared_negatives():
     a = NegativeSampler(np.ones(10), "uniform", torch.Generator().manual_seed(4)).sample_shared(30)
     b = NegativeSampler(np.ones(10), "uniform", torch.Generator().manual_seed(4)).sample((30,))
     assert torch.equal(a, b)
+
+
+def test_predict_config_takes_the_callers_then_the_chosen_then_the_training_settings():
+    from xhyp.config import PredictConfig
+
+    train_cfg = {"knn": 7, "rerank_knn": 30}
+    chosen = {"k": 12, "rerank_weight": 2.0, "rerank_knn": 40}
+    got = PredictConfig().for_model(train_cfg, chosen)
+    assert (got.k, got.rerank_weight, got.rerank_knn) == (12, 2.0, 40)
+    got = PredictConfig(k=3, rerank_weight=0.0, rerank_knn=9).for_model(train_cfg, chosen)
+    assert (got.k, got.rerank_weight, got.rerank_knn) == (3, 0.0, 9)
+    got = PredictConfig().for_model(train_cfg, None)  # a model without chosen settings: the plain vote
+    assert (got.k, got.rerank_weight, got.rerank_knn) == (7, 0.0, 30)
+    for bad in ({"rerank_weight": -1.0}, {"rerank_weight": float("inf")}, {"rerank_knn": 0}):
+        with pytest.raises(ValueError):
+            PredictConfig(**bad)
+
+
+def test_cli_predict_rerank_flags(tmp_path):
+    from xhyp.cli import main
+    from xhyp.datasets.formats import write_xc
+
+    X, Y = toy_data(seed=8)
+    train(X, Y, {"dim": 5}, {"epochs": 2, "val_fraction": 0.2, "rerank_weights": "1,3", "knn_grid": "3,6"},
+          out_dir=tmp_path / "m", progress=False)
+    write_xc(tmp_path / "q.txt", X[:50], Y[:50])
+    p = Predictor.load(tmp_path / "m")
+    assert p.config["predict"]["rerank_weight"] in (1.0, 3.0)
+
+    def cli(*flags):
+        assert main(["predict", "--model", str(tmp_path / "m"), "--file", str(tmp_path / "q.txt"), "--top-k", "8",
+                     "--out", str(tmp_path / "s.npz"), *flags]) == 0
+        return sp.load_npz(tmp_path / "s.npz").toarray()
+
+    Xq = X[:50]
+    np.testing.assert_allclose(cli(), p.predict(Xq, top_k=8).toarray(), rtol=1e-6)
+    vote_only = cli("--rerank-weight", "0")
+    np.testing.assert_allclose(vote_only, p.predict(Xq, top_k=8, rerank_weight=0.0).toarray(), rtol=1e-6)
+    other = cli("--rerank-weight", "5", "--rerank-knn", "4")
+    np.testing.assert_allclose(other, p.predict(Xq, top_k=8, rerank_weight=5.0, rerank_knn=4).toarray(), rtol=1e-6)
+    assert not np.allclose(other, cli())
