@@ -26,20 +26,57 @@ def random_binary(rng, shape, density):
     return M
 
 
-def test_neighbour_labels_counts_and_leaves_self_out():
+def by_hand_shortlist(ids, dists, Y, cap, self_ids=None):
+    """The shortlist by hand, float64: neighbour counts of each label (self left out), the top
+    ``cap`` by count, ties by the tie-break of the count vote (the nearer neighbours)."""
+    Yd = Y.toarray().astype(np.float64)
+    out = np.zeros((ids.shape[0], Y.shape[1]))
+    for q in range(ids.shape[0]):
+        keep = [j for j in range(ids.shape[1]) if ids[q, j] >= 0]
+        if self_ids is not None:
+            own = [j for j in keep if ids[q, j] == self_ids[q]]
+            keep.remove(own[0] if own else keep[-1])
+        d1 = dists[q, keep[0]]
+        score = sum((1 + 1e-3 * np.exp(-(dists[q, j] - d1))) * Yd[ids[q, j]] for j in keep)
+        order = sorted(np.flatnonzero(score), key=lambda l: (-score[l], l))
+        for l in order[:cap or None]:
+            out[q, l] = score[l]
+    return out
+
+
+@pytest.mark.parametrize("cap", [0, 3])
+def test_shortlist_counts_caps_and_leaves_self_out(cap):
     rng = np.random.default_rng(0)
     Y = random_binary(rng, (30, 8), 0.3)
     ids = rng.integers(0, 30, size=(6, 5))
+    ids[:, 0] = np.arange(6)  # every query is its own first neighbour...
+    ids[4, :2] = [7, 4]       # ...but query 4, its second
+    ids[5] = [9, 10, 11, 12, 13]  # and query 5 is not among its neighbours: its farthest is dropped
     ids[2, 4] = -1
-    ids[:, 0] = np.arange(6)  # every query is its own first neighbour
-    got = R.neighbour_labels(ids, Y).toarray()
-    got_loo = R.neighbour_labels(torch.from_numpy(ids), Y, self_ids=np.arange(6)).toarray()
-    Yd = Y.toarray().astype(np.float64)
-    for q in range(6):
-        ref = sum(Yd[j] for j in ids[q] if j >= 0)
-        ref_loo = sum((Yd[j] for j in ids[q] if j >= 0 and j != q), np.zeros(8))
-        np.testing.assert_array_equal(got[q], ref)
-        np.testing.assert_array_equal(got_loo[q], ref_loo)
+    D = np.sort(rng.random((6, 5)), 1).astype(np.float32)
+    D[2, 4] = np.inf
+    got = R.shortlist(ids, D, Y, cap).toarray()
+    np.testing.assert_allclose(got, by_hand_shortlist(ids, D, Y, cap), rtol=1e-6)
+    got_loo = R.shortlist(torch.from_numpy(ids), torch.from_numpy(D), Y, cap, self_ids=np.arange(6)).toarray()
+    np.testing.assert_allclose(got_loo, by_hand_shortlist(ids, D, Y, cap, np.arange(6)), rtol=1e-6)
+    if cap:
+        assert ((got > 0).sum(1) <= cap).all() and ((got_loo > 0).sum(1) <= cap).all()
+    I, _ = R.drop_self(ids, D, np.arange(6))
+    assert I.shape == (6, 4) and list(I[4]).count(4) == list(ids[4]).count(4) - 1 and I[4, 0] == 7
+    assert I[5].tolist() == [9, 10, 11, 12]
+
+
+def test_top_votes_blocks_equal_one_vote(monkeypatch):
+    rng = np.random.default_rng(9)
+    Y = random_binary(rng, (50, 40), 0.2)
+    ids = rng.integers(-1, 50, size=(23, 6))
+    D = np.sort(rng.random((23, 6)), 1)
+    ref = vote(ids, D, Y, top_k=40, weighting="distance", alpha=2.0)
+    monkeypatch.setattr(R, "_VOTE_BLOCK_CELLS", 30)  # a few queries a block
+    got = R.top_votes(ids, D, Y, 0, "distance", 2.0)
+    np.testing.assert_array_equal(got.toarray(), ref.toarray())
+    np.testing.assert_array_equal(R.top_votes(ids, D, Y, 4, "distance", 2.0).toarray(),
+                                  vote(ids, D, Y, top_k=4, weighting="distance", alpha=2.0).toarray())
 
 
 def test_values_at_reads_entries_and_zero_elsewhere():
@@ -52,25 +89,36 @@ def test_values_at_reads_entries_and_zero_elsewhere():
     assert R.values_at(sp.csr_matrix((7, 9)), P).tolist() == [0.0] * P.nnz
 
 
-def test_label_scorer_fit_trains_each_label_on_its_positives_and_shortlist():
+@pytest.mark.parametrize("prune, max_neg", [(0.0, 0), (0.05, 4)])
+def test_label_scorer_fit_trains_each_label_on_its_positives_and_hardest_negatives(prune, max_neg):
     from sklearn.svm import LinearSVC
 
     rng = np.random.default_rng(2)
     X = sp.random(60, 15, density=0.3, random_state=rng, format="csr", dtype=np.float32)
     Y = random_binary(rng, (60, 5), 0.25).toarray()
     Y[:, 4] = 0  # a label nobody carries
-    SL = random_binary(rng, (60, 5), 0.3).toarray()
+    SL = (random_binary(rng, (60, 5), 0.3).toarray() * rng.integers(1, 9, size=(60, 5))).astype(np.float32)
     SL[:, 3] = Y[:, 3]  # label 3: shortlisted only where positive -> no negative
     Y, SL = sp.csr_matrix(Y), sp.csr_matrix(SL)
-    sc = R.LabelScorer.fit(X, Y, SL, C=0.7, seed=3)
-    Yd, Sd = Y.toarray() > 0, SL.toarray() > 0
+    sc = R.LabelScorer.fit(X, Y, SL, C=0.7, seed=3, prune=prune, max_negatives=max_neg, threads=2)
+    Yd, Sd = Y.toarray() > 0, SL.toarray()
     for l in range(3):
-        rows = np.flatnonzero(Yd[:, l] | Sd[:, l])
+        neg = np.flatnonzero((Sd[:, l] > 0) & ~Yd[:, l])
+        if max_neg:  # the hardest: largest shortlist value, then the lower row
+            neg = np.array(sorted(neg, key=lambda i: (-Sd[i, l], i))[:max_neg])
+            assert len(neg) == min(max_neg, int(((Sd[:, l] > 0) & ~Yd[:, l]).sum()))
+        rows = np.union1d(np.flatnonzero(Yd[:, l]), neg)
         ref = LinearSVC(C=0.7, loss="squared_hinge", dual=True, random_state=3, max_iter=2000).fit(X[rows], Yd[rows, l])
-        np.testing.assert_allclose(sc.coef[:, l].toarray().ravel(), ref.coef_.ravel(), rtol=1e-5, atol=1e-6)
+        w = ref.coef_.ravel()
+        w = np.where(np.abs(w) >= prune, w, 0.0)
+        np.testing.assert_allclose(sc.coef[:, l].toarray().ravel(), w, rtol=1e-5, atol=1e-6)
         assert sc.intercept[l] == pytest.approx(ref.intercept_[0], rel=1e-5, abs=1e-6)
+        if prune:
+            assert (np.abs(sc.coef[:, l].data) >= prune).all() and np.count_nonzero(w) < np.count_nonzero(ref.coef_)
     assert sc.coef[:, 3].nnz == 0 and sc.intercept[3] == 1.0   # only positives
     assert sc.coef[:, 4].nnz == 0 and sc.intercept[4] == -1.0  # no positive
+    with pytest.raises(ValueError, match="prune"):
+        R.LabelScorer.fit(X, Y, SL, prune=-1.0)
 
 
 def test_margins_match_dense_float64_reference(tmp_path, monkeypatch):
@@ -118,7 +166,7 @@ def test_select_settings_picks_the_best_mean_of_p_and_psp():
     Y_q = random_binary(rng, (10, 6), 0.3)
     I = torch.from_numpy(rng.integers(0, 40, size=(10, 8)))
     D = torch.sort(torch.rand(10, 8), 1).values
-    sl = R.neighbour_labels(I, Y_db)
+    sl = R.shortlist(I, D, Y_db)
     sl.data[:] = 1
     margins = sp.csr_matrix((rng.normal(size=sl.nnz), sl.indices, sl.indptr), shape=sl.shape)
     best, grid = PF.select_settings(D, I, Y_db, Y_q, [2, 8], [0.0, 1.0, 5.0], margins)
@@ -154,7 +202,7 @@ def test_trained_model_stores_scorers_and_choices_and_reloads(tmp_path):
     Xp = p.features(X[:40])
     D, I = p.index().search(p.model.embed(Xp), pc["rerank_knn"])
     V = vote(I[:, :4], D[:, :4], p.train_labels, top_k=Y.shape[1])
-    ref = R.fuse(V, R.neighbour_labels(I, p.train_labels), lambda pat: p.scorer.margins(Xp, pat), 2.0, 4)
+    ref = R.fuse(V, R.shortlist(I, D, p.train_labels), lambda pat: p.scorer.margins(Xp, pat), 2.0, 4)
     np.testing.assert_allclose(p.predict(X[:40], k=4, top_k=Y.shape[1], rerank_weight=2.0).toarray(),
                                ref.toarray(), rtol=1e-6)
     # weight 0 is the plain vote

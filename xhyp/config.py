@@ -186,6 +186,12 @@ class TrainConfig(ConfigBase):
         rerank_c: inverse regularisation strength of the per-label linear SVMs.
         rerank_weights: comma-separated fusion weights ``w`` of the scorers against the vote; the
             best on the validation split is stored with the model.
+        rerank_shortlist: labels of a shortlist at most, those carried by the most neighbours
+            (training: the hard negatives mined; prediction: the labels scored); 0: all.
+        rerank_negatives: hard negatives a label's scorer trains on at most, the hardest (most
+            neighbours carrying the label); 0: all.
+        rerank_prune: scorer weights of smaller magnitude are set to 0 after the fit (Parabel's
+            pruning); 0: none.
     """
 
     epochs: int = 30
@@ -220,6 +226,9 @@ class TrainConfig(ConfigBase):
     rerank_knn: int = 50
     rerank_c: float = 1.0
     rerank_weights: str = "0,0.5,1,2,4,8"
+    rerank_shortlist: int = 0
+    rerank_negatives: int = 0
+    rerank_prune: float = 0.0
 
     def __post_init__(self):
         for name, allowed in (("sampling", SAMPLINGS), ("optimizer", OPTIMIZERS), ("weighting", WEIGHTINGS),
@@ -245,6 +254,8 @@ class TrainConfig(ConfigBase):
         parse_grid(self.rerank_weights, float, "rerank_weights")
         if self.rerank_knn < 1 or not self.rerank_c > 0:
             raise ValueError(f"rerank_knn must be >= 1 and rerank_c > 0 (got {self.rerank_knn}, {self.rerank_c})")
+        if min(self.rerank_shortlist, self.rerank_negatives, self.rerank_prune) < 0:
+            raise ValueError(f"rerank_shortlist, rerank_negatives and rerank_prune must be >= 0: {self}")
         check_finite_fields(self)
         if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
             raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
@@ -278,6 +289,8 @@ class PredictConfig(ConfigBase):
             (:func:`xhyp.knn.rerank.fuse`; ``None``: the weight chosen after training, 0 for a
             model without scorers; 0: the plain vote).
         rerank_knn: neighbours whose labels form a query's shortlist (``None``: the model's).
+        rerank_shortlist: labels of a shortlist (and of the vote) scored at most, the top ones
+            (``None``: the model's; 0: all).
     """
 
     k: int | None = None
@@ -290,6 +303,7 @@ class PredictConfig(ConfigBase):
     device: str = "auto"
     rerank_weight: float | None = None
     rerank_knn: int | None = None
+    rerank_shortlist: int | None = None
 
     def __post_init__(self):
         if self.weighting is not None:
@@ -297,6 +311,8 @@ class PredictConfig(ConfigBase):
         check_choice("index", self.index, INDEX_KINDS)
         if any(v is not None and v < 1 for v in (self.k, self.rerank_knn)) or self.top_k < 1 or self.batch_size < 1:
             raise ValueError(f"k, rerank_knn, top_k and batch_size must be >= 1: {self}")
+        if self.rerank_shortlist is not None and self.rerank_shortlist < 0:
+            raise ValueError(f"rerank_shortlist must be >= 0, got {self.rerank_shortlist}")
         if self.rerank_weight is not None and not 0 <= self.rerank_weight < float("inf"):
             raise ValueError(f"rerank_weight must be finite and >= 0, got {self.rerank_weight}")
         self.index_params = dict(self.index_params or {})
@@ -319,7 +335,8 @@ class PredictConfig(ConfigBase):
                              alpha=tc.alpha if self.alpha is None else self.alpha, top_k=self.top_k,
                              index=self.index, index_params=self.index_params, batch_size=self.batch_size,
                              device=self.device, rerank_weight=float(pick(self.rerank_weight, "rerank_weight", 0.0)),
-                             rerank_knn=int(pick(self.rerank_knn, "rerank_knn", tc.rerank_knn)))
+                             rerank_knn=int(pick(self.rerank_knn, "rerank_knn", tc.rerank_knn)),
+                             rerank_shortlist=int(pick(self.rerank_shortlist, "rerank_shortlist", tc.rerank_shortlist)))
 
 
 def normalise_configs(n_features: int, n_labels: int, model_config=None, train_config=None

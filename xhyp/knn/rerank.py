@@ -1,16 +1,19 @@
 """Shortlist re-ranking: the kNN vote fused with per-label linear scorers trained on mined hard negatives.
 
 The kNN vote (Gerald & Baskiotis, CAp 2019, section 2.5) ranks the labels of a query's nearest
-training examples in the ball. Here those neighbours also give the query a **shortlist**: every
-label that one of its ``K`` nearest training examples (``rerank_knn``) carries. Each shortlisted
-label ``l`` is then scored
+training examples in the ball. Here those neighbours also give the query a **shortlist**: the
+labels that its ``K`` nearest training examples (``rerank_knn``) carry, ranked by how many of them
+carry each (ties: the label of the nearer neighbours first, the count vote of
+:func:`xhyp.knn.vote.vote`), at most ``S`` of them (``rerank_shortlist``; 0: all). Each label
+``l`` of the shortlist or of the vote is then scored
 
     s(q, l) = v_k(q, l) / k + w * sigmoid(<a_l, x_q> + b_l)
 
 where ``v_k(q, l)`` is the vote of the ``k`` nearest neighbours (:func:`xhyp.knn.vote.vote`,
-``weighting`` as chosen), ``x_q`` the query's preprocessed sparse features (the model's
-:class:`xhyp.embedding.features.FeaturePipeline`) and ``(a_l, b_l)`` label ``l``'s linear scorer; labels
-outside the shortlist are not scored. ``w = 0`` is the plain vote.
+``weighting`` as chosen; its top ``S`` labels), ``x_q`` the query's preprocessed sparse features
+(the model's :class:`xhyp.embedding.features.FeaturePipeline`) and ``(a_l, b_l)`` label ``l``'s
+linear scorer; other labels are not scored. ``w = 0`` is the plain vote. A query costs at most
+``2 S`` margins.
 
 Training the scorers follows the shortlist-classifier stage of SiameseXML (Dahiya et al., ICML
 2021) and DEXA (Dahiya et al., KDD 2023) and the hard-negative mining of NGAME (Dahiya et al.,
@@ -18,9 +21,17 @@ WSDM 2023): label ``l`` is trained on its positive training examples against its
 **hard negatives**, the training examples that do not carry ``l`` but whose own shortlist (the
 labels of their ``K`` nearest *other* training examples in the learned space) contains it. Each
 scorer is an L2-regularised squared-hinge linear SVM (scikit-learn's ``LinearSVC``, i.e.
-liblinear, the classifier Parabel trains in its leaves: Prabhu et al., WWW 2018). A label's
-training set is its positives plus its shortlist negatives, so the cost follows the shortlists
-(``N K`` label occurrences), not ``N L``.
+liblinear, the classifier Parabel trains in its leaves: Prabhu et al., WWW 2018). The cost is
+bounded by three rules (:meth:`LabelScorer.fit`):
+
+* a training example's shortlist holds at most ``S`` labels, so all the labels' negatives together
+  are at most ``N S`` rows (not ``N K`` label occurrences, nor ``N L``);
+* a label keeps at most ``M`` negatives (``rerank_negatives``; 0: all), the hardest: those whose
+  shortlist ranks it highest (most neighbours carrying it), so no label trains on more than
+  ``M`` + its positives rows;
+* weights with ``|a_l[f]| < t`` (``rerank_prune``) are set to 0 after the fit, as Parabel prunes
+  its classifiers (``t = 0.1``, Prabhu et al. 2018, section 4): the model keeps the features that
+  matter, not every feature its rows touch.
 
 The scorers are fitted, and ``k`` and ``w`` chosen on the trainer's validation split (the examples
 early stopping already holds out), after training by :mod:`xhyp.training.prediction_fit`; they are
@@ -41,31 +52,93 @@ from ..utils import atomic_save_npz
 RERANK_FILE = "reranker.npz"
 """The scorers' file in a model directory (present when ``rerank="linear"``)."""
 _MARGIN_BLOCK_CELLS = 1 << 22  # (queries x shortlisted labels) cells of one dense margin block
+_VOTE_BLOCK_CELLS = 1 << 24  # (queries x labels kept) cells of one vote call
+_FIT_CHUNK = 32  # labels per task of the fitting threads
 
 
-def neighbour_labels(ids, Y_db: sp.csr_matrix, self_ids=None) -> sp.csr_matrix:
-    """How many of each query's neighbours carry each label: the shortlist with its counts.
+def _ids_dists(ids, dists):
+    """``(Q, K)`` int64 ids and the distances (their float dtype kept) as numpy arrays."""
+    def arr(a, dt=None):
+        return np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a, dtype=dt)
+
+    return arr(ids, np.int64), arr(dists)
+
+
+def drop_self(ids, dists, self_ids):
+    """Leave-one-out neighbours: each row without its own database id.
 
     Args:
-        ids: ``(Q, K)`` int neighbour ids into ``Y_db`` (``-1``: no neighbour), a tensor or array.
-        Y_db: ``(N, L)`` CSR labels of the database.
-        self_ids: ``(Q,)`` database id of each query when the queries are database points
-            (training examples): that neighbour is left out (leave-one-out shortlists).
+        ids, dists: ``(Q, K + 1)`` neighbour ids (ascending distance) and distances.
+        self_ids: ``(Q,)`` the database id of each query.
 
     Returns:
-        ``(Q, L)`` float32 CSR of neighbour counts (its pattern is the shortlist).
+        ``(Q, K)`` int64 ids and distances: the row without ``self_ids[q]`` where it
+        appears, else without its last (farthest) neighbour; order kept.
     """
-    ids = np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids, dtype=np.int64)
-    keep = ids >= 0
+    I, D = _ids_dists(ids, dists)
+    drop = I == np.asarray(self_ids, dtype=np.int64)[:, None]
+    drop[:, -1] |= ~drop.any(1)
+    drop &= np.cumsum(drop, 1) == 1  # (one entry a row, should an id repeat)
+    keep = ~drop
+    Q, K1 = I.shape
+    return I[keep].reshape(Q, K1 - 1), D[keep].reshape(Q, K1 - 1)
+
+
+def top_votes(ids, dists, Y_db: sp.csr_matrix, top: int = 0, weighting: str = "count",
+              alpha: float = 1.0) -> sp.csr_matrix:
+    """The vote of the given neighbours (:func:`xhyp.knn.vote.vote`), its top ``top`` labels
+    (0: every label a neighbour carries), computed a block of queries at a time.
+
+    Unlike ``vote(..., top_k=L)`` this never asks the kernel for more labels a query than its
+    neighbours carry, so memory follows the shortlists, not ``Q x L``.
+
+    Args:
+        ids, dists: ``(Q, K)`` neighbour ids into ``Y_db`` (``-1``: none) and distances, ascending.
+        Y_db: ``(N, L)`` CSR labels of the database. top: labels kept per query (0: all).
+        weighting, alpha: of the vote.
+
+    Returns:
+        ``(Q, L)`` float32 CSR, at most ``top`` entries a row.
+    """
+    from .vote import vote
+
+    I, D = _ids_dists(ids, dists)
+    Q, L = I.shape[0], Y_db.shape[1]
+    per_row = np.diff(Y_db.indptr)
+    carried = np.where(I >= 0, per_row[np.maximum(I, 0)], 0).sum(1) if I.size else np.zeros(Q, np.int64)
+    width = max(1, min(top or L, L, int(carried.max(initial=1))))
+    block = max(1, _VOTE_BLOCK_CELLS // width)
+    parts = []
+    for start in range(0, Q, block):
+        w = max(1, min(width, int(carried[start:start + block].max(initial=1))))
+        parts.append(vote(I[start:start + block], D[start:start + block], Y_db, top_k=w, weighting=weighting,
+                          alpha=alpha))
+    return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, L), dtype=np.float32)
+
+
+def shortlist(ids, dists, Y_db: sp.csr_matrix, cap: int = 0, self_ids=None) -> sp.csr_matrix:
+    """A query's shortlist: the labels its neighbours carry, ranked by how many of them carry each.
+
+    The ranking is the count vote (:func:`xhyp.knn.vote.neighbour_weights` ``"count"``: the
+    number of neighbours carrying the label, ties broken towards the nearer ones); the top
+    ``cap`` labels are kept.
+
+    Args:
+        ids, dists: ``(Q, K)`` neighbour ids into ``Y_db`` (``-1``: no neighbour) and distances,
+            ascending (tensors or arrays); ``(Q, K + 1)`` with ``self_ids``.
+        Y_db: ``(N, L)`` CSR labels of the database.
+        cap: labels kept per query (0: all).
+        self_ids: ``(Q,)`` database id of each query when the queries are database points
+            (training examples): that neighbour is left out (leave-one-out shortlists,
+            :func:`drop_self`).
+
+    Returns:
+        ``(Q, L)`` float32 CSR; its pattern is the shortlist, its values the count vote (the
+        number of neighbours carrying the label, plus at most 0.001 a neighbour as tie-break).
+    """
     if self_ids is not None:
-        keep &= ids != np.asarray(self_ids, dtype=np.int64)[:, None]
-    Q, K = ids.shape
-    rows = np.repeat(np.arange(Q), K)[keep.ravel()]
-    A = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, ids.ravel()[keep.ravel()])),
-                      shape=(Q, Y_db.shape[0]))
-    out = (A @ sp.csr_matrix(Y_db, dtype=np.float32)).tocsr()
-    out.sort_indices()
-    return out
+        ids, dists = drop_self(ids, dists, self_ids)
+    return top_votes(ids, dists, Y_db, cap, "count")
 
 
 class LabelScorer:
@@ -92,27 +165,33 @@ class LabelScorer:
 
     @classmethod
     def fit(cls, X: sp.csr_matrix, Y: sp.csr_matrix, shortlist: sp.csr_matrix, C: float = 1.0,
-            seed: int = 0, threads: int = 1) -> "LabelScorer":
+            seed: int = 0, threads: int = 1, prune: float = 0.0, max_negatives: int = 0) -> "LabelScorer":
         """Train one linear SVM per label on its positives and its shortlist (hard) negatives.
 
-        Label ``l``'s training rows are ``{i : Y[i, l] = 1} U {i : shortlist[i, l] != 0}``, with
-        target ``Y[i, l]``; a label with positives but no negative gets ``a_l = 0, b_l = 1``, a label
-        with no positive ``a_l = 0, b_l = -1``. Solver: ``sklearn.svm.LinearSVC(C=C,
-        loss="squared_hinge")`` (liblinear's L2-regularised L2-loss SVM, dual coordinate descent).
+        Label ``l``'s training rows are its positives ``{i : Y[i, l] = 1}`` and its negatives
+        ``{i : shortlist[i, l] != 0, Y[i, l] = 0}``; with ``max_negatives = M > 0`` only the ``M``
+        negatives with the largest ``shortlist[i, l]`` (most neighbours carrying ``l``; ties: the
+        lower row) are kept. Target ``Y[i, l]``; a label with positives but no negative gets
+        ``a_l = 0, b_l = 1``, a label with no positive ``a_l = 0, b_l = -1``. Solver:
+        ``sklearn.svm.LinearSVC(C=C, loss="squared_hinge")`` (liblinear's L2-regularised L2-loss
+        SVM, dual coordinate descent); then weights with ``|a_l[f]| < prune`` are set to 0
+        (Parabel's pruning, Prabhu et al., WWW 2018).
 
         Args:
             X: ``(N, F)`` preprocessed features (CSR). Y: ``(N, L)`` binary labels (CSR).
-            shortlist: ``(N, L)`` sparse, non-zero where a label is shortlisted for an example
-                (:func:`neighbour_labels` with ``self_ids``).
+            shortlist: ``(N, L)`` sparse, non-zero where a label is shortlisted for an example,
+                larger for harder negatives (:func:`shortlist` with ``self_ids``).
             C: inverse regularisation strength. seed: liblinear's shuffling seed.
-            threads: labels trained at once (liblinear runs without the GIL); the result does not
-                depend on it.
+            threads: labels trained at once (liblinear runs without the GIL; the largest labels
+                start first); the result does not depend on it.
+            prune: weights below this magnitude are dropped (0: none).
+            max_negatives: negatives kept per label (0: all).
 
         Returns:
-            the fitted :class:`LabelScorer`.
+            the fitted :class:`LabelScorer` (float32 weights, ``int32`` feature ids).
 
         Raises:
-            ValueError: shapes that do not agree, or ``C <= 0``.
+            ValueError: shapes that do not agree, ``C <= 0``, ``prune < 0`` or ``max_negatives < 0``.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -121,34 +200,57 @@ class LabelScorer:
         X = sp.csr_matrix(X, dtype=np.float32)
         if not (X.shape[0] == Y.shape[0] == shortlist.shape[0]) or Y.shape[1] != shortlist.shape[1]:
             raise ValueError(f"X {X.shape}, Y {Y.shape} and shortlist {shortlist.shape} do not agree")
-        if not C > 0:
-            raise ValueError(f"C must be positive, got {C}")
+        if not C > 0 or not prune >= 0 or max_negatives < 0:
+            raise ValueError(f"C must be positive and prune, max_negatives >= 0 (got {C}, {prune}, {max_negatives})")
         Yc = sp.csc_matrix(Y)
         Yc.eliminate_zeros()
         Yc.sort_indices()
-        Sc = sp.csc_matrix(shortlist)
+        Sc = sp.csc_matrix(shortlist, dtype=np.float32)
         Sc.eliminate_zeros()
+        Sc.sort_indices()
         L, F = Y.shape[1], X.shape[1]
 
-        def one(l):
+        def rows_of(l):
             pos = Yc.indices[Yc.indptr[l]:Yc.indptr[l + 1]]
-            rows = np.union1d(pos, Sc.indices[Sc.indptr[l]:Sc.indptr[l + 1]])
-            if len(pos) == 0 or len(pos) == len(rows):
-                return np.zeros(0, np.int64), np.zeros(0, np.float32), -1.0 if len(pos) == 0 else 1.0
+            cand, hard = Sc.indices[Sc.indptr[l]:Sc.indptr[l + 1]], Sc.data[Sc.indptr[l]:Sc.indptr[l + 1]]
+            is_neg = ~np.isin(cand, pos, assume_unique=True)
+            neg, hard = cand[is_neg], hard[is_neg]
+            if 0 < max_negatives < len(neg):  # the hardest: largest shortlist value, then lower row
+                neg = np.sort(neg[np.argsort(-hard, kind="stable")[:max_negatives]])
+            return pos, neg
+
+        def one(l):
+            pos, neg = rows_of(l)
+            if len(pos) == 0 or len(neg) == 0:
+                return None, None, -1.0 if len(pos) == 0 else 1.0
+            rows = np.union1d(pos, neg)
             y = np.isin(rows, pos, assume_unique=True)
             svm = LinearSVC(C=C, loss="squared_hinge", dual=True, random_state=seed, max_iter=2000).fit(X[rows], y)
             w = svm.coef_.astype(np.float32).ravel()
-            nz = np.flatnonzero(w)  # (the dual solution is 0 on features absent from the rows)
-            return nz, w[nz], float(svm.intercept_[0])
+            nz = np.flatnonzero(np.abs(w) >= prune if prune > 0 else w != 0)
+            # (the dual solution is 0 on features absent from the rows)
+            return nz.astype(np.int32), w[nz], float(svm.intercept_[0])
+
+        # the labels' costs (feature non-zeros of their rows): the largest first, in chunks
+        n_pos, n_cand = np.diff(Yc.indptr), np.diff(Sc.indptr)
+        order = np.argsort(-(n_pos + np.minimum(n_cand, max_negatives or n_cand)), kind="stable")
+        chunks = [order[i:i + _FIT_CHUNK] for i in range(0, L, _FIT_CHUNK)]
+        idx, val = [None] * L, [None] * L
+        bias = np.empty(L, dtype=np.float32)
+
+        def run(chunk):
+            for l in chunk:
+                idx[l], val[l], bias[l] = one(l)
 
         with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
-            fitted = list(pool.map(one, range(L)))
+            list(pool.map(run, chunks))
+        counts = np.array([0 if i is None else len(i) for i in idx], dtype=np.int64)
         indptr = np.zeros(L + 1, dtype=np.int64)
-        np.cumsum([len(f[0]) for f in fitted], out=indptr[1:])
-        cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))  # noqa: E731
-        coef = sp.csc_matrix((cat([f[1] for f in fitted], np.float32), cat([f[0] for f in fitted], np.int64), indptr),
-                             shape=(F, L))
-        return cls(coef, np.array([f[2] for f in fitted], dtype=np.float32))
+        np.cumsum(counts, out=indptr[1:])
+        keep = [i for i in idx if i is not None]
+        coef = sp.csc_matrix((np.concatenate([v for v in val if v is not None]) if keep else np.zeros(0, np.float32),
+                              np.concatenate(keep) if keep else np.zeros(0, np.int32), indptr), shape=(F, L))
+        return cls(coef, bias)
 
     def margins(self, X: sp.csr_matrix, pattern: sp.csr_matrix) -> np.ndarray:
         """``m_l(x_q)`` at every stored entry of ``pattern``, in CSR order.

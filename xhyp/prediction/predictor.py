@@ -16,7 +16,7 @@ from ..config import PredictConfig
 from ..embedding.features import FeaturePipeline
 from ..embedding.model import HyperbolicXMC
 from ..knn.index import DEVICE_INDEXES, make_index
-from ..knn.rerank import LabelScorer, fuse, neighbour_labels
+from ..knn.rerank import LabelScorer, fuse, shortlist, top_votes
 from ..knn.vote import top_k_rows, vote
 from ..utils import resolve_device
 
@@ -156,7 +156,7 @@ class Predictor:
     def predict(self, X: sp.csr_matrix, k: int | None = None, top_k: int = 100, index: str = "exact",
                 weighting: str | None = None, batch_size: int = 16384, index_params: dict | None = None,
                 alpha: float | None = None, device: str = "auto", rerank_weight: float | None = None,
-                rerank_knn: int | None = None) -> sp.csr_matrix:
+                rerank_knn: int | None = None, rerank_shortlist: int | None = None) -> sp.csr_matrix:
         """Top-``top_k`` label scores for each query (Gerald & Baskiotis 2019, section 2.5).
 
         The arguments are the fields of :class:`xhyp.config.PredictConfig`; ``None`` ones take the
@@ -177,6 +177,8 @@ class Predictor:
                 default: the one chosen at training time; 0: the plain vote). ``w > 0`` needs a
                 model trained with ``rerank="linear"``.
             rerank_knn: neighbours whose labels form the shortlist (default: the model's).
+            rerank_shortlist: labels of the shortlist and of the vote scored at most (default: the
+                model's; 0: all).
 
         Returns:
             ``(Q, L)`` float32 CSR score matrix, at most ``top_k`` entries a row: the vote
@@ -189,7 +191,7 @@ class Predictor:
         """
         cfg = PredictConfig(k=k, weighting=weighting, alpha=alpha, top_k=top_k, index=index,
                             index_params=index_params or {}, batch_size=batch_size, device=device,
-                            rerank_weight=rerank_weight, rerank_knn=rerank_knn)
+                            rerank_weight=rerank_weight, rerank_knn=rerank_knn, rerank_shortlist=rerank_shortlist)
         return self.predict_with(X, cfg)
 
     def predict_with(self, X: sp.csr_matrix, config: PredictConfig) -> sp.csr_matrix:
@@ -225,8 +227,8 @@ class Predictor:
     def _reranked(self, Xp: sp.csr_matrix, q: torch.Tensor, idx, cfg: PredictConfig) -> sp.csr_matrix:
         """One chunk of :meth:`predict_with` with the shortlist scorers (:mod:`xhyp.knn.rerank`)."""
         D, I = idx.search(q, max(cfg.k, cfg.rerank_knn))
-        V = vote(I[:, :cfg.k], D[:, :cfg.k], self.train_labels, top_k=self.train_labels.shape[1],
-                 weighting=cfg.weighting, alpha=cfg.alpha)
-        S = fuse(V, neighbour_labels(I[:, :cfg.rerank_knn], self.train_labels),
+        cap, K = cfg.rerank_shortlist, cfg.rerank_knn
+        V = top_votes(I[:, :cfg.k], D[:, :cfg.k], self.train_labels, cap, cfg.weighting, cfg.alpha)
+        S = fuse(V, shortlist(I[:, :K], D[:, :K], self.train_labels, cap),
                  lambda pat: self.scorer.margins(Xp, pat), cfg.rerank_weight, cfg.k)
         return top_k_rows(S, cfg.top_k)

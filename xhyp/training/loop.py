@@ -117,7 +117,10 @@ def knn_scores(db, Y_db: sp.csr_matrix, q, k: int, weighting: str, alpha: float,
     return vote(I, D, Y_db, top_k=top_k, weighting=weighting, alpha=alpha)
 
 
-def _split(n: int, val_fraction: float, seed: int):
+def validation_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(training rows, validation rows)`` of :func:`train`: sorted int64 ids, a seeded random
+    ``val_fraction`` of ``range(n)`` held out (what early stopping and the after-training choices
+    of :mod:`xhyp.training.prediction_fit` use)."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
     n_val = int(round(n * val_fraction))
@@ -224,7 +227,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     pipe = FeaturePipeline(tcfg.features).fit(X)
     Xp = pipe.transform(X)
     Xp.sort_indices()
-    tr_idx, va_idx = _split(X.shape[0], tcfg.val_fraction, tcfg.seed)
+    tr_idx, va_idx = validation_split(X.shape[0], tcfg.val_fraction, tcfg.seed)
     q_rows = _subset(va_idx, tcfg.val_max_queries, tcfg.seed + 2)
     db_rows = _subset(tr_idx, tcfg.val_max_database, tcfg.seed + 3)
 
