@@ -24,7 +24,8 @@ settings) on the same split, so every figure has its peers beside it.
 
 Reported per (data set, variant, ensemble size): P@1/3/5 and PSP@1/3/5 (Jain et al. 2016
 propensities from the training labels, ``A, B`` from the registry), training seconds (sum over
-learners), and for learner 0 the Spearman correlation of label frequency with the label
+learners), the after-training step's seconds and the scorers' weights (learner 0), with more than
+one learner also the mean of the single learners (``(mean of single learners)``), and for learner 0 the Spearman correlation of label frequency with the label
 embedding's distance to the origin (``rho``; negative: frequent labels nearer the centre) and the
 median label norm.
 
@@ -43,12 +44,13 @@ import hashlib
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from xhyp.config import RUNTIME_KEYS
+from xhyp.config import AFTER_TRAINING_KEYS, RUNTIME_KEYS
 from xhyp.datasets import load_split
 from xhyp.datasets.registry import propensity_params
 from xhyp.eval.common import (KS, holdout_split, loadavg, log, md_table, member_test_scores, prefix_metrics,
@@ -64,7 +66,7 @@ TOP_K = 100
 # keep their meaning whatever the library defaults are)
 _PAPER = {"alpha": 30.0, "lr_labels": 0.003, "knn": 20, "knn_grid": "", "rerank": "none"}
 _RERANK = dict(_PAPER, knn_grid="5,10,20,30,50", rerank="linear", rerank_knn=50, rerank_c=1.0,
-               rerank_weights="0,0.5,1,2,4,8")
+               rerank_weights="0,0.5,1,2,4,8", rerank_shortlist=0, rerank_negatives=0, rerank_prune=0.0)
 
 VARIANTS: dict[str, dict] = {
     "paper": {"model": {}, "train": dict(_PAPER),
@@ -80,6 +82,18 @@ def _variant(name: str, note: str, base: str = "rerank", model: dict | None = No
     """Register ``name``: the variant ``base`` with these model / training changes."""
     b = VARIANTS[base]
     VARIANTS[name] = {"model": dict(b["model"], **(model or {})), "train": dict(b["train"], **train), "note": note}
+
+
+def _refit(name: str, note: str, base: str, **train) -> None:
+    """Register ``name``: the learners of ``base`` with only after-training options changed
+    (:data:`xhyp.config.AFTER_TRAINING_KEYS`): their embeddings are reused, the scorers and the
+    choice of ``k`` and ``w`` fitted again (:func:`refit_learner`; the same result as training the
+    variant, which is deterministic with one thread, at the cost of the after-training step only)."""
+    bad = sorted(set(train) - set(AFTER_TRAINING_KEYS))
+    if bad:
+        raise ValueError(f"{name}: {bad} change the embedding; register it with _variant")
+    _variant(name, note, base, **train)
+    VARIANTS[name]["refit_of"] = base
 
 
 # where the optimum sits in the ball: label step size, softmax scale, initialisation
@@ -115,6 +129,15 @@ _variant("rerank-a5-lrl0.1-untrained", "ablation: the re-ranker on an untrained 
 for _a in (3, 5):
     _variant(f"rerank-a{_a}-lrl0.1-euclid", f"Euclidean geometry, alpha {_a}, label learning rate 0.1",
              f"rerank-a{_a}-lrl0.1", model={"geometry": "euclidean"})
+
+# the re-ranker's cost bounds (the learners of rerank-a5-lrl0.1, re-fitted after training)
+_A5 = "rerank-a5-lrl0.1"
+for _t in (0.01, 0.03, 0.1, 0.3):
+    _refit(f"{_A5}-prune{_t}", f"scorer weights below {_t} pruned", _A5, rerank_prune=_t)
+for _s in (50, 100, 200):
+    _refit(f"{_A5}-sl{_s}", f"shortlists cut to their top {_s} labels", _A5, rerank_shortlist=_s)
+for _m in (100, 300, 1000):
+    _refit(f"{_A5}-neg{_m}", f"at most {_m} hard negatives a label", _A5, rerank_negatives=_m)
 
 
 def variant_config(name: str) -> dict:
@@ -179,41 +202,118 @@ def cell_dir(base: Path, variant: str, cfg: dict) -> Path:
     return base / f"{variant}-{digest}"
 
 
+def learner_info(ld: Path, summ: dict, with_stats: bool, Y_fit) -> dict:
+    """Timings, the settings chosen after training and (``with_stats``) :func:`label_space_stats`
+    of a learner directory (the statistics cached in ``label_space.json`` beside it)."""
+    from xhyp.prediction import Predictor
+
+    pc = {k: v for k, v in (json.loads((ld / "config.json").read_text()).get("predict") or {}).items()
+          if k != "selection"}
+    info = {"train_seconds": summ["train_seconds"], "best_epoch": summ["best_epoch"], "predict_settings": pc,
+            "after_seconds": round(pc.get("fit_seconds", 0.0) + pc.get("select_seconds", 0.0), 2)}
+    if with_stats:
+        stats_f = ld / "label_space.json"
+        if not stats_f.is_file():
+            p = Predictor.load(ld)
+            atomic_save_json(label_space_stats(p.model, p.train_emb, Y_fit), stats_f)
+        info.update(json.loads(stats_f.read_text()))
+    return info
+
+
+def refit_learner(base_dir: Path, out_dir: Path, data, train: dict) -> tuple[sp.csr_matrix, sp.csr_matrix, dict]:
+    """A trained learner with its after-training step done again with other options.
+
+    The learner of ``base_dir`` keeps its embedding; :func:`xhyp.training.prediction_fit.fit_prediction`
+    runs on it with its own training configuration updated by the after-training keys of
+    ``train`` (the same call and the same rows as :func:`xhyp.training.train`); the evaluation
+    rows are scored with and without the re-ranker. Cached in ``out_dir``.
+
+    Returns:
+        ``(scores, vote-only scores, {"fit_seconds", "predict_settings"})``.
+    """
+    from xhyp.config import TrainConfig
+    from xhyp.prediction import Predictor
+    from xhyp.training.loop import validation_split
+    from xhyp.training.prediction_fit import fit_prediction
+
+    X_fit, _, X_eval, _ = data
+    info_f, s_f, v_f = out_dir / "refit.json", out_dir / "eval_scores.npz", out_dir / "eval_scores_vote.npz"
+    base_cfg = json.loads((base_dir / "config.json").read_text())["train"]
+    tcfg = TrainConfig.from_dict({**base_cfg, **{k: train[k] for k in AFTER_TRAINING_KEYS if k in train}})
+    want = {"base": str(base_dir), "train": tcfg.to_dict(), "rows": int(X_eval.shape[0]), "nnz": int(X_eval.nnz)}
+    if info_f.is_file() and s_f.is_file() and v_f.is_file():
+        info = json.loads(info_f.read_text())
+        if info.get("want") == want:
+            return sp.load_npz(s_f).tocsr(), sp.load_npz(v_f).tocsr(), info
+    p = Predictor.load(base_dir)
+    Xp = p.pipeline.transform(X_fit)
+    Xp.sort_indices()
+    tr, va = validation_split(X_fit.shape[0], tcfg.val_fraction, tcfg.seed)
+    t0 = time.time()
+    settings, scorer = fit_prediction(p.model, Xp, p.train_labels, tr, va, p.train_emb, tcfg)
+    fit_s = time.time() - t0
+    q = Predictor(p.model, p.pipeline, p.train_emb, p.train_labels, {"train": tcfg.to_dict(), "predict": settings},
+                  scorer)
+    S = q.predict(X_eval, top_k=TOP_K)
+    S_vote = q.predict(X_eval, top_k=TOP_K, rerank_weight=0.0) if scorer is not None else S
+    info = {"want": want, "fit_seconds": round(fit_s, 2),
+            "predict_settings": {k: v for k, v in settings.items() if k != "selection"}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save_sparse(s_f, S)
+    atomic_save_sparse(v_f, S_vote)
+    atomic_save_json(info, info_f)
+    return S, S_vote, info
+
+
 def run_variant(base: Path, dataset: str, data, variant: str, cfg: dict, n_learners: int, seed: int) -> list:
-    """Train (or reuse) a variant's ``n_learners`` learners and score the evaluation rows.
+    """Train (or reuse) a variant's ``n_learners`` learners and score the evaluation rows (a
+    variant registered by :func:`_refit`: its base's learners, re-fitted after training).
 
     Returns:
         one ``(scores, vote-only scores (the same learner without its re-ranker), info)`` per
         learner; ``info`` holds its timings, the settings chosen after training and, for learner
         0, :func:`label_space_stats`.
     """
-    from xhyp.prediction import Predictor
-
     X_fit, Y_fit, X_eval, _ = data
-    model = dict(cfg["model"])
-    geometry, dim = model.pop("geometry", "poincare"), model.pop("dim", 50)
-    d, ens = train_cell(dataset, X_fit, Y_fit, None, geometry, dim, n_learners, cfg["train"], seed,
-                        directory=cell_dir(base, variant, cfg), model=model)
+    base_variant = VARIANTS[variant].get("refit_of")
+    if base_variant is not None:
+        b_cfg = variant_config(base_variant)
+        b_cfg["train"].update({k: v for k, v in cfg["train"].items() if k in RUNTIME_KEYS})
+        b_dir, ens = _train(base, dataset, data, base_variant, b_cfg, n_learners, seed)
+        out = []
+        for i, summ in enumerate(ens["learners"][:n_learners]):
+            S, S_vote, r = refit_learner(b_dir / learner_name(i), cell_dir(base, variant, cfg) / learner_name(i), data,
+                                         cfg["train"])
+            info = learner_info(b_dir / learner_name(i), summ, i == 0, Y_fit)
+            bp = info["predict_settings"]  # the base learner's after-training step, replaced by the refit
+            info.update(predict_settings=r["predict_settings"], after_seconds=r["fit_seconds"],
+                        train_seconds=round(summ["train_seconds"] - bp.get("fit_seconds", 0.0)
+                                            - bp.get("select_seconds", 0.0) + r["fit_seconds"], 2))
+            out.append((S, S_vote, info))
+        return out
+    d, ens = _train(base, dataset, data, variant, cfg, n_learners, seed)
     out = []
     for i, summ in enumerate(ens["learners"][:n_learners]):
         ld = d / learner_name(i)
         S, t_pred = member_test_scores(ld, X_eval, TOP_K, name="eval_scores")
-        pc = {k: v for k, v in (json.loads((ld / "config.json").read_text()).get("predict") or {}).items()
-              if k != "selection"}
+        info = learner_info(ld, summ, i == 0, Y_fit)
         S_vote = (member_test_scores(ld, X_eval, TOP_K, name="eval_scores_vote", rerank_weight=0.0)[0]
-                  if pc.get("reranker") else S)
-        info = {"train_seconds": summ["train_seconds"], "best_epoch": summ["best_epoch"], "predict_settings": pc}
-        if i == 0:
-            stats_f = ld / "label_space.json"
-            if not stats_f.is_file():
-                p = Predictor.load(ld)
-                atomic_save_json(label_space_stats(p.model, p.train_emb, Y_fit), stats_f)
-            info.update(json.loads(stats_f.read_text()))
+                  if info["predict_settings"].get("reranker") else S)
         if t_pred:
+            pc = info["predict_settings"]
             log(f"[accuracy_sweep] {dataset} {variant} seed {seed + i}: {summ['train_seconds']:.1f}s train, "
                 f"{t_pred:.1f}s predict, k {pc.get('k')}, w {pc.get('rerank_weight')}")
         out.append((S, S_vote, info))
     return out
+
+
+def _train(base: Path, dataset: str, data, variant: str, cfg: dict, n_learners: int, seed: int):
+    """A variant's learners in the learner cache (trained now where missing): ``(directory, summary)``."""
+    X_fit, Y_fit = data[0], data[1]
+    model = dict(cfg["model"])
+    geometry, dim = model.pop("geometry", "poincare"), model.pop("dim", 50)
+    return train_cell(dataset, X_fit, Y_fit, None, geometry, dim, n_learners, cfg["train"], seed,
+                      directory=cell_dir(base, variant, cfg), model=model)
 
 
 def _peers_module():
@@ -265,12 +365,24 @@ def sweep(datasets, variants, learners, split: str, cache: Path, data_dir, holdo
             infos = [r[2] for r in res]
             with_vote = any(i["predict_settings"].get("reranker") for i in infos)
             for vote_only in (False, True) if with_vote else (False,):
-                pm = prefix_metrics([r[1 if vote_only else 0] for r in res], data[3], learners, top_k=TOP_K,
-                                    inv_prop=inv_prop, keep=METRICS)
+                scores = [r[1 if vote_only else 0] for r in res]
+                pm = prefix_metrics(scores, data[3], learners, top_k=TOP_K, inv_prop=inv_prop, keep=METRICS)
+                if len(res) > 1:  # single learners' mean (the seed noise of one learner averaged out)
+                    each = [prefix_metrics([S], data[3], [1], top_k=TOP_K, inv_prop=inv_prop, keep=METRICS)[1]
+                            for S in scores]
+                    rows.append({"dataset": ds, "split": split, "learners": len(res),
+                                 "method": v + (" (vote only)" if vote_only else "") + " (mean of single learners)",
+                                 **{k: float(np.mean([e[k] for e in each])) for k in METRICS},
+                                 "train_seconds": round(float(np.mean([i["train_seconds"] for i in infos])), 1),
+                                 "after_seconds": round(float(np.mean([i["after_seconds"] for i in infos])), 1),
+                                 "scorer_nnz": int(np.mean([i["predict_settings"].get("scorer_nnz") or 0
+                                                            for i in infos]))})
                 for m, metrics in pm.items():
                     rows.append({"dataset": ds, "split": split, "method": v + (" (vote only)" if vote_only else ""),
                                  "learners": m, **metrics,
                                  "train_seconds": round(sum(i["train_seconds"] for i in infos[:m]), 1),
+                                 "after_seconds": infos[0]["after_seconds"],
+                                 "scorer_nnz": infos[0]["predict_settings"].get("scorer_nnz"),
                                  "rho": infos[0]["rho"], "rho_centred": infos[0].get("rho_centred"),
                                  "label_norm_median": infos[0]["label_norm_q10_50_90"][1],
                                  "example_norm_median": infos[0].get("example_norm_median"),
@@ -284,11 +396,13 @@ def markdown(rows: list[dict]) -> str:
     lines = []
     for split, ds in sorted({(r["split"], r["dataset"]) for r in rows}):
         table = [[r["method"], r["learners"], *(f"{100 * r[m]:.2f}" for m in METRICS), r["train_seconds"],
+                  _fmt(r.get("after_seconds"), ".1f"), _fmt(r.get("scorer_nnz"), ","),
                   *(_fmt(r.get(n), f) for n, f in (("rho", "+.2f"), ("rho_centred", "+.2f"),
                                                    ("label_norm_median", ".3f"), ("example_norm_median", ".3f")))]
                  for r in rows if (r["split"], r["dataset"]) == (split, ds)]
         lines += md_table(f"**{ds}, {split}** (P@k and PSP@k in %)",
-                          ["method", "learners", *METRICS, "train (s)", "rho", "rho centred", "label norm",
+                          ["method", "learners", *METRICS, "train (s)", "scorers (s)", "weights", "rho", "rho centred",
+                           "label norm",
                            "example norm"], table)
     return "\n".join(lines)
 

@@ -40,7 +40,9 @@ def run(d, out, *extra):
 def test_holdout_rows_are_learners_trained_on_the_rest_of_train(setup):
     d, out = setup
     rows = run(d, out)
-    assert set(rows) == {("holdout", m, n) for m in ("v-vote", "v-rr", "v-rr (vote only)") for n in (1, 2)}
+    methods = ("v-vote", "v-rr", "v-rr (vote only)")
+    assert set(rows) == ({("holdout", m, n) for m in methods for n in (1, 2)}
+                         | {("holdout", m + " (mean of single learners)", 2) for m in methods})
     X, Y = load_split("toy", "train", data_dir=d)
     fit, held = holdout_split(X.shape[0], 0.2, 0)
     # learner 0 of v-rr, retrained here on the fit part only, scores the held-out part as the sweep says
@@ -60,6 +62,10 @@ def test_holdout_rows_are_learners_trained_on_the_rest_of_train(setup):
     cfg = json.loads((cell / "learner_01" / "config.json").read_text())
     assert cfg["train"]["seed"] == 1 and cfg["model"]["dim"] == 4 and cfg["train"]["knn"] == 5
     assert -1.0 <= rows["holdout", "v-vote", 1]["rho"] <= 1.0
+    # the mean of the two single learners
+    one = [evaluate(Y[held], sp.load_npz(cell / f"learner_{i:02d}" / "eval_scores.npz"), ks=(1, 3, 5), inv_prop=ip)
+           for i in (0, 1)]
+    assert rows["holdout", "v-vote (mean of single learners)", 2]["P@3"] == pytest.approx(np.mean([o["P@3"] for o in one]))
 
 
 def test_cache_is_reused_and_invalidated_by_a_changed_variant(setup, monkeypatch):
@@ -89,3 +95,29 @@ def test_test_split_and_unknown_variant(setup):
     with pytest.raises(KeyError, match="unknown variant"):
         S.main(["--datasets", "toy", "--data-dir", str(d), "--out", str(out), "--variants", "nope"])
     assert np.isfinite([r["P@5"] for r in rows.values()]).all()
+
+
+def test_refit_variant_equals_training_it(setup, monkeypatch):
+    """A variant that changes only after-training options reuses its base's embeddings; its rows
+    equal a learner trained with the variant's whole configuration (one thread: deterministic)."""
+    d, out = setup
+    refit = {"model": {"dim": 4}, "train": dict(TINY["v-rr"]["train"], rerank_shortlist=3, rerank_negatives=5,
+                                                rerank_prune=0.01), "refit_of": "v-rr"}
+    monkeypatch.setitem(S.VARIANTS, "v-rr-bounded", refit)
+    assert S.main(["--datasets", "toy", "--data-dir", str(d), "--out", str(out), "--variants", "v-rr-bounded",
+                   "--learners", "1", "--threads", "1"]) == 0
+    rows = {(r["method"], r["learners"]): r for r in json.loads((out / "accuracy_sweep.json").read_text())["rows"]}
+    base = out / "cache" / "holdout0.2_seed0" / "toy"
+    assert S.cell_dir(base, "v-rr", S.variant_config("v-rr")).is_dir()  # the base learner was trained
+    assert not (S.cell_dir(base, "v-rr-bounded", S.variant_config("v-rr-bounded")) / "learner_00" / "model.pt").exists()
+    X, Y = load_split("toy", "train", data_dir=d)
+    fit, held = holdout_split(X.shape[0], 0.2, 0)
+    res = train(X[fit], Y[fit], refit["model"], dict(refit["train"], seed=0, threads=1), progress=False)
+    assert res.config["predict"]["rerank_shortlist"] == 3
+    m = evaluate(Y[held], Predictor.from_train_result(res).predict(X[held], top_k=S.TOP_K), ks=(1, 3, 5),
+                 inv_prop=inv_propensity(Y[fit]))
+    for name in ("P@1", "P@5", "PSP@3"):
+        assert rows["v-rr-bounded", 1][name] == pytest.approx(m[name]), name
+    assert rows["v-rr-bounded", 1]["scorer_nnz"] == res.scorer.coef.nnz
+    with pytest.raises(ValueError, match="change the embedding"):
+        S._refit("bad", "", "v-rr", alpha=3.0)

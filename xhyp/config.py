@@ -44,6 +44,10 @@ RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 """Training options that change how fast a run goes, not what it learns (never compared)."""
 RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
 """Training options a resumed run may change: how long and where it runs, not what it optimises."""
+AFTER_TRAINING_KEYS = ("knn_grid", "rerank", "rerank_knn", "rerank_c", "rerank_weights", "rerank_shortlist",
+                       "rerank_negatives", "rerank_prune")
+"""Training options that act only after the epochs (:mod:`xhyp.training.prediction_fit`: the
+shortlist scorers and the choice of ``k`` and ``w``), not on the embedding."""
 
 
 def parse_grid(text: str, kind=float, name: str = "grid") -> list:
