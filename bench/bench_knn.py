@@ -94,8 +94,11 @@ def contenders(dataset: str, n_db: int, quick: bool):
         big = 256 if quick else 4096
         c.append((f"clustered kmeans C={big}", "clustered", {"n_clusters": big, "centroids": "kmeans"},
                   [{"nprobe": p} for p in (16, 32, 64, 128)], False))
-    ann_probes = (4, 8, 12, 16) if dataset == "delicious" else ((8, 16, 24) if quick else (24, 32, 40, 48))
+    ann_probes = (4, 8, 12, 16, 30) if dataset == "delicious" else ((8, 16, 24) if quick else (22, 26, 30, 34))
     c.append(("ann", "ann", {}, [{"nprobe": p} for p in ann_probes], False))
+    c.append(("ann float", "ann", {"codes": "float"}, [{"nprobe": p} for p in ann_probes[-2:]], False))
+    if dataset == "delicious":  # ~N/64 clusters: nprobe 8-16 scans a fraction like nprobe 30 at 200K
+        c.append(("ann C=200", "ann", {"n_clusters": 200}, [{"nprobe": p} for p in (6, 8, 12, 16)], False))
     c.append(("faiss-ivf", "faiss-ivf", {}, [{"nprobe": p} for p in (4, 16, 64)], False))
     c.append(("faiss-ivf spatial", "faiss-ivf", {"space": "spatial"}, [{"nprobe": p} for p in (4, 16, 64)], False))
     c.append(("faiss-hnsw", "faiss-hnsw", {}, [{"efSearch": e} for e in (32, 64, 128)], False))

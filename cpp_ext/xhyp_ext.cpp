@@ -4,7 +4,8 @@
 //   xhyp_ext.cpp          this file: the operator schemas (one name per op, shared by all devices)
 //                         and the Python module stub, nothing else;
 //   cpu/knn_cpu.cpp       CPU kernels: pairwise_dist, knn_prepare, knn, clustered_knn;
-//   cpu/ivf_cpu.cpp       CPU kernels of the ann index: ivf_pack, ivf_probe, ivf_knn;
+//   cpu/ivf_cpu.cpp       CPU kernels of the ann index: ivf_pack, ivf_probe, ivf_knn, ivf_pack8,
+//                         ivf_knn8, ivf_bounds8;
 //   cpu/vote_cpu.cpp      CPU kernel: vote_topk;
 //   cpu/optim_cpu.cpp     CPU kernels of training: lazy_adam_, riemannian_adam_ball_ (fused
 //                         row-sparse optimiser steps);
@@ -49,6 +50,19 @@ TORCH_LIBRARY(xhyp_ext, m) {
   // exact top-k of the union of each query's probed clusters (query-major, one heap per query).
   m.def("ivf_knn(Tensor q, Tensor db, Tensor packed, Tensor block_offsets, Tensor ids, Tensor offsets, "
         "Tensor probes, int k, bool euclidean=False) -> (Tensor, Tensor)");
+  // int8 residual codes of the rows (sorted by cluster) relative to their cluster's reference point
+  // (centroids (C, n)): (B, 64 (ceil(n / 4) + 5)) uint8 blocks of 16 rows and the (C + 1,) block
+  // offsets (layout and bound: cpu/ivf_cpu.cpp).
+  m.def("ivf_pack8(Tensor db, Tensor offsets, Tensor centroids, bool euclidean=False) -> (Tensor, Tensor)");
+  // as ivf_knn, the lower bounds from the int8 blocks of ivf_pack8 (same centroids and geometry).
+  m.def("ivf_knn8(Tensor q, Tensor db, Tensor blocks, Tensor block_offsets, Tensor centroids, Tensor ids, "
+        "Tensor offsets, Tensor probes, int k, bool euclidean=False) -> (Tensor, Tensor)");
+  // (Q, M) int8-code lower bounds of t = c(y) |x - y|^2 of every query and row (tests).
+  m.def("ivf_bounds8(Tensor q, Tensor blocks, Tensor block_offsets, Tensor centroids, Tensor offsets) -> Tensor");
+  // work plan of the tiled clustered scan of the CUDA kernels (include/xhyp_plan.h): (Q, P) probes ->
+  // (nb, block) queries of each block (-1 pad), (nb, E) clusters each block scans (-1 pad), (nb, E)
+  // bit masks of the block's queries probing them. CPU and CUDA (the CPU one is for tests).
+  m.def("scan_plan(Tensor probes, int n_clusters, int block) -> (Tensor, Tensor, Tensor)");
   // label voting over the neighbours of M ensemble members (lists of length M, or label
   // matrices of length 1 shared by all members), with the neighbours' weights precomputed
   // (xhyp.knn.vote.neighbour_weights): (Q, top_k) int64 labels (-1 pad), (Q, top_k) float32

@@ -14,7 +14,8 @@ import re
 import sys
 from dataclasses import MISSING, fields
 
-from .config import INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig  # torch-free: `xhyp --help` starts fast
+# torch-free: `xhyp --help` starts fast
+from .config import ANN_CODES, INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig
 
 _SKIP = {"n_features", "n_labels"}
 
@@ -154,12 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=100, help="labels kept per query")
     pr.add_argument("--index", default="exact", choices=INDEX_KINDS,
                     help="kNN search backend (default: exact); ann: approximate, balanced k-means clusters, "
-                    "exact distances inside the probed ones (about 15-20x exact at recall@10 0.95, bench/README.md)")
+                    "exact distances inside the probed ones (about 20x exact at recall@10 0.95, bench/README.md)")
     pr.add_argument("--weighting", choices=WEIGHTINGS)
-    pr.add_argument("--nprobe", type=int, help="clusters probed (ann: default 40; clustered/faiss-ivf: see "
+    pr.add_argument("--nprobe", type=int, help="clusters probed (ann: default 30; clustered/faiss-ivf: see "
                     "xhyp.knn.index); more = higher recall, slower")
-    pr.add_argument("--n-clusters", type=int, help="clusters of the ann/clustered index (default: ann N/192, "
+    pr.add_argument("--n-clusters", type=int, help="clusters of the ann/clustered index (default: ann N/384, "
                     "clustered N/3000)")
+    pr.add_argument("--ann-codes", choices=ANN_CODES, help="row codes of the ann index's scan (default "
+                    "int8: 72 bytes a row at dimension 50 instead of 200; same results, exact re-check)")
     pr.add_argument("--device", default="auto", help="where queries are embedded and searched: auto (a GPU when "
                     "there is one), cpu, cuda, cuda:N (default: auto; see xhyp.config.PredictConfig)")
     pr.add_argument("--rerank-weight", type=float, help="weight w of the shortlist scorers in vote/k + "
@@ -282,7 +285,8 @@ def _run(args) -> int:
             _print_json(res)
         return 0
     if args.verb == "predict":
-        params = {k: v for k, v in (("nprobe", args.nprobe), ("n_clusters", args.n_clusters)) if v is not None} or None
+        params = {k: v for k, v in (("nprobe", args.nprobe), ("n_clusters", args.n_clusters),
+                                    ("codes", args.ann_codes)) if v is not None} or None
         if args.ensemble is not None:
             from .prediction.ensemble import ENSEMBLE_FILE, is_ensemble_dir
 

@@ -32,6 +32,7 @@ PROJECTORS = ("linear", "mlp")  # xhyp.embedding.model
 FEATURE_KINDS = ("l2", "tfidf", "none")  # xhyp.embedding.features
 WEIGHTINGS = ("count", "distance")  # vote weightings (xhyp.knn.vote)
 INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", "faiss-hnsw")  # xhyp.knn.index
+ANN_CODES = ("int8", "float")  # row codes of the ann index's scan (xhyp.knn.index.AnnIndex)
 SAMPLINGS = ("uniform", "frequency")  # negative sampling (xhyp.training.batches)
 NEGATIVE_MODES = ("batch", "pair")
 NEGATIVE_DRAWS = ("replace", "unique")  # shared negatives with or without replacement (xhyp.training.batches)

@@ -7,7 +7,7 @@
 // 64 (up to 1024 for short runs) queries x one contiguous run of database rows, processed in
 // tiles of kDbTile rows:
 //
-//   1. one small GEMM (at::mm_out, i.e. the BLAS torch ships: MKL/OpenBLAS with their own
+//   1. one small GEMM (gemm_nt: at::mm_out, i.e. the BLAS torch ships: MKL/OpenBLAS with their own
 //      run-time CPU dispatch, single-threaded because it runs inside our OpenMP region) gives,
 //      for every (query, row) pair of the tile,
 //          g = [x, |x|^2, 1] . [-2 c y, (1 - 2 gamma) c, (1 - 2 gamma) c |y|^2]
@@ -35,8 +35,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -48,6 +46,8 @@
 
 #include "xhyp_checks.h"
 #include "xhyp_common.h"
+#include "xhyp_cpu_gemm.h"
+#include "xhyp_plan.h"
 #include "xhyp_topk.h"
 
 namespace xhyp {
@@ -122,13 +122,9 @@ void scan_item(const Problem& P, int64_t r0, int64_t r1, const int64_t* lq, cons
                int64_t nq, Cand* heaps, int32_t* counts, float* xb, float* gb, const float* qthr) {
   const int64_t n = P.n, K = n + 2, k = P.k;
   for (int64_t a = 0; a < nq; ++a) std::memcpy(xb + a * K, P.qaug + lq[a] * K, sizeof(float) * K);
-  auto opts = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor xt = at::from_blob(xb, {nq, K}, opts);
   for (int64_t t0 = r0; t0 < r1; t0 += kDbTile) {
     const int64_t mt = std::min(kDbTile, r1 - t0);
-    at::Tensor yt = at::from_blob(const_cast<float*>(P.aug + t0 * K), {mt, K}, opts);
-    at::Tensor gt = at::from_blob(gb, {nq, mt}, opts);
-    at::mm_out(gt, xt, yt.t());
+    gemm_nt(xb, nq, P.aug + t0 * K, mt, K, gb);
     for (int64_t a = 0; a < nq; ++a) {
       Cand* h = heaps + ls[a] * k;
       int32_t& cnt = counts[ls[a]];
@@ -183,7 +179,9 @@ void run_items(const Problem& P, std::vector<Item>& items, const int64_t* lq, co
 // merge the nslot heaps of each query into its sorted top-k: distances and ids
 void finish(const Cand* heaps, const int32_t* counts, int64_t Qb, int64_t nslot, int64_t k,
             const double* cx, bool euclidean, float* D, int64_t* I) {
-  at::parallel_for(0, Qb, 64, [&](int64_t b, int64_t e) {
+  // grain: about 2^14 candidates a chunk (a parallel region costs a barrier, slow on a loaded machine)
+  at::parallel_for(0, Qb, std::max<int64_t>(64, (int64_t(1) << 14) / std::max<int64_t>(1, nslot * k)),
+                   [&](int64_t b, int64_t e) {
     std::vector<Cand> all;
     for (int64_t q = b; q < e; ++q) {
       all.clear();
@@ -425,11 +423,18 @@ std::tuple<at::Tensor, at::Tensor> clustered_knn_cpu(const at::Tensor& q, const 
   return {D, I};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_plan_cpu(const at::Tensor& probes, int64_t n_clusters,
+                                                             int64_t block) {
+  TORCH_CHECK(probes.device().is_cpu(), "probes must be a CPU tensor");
+  return scan_plan(probes.contiguous(), n_clusters, block);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace xhyp
 
 TORCH_LIBRARY_IMPL(xhyp_ext, CPU, m) {
+  m.impl("scan_plan", &xhyp::cpu::scan_plan_cpu);
   m.impl("pairwise_dist", &xhyp::cpu::pairwise_dist_cpu);
   m.impl("knn_prepare", &xhyp::cpu::knn_prepare_cpu);
   m.impl("knn", &xhyp::cpu::knn_cpu);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "xhyp_common.h"
@@ -63,11 +64,21 @@ inline void heap_offer(Cand* h, Count& cnt, int64_t k, double t, int64_t id) {
   }
 }
 
+// the float after f towards +inf (f >= 0 or NaN: t is a sum of squares times c > 0); inf for inf
+inline float next_up(float f) {
+  if (!(f >= 0.0f) || !(f < kInf)) return f < 0.0f ? std::nextafter(f, kInf) : kInf;
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  ++u;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
 // float threshold >= the heap's worst t (inf while the heap is not full)
 template <typename Count>
 inline float heap_threshold(const Cand* h, Count cnt, int64_t k) {
   if (cnt < k) return kInf;
-  return std::nextafter(static_cast<float>(h[0].t), kInf);
+  return next_up(static_cast<float>(h[0].t));
 }
 
 inline double row_sq(const float* y, int64_t n) {

@@ -16,10 +16,10 @@ kind            search
                 centroids (default ``N / 3000``), exact search in the ``nprobe`` nearest
                 clusters (``n_clusters``, ``nprobe``, ``seed``)
 ``ann``         :class:`AnnIndex`: balanced k-means clusters (``n_clusters``, default
-                ``N / 192``, big clusters split), query-major scan of the ``nprobe`` nearest
-                (default 40) with one heap per query; exact distances, approximate only in
-                which clusters are scanned. The fastest setting at recall@10 >= 0.95
-                (``bench/README.md``)
+                ``N / 384``, big clusters split), query-major scan of the ``nprobe`` nearest
+                (default 30) with one heap per query, rows bounded from int8 residual codes
+                (``codes``); exact distances, approximate only in which clusters are scanned.
+                The fastest setting at recall@10 >= 0.95 (``bench/README.md``)
 ``faiss-flat``  faiss ``IndexFlatIP`` on the hyperboloid lift (exact up to float32), re-ranked
 ``faiss-ivf``   faiss ``IndexIVFFlat`` on the lift with the inner product (``nlist``,
                 ``nprobe``), re-ranked
@@ -71,7 +71,7 @@ import math
 import numpy as np
 import torch
 
-from ..config import INDEX_KINDS, check_choice  # (INDEX_KINDS re-exported)
+from ..config import ANN_CODES, INDEX_KINDS, check_choice  # (INDEX_KINDS re-exported)
 from ..embedding import manifold
 from . import extension, kernels
 from .reference import sorted_topk
@@ -389,32 +389,43 @@ class AnnIndex(_Clusters):
     (:func:`xhyp.knn.kernels.ivf_pack`).
 
     :meth:`search` ranks the centroids of every query in one pass (:func:`xhyp.knn.kernels.ivf_probe`)
-    and scans the ``nprobe`` nearest clusters, nearest first, with one heap per query
-    (:func:`xhyp.knn.kernels.ivf_knn`): the returned neighbours and distances are exact among the
-    scanned points; recall depends only on ``nprobe / n_clusters``.
+    and scans the ``nprobe`` nearest clusters, nearest first, with one heap per query: with
+    ``codes="int8"`` (default) each row is first bounded from int8 residual codes (72 bytes a row
+    at dimension 50 instead of 200, :func:`xhyp.knn.kernels.ivf_pack8`,
+    :func:`xhyp.knn.kernels.ivf_knn8`), with ``codes="float"`` from float32 augmented rows
+    (:func:`xhyp.knn.kernels.ivf_knn`); either way only rows whose rigorous lower bound can enter
+    the top-k get their exact distance, so the returned neighbours and distances are exact among
+    the scanned points and both codes return the same result; recall depends only on
+    ``nprobe / n_clusters``.
 
     Args:
         geometry: ``"poincare"`` or ``"euclidean"``.
         nprobe: clusters scanned per query (``nprobe >= n_clusters`` is exact search).
         n_clusters: number of clusters before balancing (``None``: ``max(1, N // points_per_cluster)``).
-        points_per_cluster: default cluster size, 192.
+        points_per_cluster: default cluster size, 384 (chosen with ``nprobe`` 30 on a held-out
+            synthetic draw, ``bench/README.md``).
         balance: clusters larger than ``balance`` times the mean size are split (``0`` or
             ``None``: no splitting).
         kmeans_iters: Lloyd iterations; seed: seeds k-means.
         query_batch: queries per kernel call (bounds the output memory).
+        codes: ``"int8"`` (compressed scan, needs the compiled kernels; the float32 scan is used
+            without them) or ``"float"``.
 
     Raises:
-        ValueError: ``nprobe < 1``, ``n_clusters < 1`` or ``balance`` in ``(0, 1)``.
+        ValueError: ``nprobe < 1``, ``n_clusters < 1``, ``balance`` in ``(0, 1)`` or an unknown
+            ``codes``.
 
-    Source: inverted-file search (Jégou et al., PAMI 2011, section IV-A) with the fused
-    kernel's lower bound (``cpp_ext/cpu/ivf_cpu.cpp``); clusters of Gerald & Baskiotis
+    Source: inverted-file search with residual codes (Jégou et al., PAMI 2011, section IV) and
+    rigorous lower bounds (``cpp_ext/cpu/ivf_cpu.cpp``); clusters of Gerald & Baskiotis
     (CAp 2019, section 2.6) replaced by balanced k-means.
     """
 
-    def __init__(self, geometry: str = "poincare", nprobe: int = 40, n_clusters: int | None = None,
-                 points_per_cluster: int = 192, balance: float | None = 1.5, kmeans_iters: int = 10,
-                 seed: int = 0, query_batch: int = 65536):
+    def __init__(self, geometry: str = "poincare", nprobe: int = 30, n_clusters: int | None = None,
+                 points_per_cluster: int = 384, balance: float | None = 1.5, kmeans_iters: int = 10,
+                 seed: int = 0, query_batch: int = 65536, codes: str = "int8"):
         manifold.check_geometry(geometry)
+        check_choice("codes", codes, ANN_CODES)
+        self.codes = codes
         if nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         if n_clusters is not None and n_clusters < 1:
@@ -485,11 +496,17 @@ class AnnIndex(_Clusters):
         self.offsets = torch.zeros(C + 1, dtype=torch.long)
         self.offsets[1:] = torch.cumsum(torch.bincount(assign, minlength=C), 0)
         self.db_sorted = db[order].contiguous()
-        aug = _aug(self.db_sorted, self.geometry)
-        self.packed, self.block_offsets = kernels.ivf_pack(aug, self.offsets)
+        if self._int8():
+            self.packed, self.block_offsets = kernels.ivf_pack8(self.db_sorted, self.offsets, cen, self.geometry)
+        else:
+            self.packed, self.block_offsets = kernels.ivf_pack(_aug(self.db_sorted, self.geometry), self.offsets)
         self.cen_aug = _aug(cen, self.geometry)
         self.db = db
         return self
+
+    def _int8(self) -> bool:
+        """Whether the scan uses the int8 codes (``codes="int8"`` and the compiled kernels)."""
+        return self.codes == "int8" and extension.ext_available("cpu")
 
     @torch.no_grad()
     def search(self, q: torch.Tensor, k: int, nprobe: int | None = None):
@@ -503,6 +520,9 @@ class AnnIndex(_Clusters):
         def block(qs):
             qs = qs.contiguous()
             probes = kernels.ivf_probe(qs, self.cen_aug, nprobe, self.geometry)
+            if self._int8():
+                return kernels.ivf_knn8(qs, self.db_sorted, self.packed, self.block_offsets, self.centroids,
+                                        self.ids, self.offsets, probes, k, self.geometry)
             return kernels.ivf_knn(qs, self.db_sorted, self.packed, self.block_offsets, self.ids, self.offsets,
                                    probes, k, self.geometry)
 
@@ -671,7 +691,7 @@ _PARAMS = {
     "torch": ("query_batch", "db_batch", "device"),
     "clustered": ("nprobe", "n_clusters", "points_per_cluster", "seed", "centroids", "kmeans_iters",
                   "query_batch", "device"),
-    "ann": ("nprobe", "n_clusters", "points_per_cluster", "balance", "kmeans_iters", "seed", "query_batch"),
+    "ann": ("nprobe", "n_clusters", "points_per_cluster", "balance", "kmeans_iters", "seed", "query_batch", "codes"),
     "faiss-flat": ("rerank", "space", "gpu", "threads"),
     "faiss-ivf": ("rerank", "nlist", "nprobe", "space", "gpu", "threads", "seed"),
     "faiss-hnsw": ("rerank", "M", "efSearch", "efConstruction", "space", "threads"),

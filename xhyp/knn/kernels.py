@@ -445,17 +445,134 @@ def ivf_knn(q: torch.Tensor, db_sorted: torch.Tensor, packed: torch.Tensor, bloc
 
     Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_knn``); reference :func:`ref_ivf_knn`.
     """
+    eucl = _check_ivf_scan(q, db_sorted, k, geometry)
+    if ext.use_ext("ivf_knn", q, db_sorted, packed) and not q.is_cuda:
+        return torch.ops.xhyp_ext.ivf_knn(q.contiguous(), db_sorted.contiguous(), packed.contiguous(),
+                                          block_offsets.long().contiguous(), ids.long().contiguous(),
+                                          offsets.long().contiguous(), probes.long().contiguous(), int(k), eucl)
+    return _ivf_scan_fallback(q, db_sorted, ids, offsets, probes, k, geometry)
+
+
+def _check_ivf_scan(q, db_sorted, k: int, geometry: str) -> bool:
+    """Checks shared by :func:`ivf_knn` and :func:`ivf_knn8`; returns whether the geometry is Euclidean."""
     eucl = _euclidean(geometry)
     _check_points(q, "q")
     _check_points(db_sorted, "db_sorted")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if ext.use_ext("ivf_knn", q, db_sorted, packed) and not q.is_cuda:
-        return torch.ops.xhyp_ext.ivf_knn(q.contiguous(), db_sorted.contiguous(), packed.contiguous(),
-                                          block_offsets.long().contiguous(), ids.long().contiguous(),
-                                          offsets.long().contiguous(), probes.long().contiguous(), int(k), eucl)
+    return eucl
+
+
+def _ivf_scan_fallback(q, db_sorted, ids, offsets, probes, k: int, geometry: str):
+    """The float64 reference as the scan without the extension (same result: exact among the probes)."""
     C = offsets.shape[0] - 1
     if probes.numel() and (int(probes.min()) < -1 or int(probes.max()) >= C):
         raise ValueError(f"probes must hold cluster numbers in [0, {C}) or -1")
     D, I = ref_ivf_knn(q, db_sorted, ids, offsets, probes, k, geometry)
     return D.to(q.dtype), I
+
+
+# ------------------------------------------------------------------------------------------------
+# ann index, compressed scan: int8 residual codes with a rigorous per-row bound (cpp_ext/cpu/ivf_cpu.cpp)
+
+IVF8_ROW_CONSTS = 5
+"""float32 constants per row of an :func:`ivf_pack8` block (after the codes)."""
+
+
+def _need_ext(what: str) -> None:
+    if not ext.ext_available("cpu"):
+        raise RuntimeError(f"{what} needs the compiled kernels (xhyp._C: {ext.ext_error()}); "
+                           "xhyp.knn.index.AnnIndex(codes='float') works without them")
+
+
+def ivf_pack8(db_sorted: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor, geometry: str = "poincare"):
+    """Code rows sorted by cluster as int8 residuals with the constants of a rigorous lower bound.
+
+    Row ``y`` of cluster ``c`` is coded relative to ``m = centroids[c]``: ``r = y - m = s_y rc + e_y``
+    (``rc`` in ``[-127, 127]^n``, ``s_y = max |r_d| / 127``). With the query coded once as
+    ``x = s_x xc + e_x``, the identity ``|x - y|^2 = |x - m|^2 + |r|^2 + 2 <m, r> - 2 <x, r>`` and
+    Cauchy-Schwarz on both quantisation errors give, for ``t = c(y) |x - y|^2`` (``c(y) = 1 / (1 -
+    |y|^2)``, Euclidean 1)::
+
+        t >= C |x - m|^2 + CR - CS s_x <xc, rc> - CF |e_x| - CE |x|
+
+    with five float32 constants per row (``C = c``, ``CR = c (|r|^2 + 2 <m, r>)``, ``CS = 2 c s_y``,
+    ``CF = 2 c s_y |rc|``, ``CE = 2 c |e_y|``) carrying a margin that covers every float32 rounding of
+    the bound's evaluation (``cpp_ext/cpu/ivf_cpu.cpp`` derives it). ``<xc, rc>`` is exact integer
+    arithmetic (AVX-512 VNNI ``vpdpbusd`` when the CPU has it).
+
+    Args:
+        db_sorted: ``(M, n)`` float32 rows sorted by cluster (``n <= 40000``).
+        offsets: ``(C + 1,)`` int64, cluster ``c`` is rows ``offsets[c]:offsets[c + 1]``.
+        centroids: ``(C, n)`` float32 reference point of each cluster (any point works; a
+            cluster's centre keeps the residuals, hence the bound's error, small).
+        geometry: ``"poincare"`` or ``"euclidean"`` (folded into the constants).
+
+    Returns:
+        ``(blocks, block_offsets)``: ``(B, 64 (ceil(n / 4) + 5))`` uint8 blocks of 16 rows (codes
+        + 128 as 4-byte groups per row, then the five constants x 16 lanes; every cluster starts a
+        block) and the ``(C + 1,)`` int64 block offsets of the clusters. 72 bytes a row at
+        ``n = 50`` (float32 rows: 200).
+
+    Raises:
+        RuntimeError: bad offsets or shapes, or the extension missing.
+
+    Source: Jégou et al., "Product quantization for nearest neighbor search" (PAMI 2011),
+    section IV (residual coding in an inverted file), with an exact bound instead of an estimate.
+    """
+    eucl = _euclidean(geometry)
+    _check_points(db_sorted, "db_sorted")
+    _check_points(centroids, "centroids")
+    _need_ext("ivf_pack8")
+    return torch.ops.xhyp_ext.ivf_pack8(db_sorted.float().contiguous(), offsets.long().contiguous(),
+                                        centroids.float().contiguous(), eucl)
+
+
+def ivf_knn8(q: torch.Tensor, db_sorted: torch.Tensor, blocks: torch.Tensor, block_offsets: torch.Tensor,
+             centroids: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, probes: torch.Tensor, k: int,
+             geometry: str = "poincare"):
+    """:func:`ivf_knn` with the int8 lower bound of :func:`ivf_pack8`: same results, less memory read.
+
+    Rows whose bound is below a query's running k-th ``t`` get their exact ``t`` from the float32
+    rows, in increasing order of the bound while the query's heap is not full; the result is the
+    exact top-k (ties: lower id) of the union of each query's probed clusters, as :func:`ivf_knn`.
+
+    Args:
+        q, db_sorted, ids, offsets, probes, k: as :func:`ivf_knn` (``db_sorted``: the float32 rows
+            of the exact re-check).
+        blocks, block_offsets: :func:`ivf_pack8` of ``db_sorted``, ``offsets`` and ``centroids``.
+        centroids: ``(C, n)`` float32, the reference points given to :func:`ivf_pack8`.
+        geometry: the geometry given to :func:`ivf_pack8`.
+
+    Returns and raises as :func:`ivf_knn`.
+
+    Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_knn8``); reference :func:`ref_ivf_knn`.
+    """
+    eucl = _check_ivf_scan(q, db_sorted, k, geometry)
+    if ext.use_ext("ivf_knn8", q, db_sorted, centroids) and not q.is_cuda:
+        return torch.ops.xhyp_ext.ivf_knn8(q.contiguous(), db_sorted.contiguous(), blocks.contiguous(),
+                                           block_offsets.long().contiguous(), centroids.contiguous(),
+                                           ids.long().contiguous(), offsets.long().contiguous(),
+                                           probes.long().contiguous(), int(k), eucl)
+    return _ivf_scan_fallback(q, db_sorted, ids, offsets, probes, k, geometry)
+
+
+def ivf_bounds8(q: torch.Tensor, blocks: torch.Tensor, block_offsets: torch.Tensor, centroids: torch.Tensor,
+                offsets: torch.Tensor) -> torch.Tensor:
+    """The int8 lower bounds of ``t = c(y) |x - y|^2`` of every query and row (for tests).
+
+    Args:
+        q: ``(Q, n)`` float32 queries; blocks, block_offsets, centroids, offsets: as
+            :func:`ivf_knn8`.
+
+    Returns:
+        ``(Q, M)`` float32 bounds, rows in sorted (cluster) order; ``<= t`` computed exactly.
+
+    Source: ``cpp_ext/cpu/ivf_cpu.cpp`` (``ivf_bounds8``; ``XHYP_PORTABLE_KERNELS=1`` in the
+    environment selects the portable code instead of AVX-512 VNNI).
+    """
+    _check_points(q, "q")
+    _need_ext("ivf_bounds8")
+    return torch.ops.xhyp_ext.ivf_bounds8(q.float().contiguous(), blocks.contiguous(),
+                                          block_offsets.long().contiguous(), centroids.float().contiguous(),
+                                          offsets.long().contiguous())

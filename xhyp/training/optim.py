@@ -168,14 +168,25 @@ class _LazyRows(_Eager):
         return loss
 
 
+def _has_row_step_ops() -> bool:
+    """Whether the loaded extension registers the fused row steps for the CPU."""
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"xhyp_ext::{op}", "CPU")
+                   for op in ("lazy_adam_", "riemannian_adam_ball_"))
+    except RuntimeError:  # operator not defined: an extension built from older sources
+        return False
+
+
 def _fusable(opt, p, state, grad) -> bool:
     """Whether the compiled row-step kernels (``cpp_ext/cpu/optim_cpu.cpp``) apply: the optimiser
-    allows them, the extension is loaded, and the parameter, its moments and the gradient are
+    allows them, the extension is loaded and has them (an extension built from older sources
+    lacks them: the tensor code runs), and the parameter, its moments and the gradient are
     contiguous 2-D float32 CPU tensors."""
     from ..knn.extension import ext_available
 
     tables = (p.data, state["exp_avg"], state["exp_avg_sq"])
     return (opt.fused and grad.dtype == torch.float32 and ext_available("cpu")
+            and _has_row_step_ops()
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2 and t.is_contiguous()
                     for t in tables))
 
