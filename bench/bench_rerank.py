@@ -5,7 +5,8 @@ Each (shape, setting) runs in its own subprocess on synthetic data shaped like a
 set (:func:`xhyp.datasets.synthetic.make_like`: the published ``N``, ``F``, ``L`` and features and
 labels per example; random, so nothing is learnable, but every size is real):
 
-1. an embedding is trained briefly (``--epochs 1 --max-steps S``, dim 50, no re-ranker): the
+1. an embedding is trained for one epoch (dim 50, no re-ranker; ``epoch_seconds``, the yardstick of
+   the fit time, and ``model.pt``'s size, that of ``reranker.npz``; ``--max-steps S``: S steps only): the
    re-ranker's costs depend on the sizes, not on the embedding's quality;
 2. the after-training step of :func:`xhyp.training.prediction_fit.fit_prediction` runs as
    ``xhyp train`` runs it, with the setting's ``rerank_*`` options: the training examples'
@@ -20,7 +21,7 @@ are independent) and the fit time, weights and file size are projected by ``1 / 
 ``*``); prediction is then not run. That is how the unbounded setting is measured where fitting
 every label would not fit in memory. A watchdog ends a run whose RSS passes ``--max-rss-gib``.
 
-Settings (``--settings``): ``unbounded`` is the first re-ranker's (every shortlisted label, every
+Settings (``--settings``): ``unbounded`` is the first re-ranker's (solver tolerance 1e-4, every shortlisted label, every
 mined negative, no pruning); ``default`` the library's current defaults; ``prune-only`` and
 ``caps-only`` keep one kind of bound; ``NAME:KEY=VALUE,KEY=VALUE`` is the defaults with those
 training options (e.g. ``s200:rerank_shortlist=200``).
@@ -44,7 +45,7 @@ import threading
 import time
 
 SETTINGS = {
-    "unbounded": {"rerank_shortlist": 0, "rerank_negatives": 0, "rerank_prune": 0.0},
+    "unbounded": {"rerank_shortlist": 0, "rerank_negatives": 0, "rerank_prune": 0.0, "rerank_tol": 1e-4},
     "default": {},
     "prune-only": {"rerank_shortlist": 0, "rerank_negatives": 0},
     "caps-only": {"rerank_prune": 0.0},
@@ -102,11 +103,14 @@ def run_one(shape: str, setting: str, label_fraction: float, threads: int, max_s
     X, Y, Xq = d["X_train"], d["Y_train"], d["X_test"][:queries]
     del d
     t = time.time()
-    res = train(X, Y, {"dim": 50}, {"epochs": 1, "max_steps": max_steps, "threads": threads, "seed": 0,
-                                    "rerank": "none", "knn_grid": ""}, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train(X, Y, {"dim": 50}, {"epochs": 1, "max_steps": max_steps, "threads": threads, "seed": 0,
+                                        "rerank": "none", "knn_grid": ""}, out_dir=tmp, progress=False)
+        model_mb = os.path.getsize(os.path.join(tmp, "model.pt")) / 1e6
     out = {"shape": shape, "setting": setting, "n": X.shape[0], "F": X.shape[1], "L": Y.shape[1],
            "labels_per_example": round(Y.nnz / X.shape[0], 1), "embed_train_seconds": round(time.time() - t, 1),
-           "threads": threads, "rss_before_gib": round(_status("VmRSS"), 2)}
+           "epoch_seconds": None if max_steps else round(res.history[0]["seconds"], 2),
+           "model_pt_mb": round(model_mb, 1), "threads": threads, "rss_before_gib": round(_status("VmRSS"), 2)}
     cfg = TrainConfig.from_dict({**SETTINGS[setting], "threads": threads, "seed": 0})
     out["options"] = {k: v for k, v in cfg.to_dict().items() if k.startswith(("rerank", "knn"))}
     Xp, Yc = res.pipeline.transform(X), res.train_labels
@@ -130,7 +134,7 @@ def run_one(shape: str, setting: str, label_fraction: float, threads: int, max_s
                                                          replace=False))
         t = time.time()
         scorer = LabelScorer.fit(Xp[tr], Yc[tr][:, labels], mined[:, labels], C=cfg.rerank_c, seed=0, threads=threads,
-                                 prune=cfg.rerank_prune, max_negatives=cfg.rerank_negatives)
+                                 prune=cfg.rerank_prune, max_negatives=cfg.rerank_negatives, tol=cfg.rerank_tol)
         out["fit_seconds"] = round((time.time() - t) / label_fraction, 1)
         out["scorer_nnz"] = int(scorer.coef.nnz / label_fraction)
         out["projected"] = True
@@ -160,7 +164,8 @@ def main(argv=None) -> int:
     p.add_argument("--label-fraction", nargs="*", default=[], metavar="SETTING=F",
                    help="fit only a fraction of the labels for a setting and project (e.g. unbounded=0.05)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-steps", type=int, default=100, help="training steps of the embedding (default: 100)")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="training steps of the embedding (default 0: one whole epoch, timed as epoch_seconds)")
     p.add_argument("--queries", type=int, default=2000, help="test rows predicted (default: 2000)")
     p.add_argument("--max-rss-gib", type=float, default=16.0, help="watchdog limit (default: 16)")
     p.add_argument("--json", default="bench/rerank_results.json")

@@ -66,7 +66,8 @@ TOP_K = 100
 # keep their meaning whatever the library defaults are)
 _PAPER = {"alpha": 30.0, "lr_labels": 0.003, "knn": 20, "knn_grid": "", "rerank": "none"}
 _RERANK = dict(_PAPER, knn_grid="5,10,20,30,50", rerank="linear", rerank_knn=50, rerank_c=1.0,
-               rerank_weights="0,0.5,1,2,4,8", rerank_shortlist=0, rerank_negatives=0, rerank_prune=0.0)
+               rerank_weights="0,0.5,1,2,4,8", rerank_shortlist=0, rerank_negatives=0, rerank_prune=0.0,
+               rerank_tol=1e-4)
 
 VARIANTS: dict[str, dict] = {
     "paper": {"model": {}, "train": dict(_PAPER),
@@ -138,6 +139,11 @@ for _s in (50, 100, 200):
     _refit(f"{_A5}-sl{_s}", f"shortlists cut to their top {_s} labels", _A5, rerank_shortlist=_s)
 for _m in (100, 300, 1000):
     _refit(f"{_A5}-neg{_m}", f"at most {_m} hard negatives a label", _A5, rerank_negatives=_m)
+for _tol in (0.01, 0.1):
+    _refit(f"{_A5}-tol{_tol}", f"SVM stopping tolerance {_tol}", _A5, rerank_tol=_tol)
+    for _t in (0.05, 0.1):  # the bounds together (s200-p0.05-tol0.1: the library's defaults)
+        _refit(f"{_A5}-s200-p{_t}-tol{_tol}", f"shortlists of 200 labels, weights below {_t} pruned, tolerance {_tol}",
+               _A5, rerank_shortlist=200, rerank_prune=_t, rerank_tol=_tol)
 
 
 def variant_config(name: str) -> dict:

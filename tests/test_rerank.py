@@ -89,8 +89,8 @@ def test_values_at_reads_entries_and_zero_elsewhere():
     assert R.values_at(sp.csr_matrix((7, 9)), P).tolist() == [0.0] * P.nnz
 
 
-@pytest.mark.parametrize("prune, max_neg", [(0.0, 0), (0.05, 4)])
-def test_label_scorer_fit_trains_each_label_on_its_positives_and_hardest_negatives(prune, max_neg):
+@pytest.mark.parametrize("prune, max_neg, tol", [(0.0, 0, 1e-4), (0.05, 4, 0.1)])
+def test_label_scorer_fit_trains_each_label_on_its_positives_and_hardest_negatives(prune, max_neg, tol):
     from sklearn.svm import LinearSVC
 
     rng = np.random.default_rng(2)
@@ -100,7 +100,7 @@ def test_label_scorer_fit_trains_each_label_on_its_positives_and_hardest_negativ
     SL = (random_binary(rng, (60, 5), 0.3).toarray() * rng.integers(1, 9, size=(60, 5))).astype(np.float32)
     SL[:, 3] = Y[:, 3]  # label 3: shortlisted only where positive -> no negative
     Y, SL = sp.csr_matrix(Y), sp.csr_matrix(SL)
-    sc = R.LabelScorer.fit(X, Y, SL, C=0.7, seed=3, prune=prune, max_negatives=max_neg, threads=2)
+    sc = R.LabelScorer.fit(X, Y, SL, C=0.7, seed=3, prune=prune, max_negatives=max_neg, threads=2, tol=tol)
     Yd, Sd = Y.toarray() > 0, SL.toarray()
     for l in range(3):
         neg = np.flatnonzero((Sd[:, l] > 0) & ~Yd[:, l])
@@ -108,7 +108,8 @@ def test_label_scorer_fit_trains_each_label_on_its_positives_and_hardest_negativ
             neg = np.array(sorted(neg, key=lambda i: (-Sd[i, l], i))[:max_neg])
             assert len(neg) == min(max_neg, int(((Sd[:, l] > 0) & ~Yd[:, l]).sum()))
         rows = np.union1d(np.flatnonzero(Yd[:, l]), neg)
-        ref = LinearSVC(C=0.7, loss="squared_hinge", dual=True, random_state=3, max_iter=2000).fit(X[rows], Yd[rows, l])
+        ref = LinearSVC(C=0.7, loss="squared_hinge", dual=True, tol=tol, random_state=3, max_iter=2000).fit(
+            X[rows], Yd[rows, l])
         w = ref.coef_.ravel()
         w = np.where(np.abs(w) >= prune, w, 0.0)
         np.testing.assert_allclose(sc.coef[:, l].toarray().ravel(), w, rtol=1e-5, atol=1e-6)
@@ -119,6 +120,8 @@ def test_label_scorer_fit_trains_each_label_on_its_positives_and_hardest_negativ
     assert sc.coef[:, 4].nnz == 0 and sc.intercept[4] == -1.0  # no positive
     with pytest.raises(ValueError, match="prune"):
         R.LabelScorer.fit(X, Y, SL, prune=-1.0)
+    with pytest.raises(ValueError, match="tol"):
+        R.LabelScorer.fit(X, Y, SL, tol=0.0)
 
 
 def test_margins_match_dense_float64_reference(tmp_path, monkeypatch):
@@ -205,6 +208,12 @@ def test_trained_model_stores_scorers_and_choices_and_reloads(tmp_path):
     ref = R.fuse(V, R.shortlist(I, D, p.train_labels), lambda pat: p.scorer.margins(Xp, pat), 2.0, 4)
     np.testing.assert_allclose(p.predict(X[:40], k=4, top_k=Y.shape[1], rerank_weight=2.0).toarray(),
                                ref.toarray(), rtol=1e-6)
+    # a shortlist cap of 3: the vote's top 3 labels and the shortlist's top 3 only
+    ref3 = R.fuse(vote(I[:, :4], D[:, :4], p.train_labels, top_k=3), R.shortlist(I, D, p.train_labels, 3),
+                  lambda pat: p.scorer.margins(Xp, pat), 2.0, 4)
+    got3 = p.predict(X[:40], k=4, top_k=Y.shape[1], rerank_weight=2.0, rerank_shortlist=3)
+    np.testing.assert_allclose(got3.toarray(), ref3.toarray(), rtol=1e-6)
+    assert np.diff(got3.indptr).max() <= 6 < np.diff(ref.indptr).max()
     # weight 0 is the plain vote
     V = vote(*reversed(p.index().search(p.model.embed(Xp), 4)), p.train_labels, top_k=5)
     np.testing.assert_allclose(p.predict(X[:40], k=4, top_k=5, rerank_weight=0).toarray(), V.toarray())
@@ -213,6 +222,39 @@ def test_trained_model_stores_scorers_and_choices_and_reloads(tmp_path):
     path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(ModelDirError, match="reranker.npz"):
         Predictor.load(tmp_path / "m")
+
+
+def test_default_caps_bound_what_is_fitted_stored_and_scored(tmp_path, monkeypatch):
+    """The re-ranker's caps are on by default, and each one limits what the fit trains on, what
+    reranker.npz stores and what prediction scores (against the same training without caps)."""
+    d = TrainConfig()
+    assert d.rerank == "linear" and d.rerank_shortlist > 0 and d.rerank_prune > 0
+    X, Y = toy_data(seed=8)
+    seen = {}
+    fit = R.LabelScorer.fit.__func__
+
+    def spy(cls, X_, Y_, shortlist, **kw):
+        seen["shortlist"], seen["Y"] = shortlist, Y_
+        return fit(cls, X_, Y_, shortlist, **kw)
+
+    monkeypatch.setattr(R.LabelScorer, "fit", classmethod(spy))
+    base = {"epochs": 2, "val_fraction": 0.2, "seed": 2, "knn_grid": "5", "rerank_weights": "1"}
+    out = {}
+    for name, caps in (("free", {"rerank_shortlist": 0, "rerank_prune": 0.0}),
+                       ("capped", {"rerank_shortlist": 3, "rerank_prune": 0.2})):
+        res = train(X, Y, {"dim": 6}, {**base, **caps}, out_dir=tmp_path / name, progress=False)
+        S, Yt = sp.csr_matrix(seen["shortlist"]), sp.csr_matrix(seen["Y"])
+        negatives = int((S != 0).sum() - (S != 0).multiply(Yt != 0).sum())  # (example, label) negative pairs
+        stored = R.LabelScorer.load(tmp_path / name / R.RERANK_FILE)
+        scored = Predictor.from_train_result(res).predict(X[:60], top_k=Y.shape[1])
+        out[name] = (np.diff(S.indptr).max(), negatives, stored, np.diff(scored.indptr).max(),
+                     (tmp_path / name / R.RERANK_FILE).stat().st_size)
+    (sl_free, neg_free, w_free, q_free, mb_free), (sl_cap, neg_cap, w_cap, q_cap, mb_cap) = out["free"], out["capped"]
+    n_tr = S.shape[0]
+    assert sl_cap <= 3 < sl_free and neg_cap <= 3 * n_tr < neg_free  # the mined negatives
+    assert (np.abs(w_cap.coef.data) >= 0.2).all() and w_cap.coef.nnz < w_free.coef.nnz  # the weights
+    assert (np.abs(w_free.coef.data) < 0.2).any() and mb_cap < mb_free  # (pruning removed some)
+    assert q_cap <= 2 * 3 < q_free  # labels scored a query: the vote's top 3 and the shortlist's top 3
 
 
 def test_model_without_reranker_refuses_a_weight(tmp_path):
@@ -228,7 +270,7 @@ def test_model_without_reranker_refuses_a_weight(tmp_path):
 
 def test_prediction_option_validation():
     for bad in ({"rerank": "mlp"}, {"knn_grid": "5,x"}, {"knn_grid": "0,5"}, {"rerank_weights": "-1"},
-                {"rerank_knn": 0}, {"rerank_c": 0.0}, {"negative_draw": "some"}):
+                {"rerank_knn": 0}, {"rerank_c": 0.0}, {"rerank_tol": 0.0}, {"negative_draw": "some"}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 

@@ -46,7 +46,7 @@ RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
 """Training options a resumed run may change: how long and where it runs, not what it optimises."""
 AFTER_TRAINING_KEYS = ("knn_grid", "rerank", "rerank_knn", "rerank_c", "rerank_weights", "rerank_shortlist",
-                       "rerank_negatives", "rerank_prune")
+                       "rerank_negatives", "rerank_prune", "rerank_tol")
 """Training options that act only after the epochs (:mod:`xhyp.training.prediction_fit`: the
 shortlist scorers and the choice of ``k`` and ``w``), not on the embedding."""
 
@@ -197,6 +197,8 @@ class TrainConfig(ConfigBase):
             neighbours carrying the label); 0: all.
         rerank_prune: scorer weights of smaller magnitude are set to 0 after the fit (Parabel's
             pruning); 0: none.
+        rerank_tol: stopping tolerance of each SVM's dual coordinate descent (liblinear's ``eps``;
+            0.1 is liblinear's own default for this solver and Parabel's).
     """
 
     epochs: int = 30
@@ -231,9 +233,10 @@ class TrainConfig(ConfigBase):
     rerank_knn: int = 50
     rerank_c: float = 1.0
     rerank_weights: str = "0,0.5,1,2,4,8"
-    rerank_shortlist: int = 0
+    rerank_shortlist: int = 200
     rerank_negatives: int = 0
-    rerank_prune: float = 0.0
+    rerank_prune: float = 0.05
+    rerank_tol: float = 0.1
 
     def __post_init__(self):
         for name, allowed in (("sampling", SAMPLINGS), ("optimizer", OPTIMIZERS), ("weighting", WEIGHTINGS),
@@ -259,8 +262,8 @@ class TrainConfig(ConfigBase):
         parse_grid(self.rerank_weights, float, "rerank_weights")
         if self.rerank_knn < 1 or not self.rerank_c > 0:
             raise ValueError(f"rerank_knn must be >= 1 and rerank_c > 0 (got {self.rerank_knn}, {self.rerank_c})")
-        if min(self.rerank_shortlist, self.rerank_negatives, self.rerank_prune) < 0:
-            raise ValueError(f"rerank_shortlist, rerank_negatives and rerank_prune must be >= 0: {self}")
+        if min(self.rerank_shortlist, self.rerank_negatives, self.rerank_prune) < 0 or not self.rerank_tol > 0:
+            raise ValueError(f"rerank_shortlist, rerank_negatives and rerank_prune must be >= 0 and rerank_tol > 0: {self}")
         check_finite_fields(self)
         if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
             raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "

@@ -22,16 +22,21 @@ WSDM 2023): label ``l`` is trained on its positive training examples against its
 labels of their ``K`` nearest *other* training examples in the learned space) contains it. Each
 scorer is an L2-regularised squared-hinge linear SVM (scikit-learn's ``LinearSVC``, i.e.
 liblinear, the classifier Parabel trains in its leaves: Prabhu et al., WWW 2018). The cost is
-bounded by three rules (:meth:`LabelScorer.fit`):
+bounded by these rules (:meth:`LabelScorer.fit`; the defaults of :class:`xhyp.config.TrainConfig`
+in brackets, chosen on held-out parts of Bibtex and Delicious train, docs/accuracy.md):
 
-* a training example's shortlist holds at most ``S`` labels, so all the labels' negatives together
-  are at most ``N S`` rows (not ``N K`` label occurrences, nor ``N L``);
-* a label keeps at most ``M`` negatives (``rerank_negatives``; 0: all), the hardest: those whose
-  shortlist ranks it highest (most neighbours carrying it), so no label trains on more than
-  ``M`` + its positives rows;
-* weights with ``|a_l[f]| < t`` (``rerank_prune``) are set to 0 after the fit, as Parabel prunes
-  its classifiers (``t = 0.1``, Prabhu et al. 2018, section 4): the model keeps the features that
-  matter, not every feature its rows touch.
+* a training example's shortlist holds at most ``S`` labels (``rerank_shortlist``, 200), so all
+  the labels' negatives together are at most ``N S`` rows (not ``N K`` label occurrences, nor
+  ``N L``): the fit's time grows as ``N (S + labels per example) x features per example``,
+  whatever ``L``;
+* weights with ``|a_l[f]| < t`` (``rerank_prune``, 0.05) are set to 0 after the fit, as Parabel
+  prunes its classifiers (``t = 0.1``, Prabhu et al. 2018, section 4): the model keeps the
+  features that matter, not every feature its rows touch;
+* each SVM stops at liblinear's own tolerance (``rerank_tol``, 0.1; scikit-learn's default
+  1e-4 takes about twice the time for the same held-out accuracy);
+* optionally, a label keeps at most ``M`` negatives (``rerank_negatives``, 0: all), the hardest:
+  those whose shortlist ranks it highest (most neighbours carrying it). This one costs accuracy
+  (held-out Bibtex and Delicious), hence off by default.
 
 The scorers are fitted, and ``k`` and ``w`` chosen on the trainer's validation split (the examples
 early stopping already holds out), after training by :mod:`xhyp.training.prediction_fit`; they are
@@ -165,7 +170,8 @@ class LabelScorer:
 
     @classmethod
     def fit(cls, X: sp.csr_matrix, Y: sp.csr_matrix, shortlist: sp.csr_matrix, C: float = 1.0,
-            seed: int = 0, threads: int = 1, prune: float = 0.0, max_negatives: int = 0) -> "LabelScorer":
+            seed: int = 0, threads: int = 1, prune: float = 0.0, max_negatives: int = 0,
+            tol: float = 1e-4) -> "LabelScorer":
         """Train one linear SVM per label on its positives and its shortlist (hard) negatives.
 
         Label ``l``'s training rows are its positives ``{i : Y[i, l] = 1}`` and its negatives
@@ -173,8 +179,8 @@ class LabelScorer:
         negatives with the largest ``shortlist[i, l]`` (most neighbours carrying ``l``; ties: the
         lower row) are kept. Target ``Y[i, l]``; a label with positives but no negative gets
         ``a_l = 0, b_l = 1``, a label with no positive ``a_l = 0, b_l = -1``. Solver:
-        ``sklearn.svm.LinearSVC(C=C, loss="squared_hinge")`` (liblinear's L2-regularised L2-loss
-        SVM, dual coordinate descent); then weights with ``|a_l[f]| < prune`` are set to 0
+        ``sklearn.svm.LinearSVC(C=C, loss="squared_hinge", tol=tol)`` (liblinear's L2-regularised
+        L2-loss SVM, dual coordinate descent, stopped at tolerance ``tol``); then weights with ``|a_l[f]| < prune`` are set to 0
         (Parabel's pruning, Prabhu et al., WWW 2018).
 
         Args:
@@ -186,12 +192,14 @@ class LabelScorer:
                 start first); the result does not depend on it.
             prune: weights below this magnitude are dropped (0: none).
             max_negatives: negatives kept per label (0: all).
+            tol: the solver's stopping tolerance (liblinear's ``eps``; its own default is 0.1).
 
         Returns:
             the fitted :class:`LabelScorer` (float32 weights, ``int32`` feature ids).
 
         Raises:
-            ValueError: shapes that do not agree, ``C <= 0``, ``prune < 0`` or ``max_negatives < 0``.
+            ValueError: shapes that do not agree, ``C <= 0``, ``tol <= 0``, ``prune < 0`` or
+                ``max_negatives < 0``.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -200,8 +208,9 @@ class LabelScorer:
         X = sp.csr_matrix(X, dtype=np.float32)
         if not (X.shape[0] == Y.shape[0] == shortlist.shape[0]) or Y.shape[1] != shortlist.shape[1]:
             raise ValueError(f"X {X.shape}, Y {Y.shape} and shortlist {shortlist.shape} do not agree")
-        if not C > 0 or not prune >= 0 or max_negatives < 0:
-            raise ValueError(f"C must be positive and prune, max_negatives >= 0 (got {C}, {prune}, {max_negatives})")
+        if not C > 0 or not tol > 0 or not prune >= 0 or max_negatives < 0:
+            raise ValueError(f"C and tol must be positive and prune, max_negatives >= 0 "
+                             f"(got {C}, {tol}, {prune}, {max_negatives})")
         Yc = sp.csc_matrix(Y)
         Yc.eliminate_zeros()
         Yc.sort_indices()
@@ -225,16 +234,19 @@ class LabelScorer:
                 return None, None, -1.0 if len(pos) == 0 else 1.0
             rows = np.union1d(pos, neg)
             y = np.isin(rows, pos, assume_unique=True)
-            svm = LinearSVC(C=C, loss="squared_hinge", dual=True, random_state=seed, max_iter=2000).fit(X[rows], y)
+            svm = LinearSVC(C=C, loss="squared_hinge", dual=True, tol=tol, random_state=seed,
+                            max_iter=2000).fit(X[rows], y)
             w = svm.coef_.astype(np.float32).ravel()
             nz = np.flatnonzero(np.abs(w) >= prune if prune > 0 else w != 0)
             # (the dual solution is 0 on features absent from the rows)
             return nz.astype(np.int32), w[nz], float(svm.intercept_[0])
 
-        # the labels' costs (feature non-zeros of their rows): the largest first, in chunks
+        # tasks of about _FIT_CHUNK labels of mixed sizes (dealt round-robin from the largest
+        # label down by rows), the largest labels in the first tasks: the threads finish together
         n_pos, n_cand = np.diff(Yc.indptr), np.diff(Sc.indptr)
         order = np.argsort(-(n_pos + np.minimum(n_cand, max_negatives or n_cand)), kind="stable")
-        chunks = [order[i:i + _FIT_CHUNK] for i in range(0, L, _FIT_CHUNK)]
+        n_tasks = max(1, -(-L // _FIT_CHUNK))
+        chunks = [order[j::n_tasks] for j in range(n_tasks)]
         idx, val = [None] * L, [None] * L
         bias = np.empty(L, dtype=np.float32)
 

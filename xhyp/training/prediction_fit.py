@@ -109,7 +109,7 @@ def fit_prediction(model, Xp: sp.csr_matrix, Y: sp.csr_matrix, tr_idx, va_idx, e
         emb: ``(N, n)`` embeddings of all rows by the final model.
         cfg: the :class:`xhyp.config.TrainConfig` (``knn``, ``knn_grid``, ``weighting``, ``alpha``,
             ``rerank``, ``rerank_knn``, ``rerank_c``, ``rerank_weights``, ``rerank_shortlist``,
-            ``rerank_negatives``, ``rerank_prune``, ``seed``, ``threads``).
+            ``rerank_negatives``, ``rerank_prune``, ``rerank_tol``, ``seed``, ``threads``).
         device: where the kNN searches run (``None``: the CPU).
 
     Returns:
@@ -140,7 +140,7 @@ def fit_prediction(model, Xp: sp.csr_matrix, Y: sp.csr_matrix, tr_idx, va_idx, e
         t1 = time.time()
         scorer = LabelScorer.fit(Xp[tr_idx], Y_tr, mined, C=cfg.rerank_c, seed=cfg.seed,
                                  threads=cfg.threads or torch.get_num_threads(), prune=cfg.rerank_prune,
-                                 max_negatives=cfg.rerank_negatives)
+                                 max_negatives=cfg.rerank_negatives, tol=cfg.rerank_tol)
         out.update(mine_seconds=round(t1 - t0, 3), scorer_nnz=int(scorer.coef.nnz),
                    shortlist_mean=round(mined.nnz / max(1, mined.shape[0]), 2))
         del mined
