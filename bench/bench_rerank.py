@@ -156,6 +156,29 @@ def run_one(shape: str, setting: str, label_fraction: float, threads: int, max_s
     return out
 
 
+def print_table(rows: list) -> None:
+    """The Markdown table of the measurements (``fit / epoch``: the fit in embedding epochs of the
+    same run; ``npz / model.pt``: the scorers' file against the embedding model's)."""
+    print("| shape | setting | shortlist/ex | mine s | fit s | epoch s | fit / epoch | select s | weights | "
+          "reranker.npz MB | model.pt MB | npz / model.pt | fit peak RSS GiB | predict ms/q (w=1 / w=0) | "
+          "load before / after |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['shape']} | {r['setting']} | error: {r['error']} |")
+            continue
+        star = "*" if r["projected"] else ""
+        pred = (f"{r['predict_ms_per_query_w1']:.2f} / {r['predict_ms_per_query_w0']:.2f}"
+                if "predict_ms_per_query_w1" in r else "")
+        ep, mb = r.get("epoch_seconds"), r.get("model_pt_mb")
+        per_epoch = f"{r['fit_seconds'] / ep:.1f}{star}" if ep else ""
+        per_model = f"{r['reranker_mb'] / mb:.1f}{star}" if mb else ""
+        print(f"| {r['shape']} | {r['setting']} | {r['shortlist_mean']:.0f} | {r['mine_seconds']:.1f} | "
+              f"{r['fit_seconds']:.1f}{star} | {ep or ''} | {per_epoch} | {r.get('select_seconds') or ''} | "
+              f"{r['scorer_nnz']:,}{star} | {r['reranker_mb']:.1f}{star} | {mb or ''} | {per_model} | "
+              f"{r['fit_peak_rss_gib']:.2f} | {pred} | {r['loadavg_before']} / {r['loadavg_after']} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["wiki10-31k", "delicious-200k@0.05"])
@@ -169,8 +192,13 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=2000, help="test rows predicted (default: 2000)")
     p.add_argument("--max-rss-gib", type=float, default=16.0, help="watchdog limit (default: 16)")
     p.add_argument("--json", default="bench/rerank_results.json")
+    p.add_argument("--print", metavar="JSON", help="print the table of a JSON written before, and stop")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: shape,setting,fraction
     a = p.parse_args(argv)
+    if a.print:
+        with open(a.print) as f:
+            print_table(json.load(f)["rows"])
+        return 0
     for i, s in enumerate(a.settings):
         if ":" in s:
             from xhyp.cli import config_from_pairs
@@ -207,20 +235,7 @@ def main(argv=None) -> int:
             r.update(loadavg_before=before, loadavg_after=_loadavg(), seconds=round(time.time() - t0, 1))
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
-    print("| shape | setting | shortlist/ex | mine s | fit s | select s | weights | reranker.npz MB | "
-          "fit peak RSS GiB | predict ms/q (w=1 / w=0) | load before / after |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['shape']} | {r['setting']} | error: {r['error']} |")
-            continue
-        star = "*" if r["projected"] else ""
-        pred = (f"{r['predict_ms_per_query_w1']:.2f} / {r['predict_ms_per_query_w0']:.2f}"
-                if "predict_ms_per_query_w1" in r else "")
-        print(f"| {r['shape']} | {r['setting']} | {r['shortlist_mean']:.0f} | {r['mine_seconds']:.1f} | "
-              f"{r['fit_seconds']:.1f}{star} | {r.get('select_seconds') or ''} | {r['scorer_nnz']:,}{star} | "
-              f"{r['reranker_mb']:.1f}{star} | {r['fit_peak_rss_gib']:.2f} | {pred} | "
-              f"{r['loadavg_before']} / {r['loadavg_after']} |")
+    print_table(rows)
     if a.json:
         from xhyp.utils import atomic_save_json
 

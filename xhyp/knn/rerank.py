@@ -29,11 +29,13 @@ in brackets, chosen on held-out parts of Bibtex and Delicious train, docs/accura
   the labels' negatives together are at most ``N S`` rows (not ``N K`` label occurrences, nor
   ``N L``): the fit's time grows as ``N (S + labels per example) x features per example``,
   whatever ``L``;
-* weights with ``|a_l[f]| < t`` (``rerank_prune``, 0.05) are set to 0 after the fit, as Parabel
+* weights with ``|a_l[f]| < t`` (``rerank_prune``, 0.1) are set to 0 after the fit, as Parabel
   prunes its classifiers (``t = 0.1``, Prabhu et al. 2018, section 4): the model keeps the
-  features that matter, not every feature its rows touch;
-* each SVM stops at liblinear's own tolerance (``rerank_tol``, 0.1; scikit-learn's default
-  1e-4 takes about twice the time for the same held-out accuracy);
+  features that matter, not every feature its rows touch (at most ``N (S + labels per example)
+  x features per example`` weights before pruning, whatever ``L``);
+* each SVM stops at tolerance ``rerank_tol`` (0.01; scikit-learn's default 1e-4 takes about
+  1.5-2 times as long for the same held-out accuracy; liblinear's own 0.1 is faster still but,
+  with pruning, costs held-out Bibtex accuracy: its weights stay smaller);
 * optionally, a label keeps at most ``M`` negatives (``rerank_negatives``, 0: all), the hardest:
   those whose shortlist ranks it highest (most neighbours carrying it). This one costs accuracy
   (held-out Bibtex and Delicious), hence off by default.
