@@ -45,7 +45,8 @@ Timings (wall clock, ``--threads`` threads for every method):
   model directory loaded first, the kNN index built inside the timed call) divided by the number
   of test points. omikuji's Python binding predicts one point per call, which this includes;
 * ``model (MB)``: bytes on disk of what prediction needs (xhyp: the files of
-  ``xhyp.prediction.predictor.PREDICTOR_FILES``, i.e. without the resumable ``checkpoint.pt``; the others:
+  ``xhyp.prediction.predictor.PREDICTOR_FILES`` and the shortlist scorers ``reranker.npz`` when the
+  model has them, i.e. without the resumable ``checkpoint.pt``; the others:
   their saved model directory), in 10^6 bytes.
 
 Threads: ``--threads`` is given to every method. On a machine shared with other jobs use
@@ -151,6 +152,7 @@ def run_xhyp(data: dict, work: Path, args):
         from xhyp.cli import config_from_pairs
         from xhyp.config import TrainConfig
         from xhyp.knn.vote import sum_top_scores
+        from xhyp.modeldir import OPTIONAL_MODEL_FILES
         from xhyp.prediction import Predictor, train_ensemble
         from xhyp.prediction.predictor import PREDICTOR_FILES
     except ImportError as e:
@@ -173,7 +175,7 @@ def run_xhyp(data: dict, work: Path, args):
         to_best = sum(float(h.get("seconds", h.get("train_seconds", 0.0))) for h in hist if int(h["epoch"]) <= best)
         return {"train_seconds": float(summ["train_seconds"]), "best_epoch": best, "epochs_run": len(hist),
                 "to_best_seconds": round(to_best, 3), "val_p1": summ.get("val_p1"),
-                "model_bytes": dir_bytes(d, PREDICTOR_FILES)}
+                "model_bytes": dir_bytes(d, (*PREDICTOR_FILES, *OPTIONAL_MODEL_FILES))}
 
     def timed_predict(dirs, member_top_k):
         preds = [Predictor.load(d) for d in dirs]

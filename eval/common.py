@@ -186,6 +186,21 @@ def log(message: str) -> None:
 # the learner cache
 
 
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit rows, held-out rows)``, both sorted int64 arrays, a seeded random split of ``range(n)``.
+
+    Raises:
+        ValueError: ``fraction`` outside ``(0, 1)`` or a split with an empty side.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_out = int(round(fraction * n))
+    if n_out == 0 or n_out == n:
+        raise ValueError(f"holdout of {fraction} of {n} rows leaves one side empty")
+    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+
+
 def config_dir(cache: str | Path, dataset: str, geometry: str, dim: int, overrides: dict | None = None) -> Path:
     """Ensemble directory of one (data set, geometry, dimension, training overrides) cell."""
     name = f"{geometry}_d{dim}"
@@ -197,7 +212,8 @@ def config_dir(cache: str | Path, dataset: str, geometry: str, dim: int, overrid
 
 
 def train_cell(dataset: str, X, Y, cache, geometry: str, dim: int, n_learners: int, overrides: dict,
-               seed: int = 0, jobs: int = 1, directory: Path | None = None, extra: dict | None = None):
+               seed: int = 0, jobs: int = 1, directory: Path | None = None, extra: dict | None = None,
+               model: dict | None = None):
     """Train (or complete) the ensemble of one cell of the cache: ``n_learners`` learners of
     dimension ``dim`` in ``geometry``, seeds ``seed, seed + 1, ...`` (:func:`xhyp.prediction.train_ensemble`).
 
@@ -207,6 +223,8 @@ def train_cell(dataset: str, X, Y, cache, geometry: str, dim: int, n_learners: i
         n_learners: learners wanted. overrides: training options. seed: seed of learner 0.
         jobs: learners trained at once. directory: the ensemble directory (default:
             :func:`config_dir`). extra: more keys for ``config.json``.
+        model: more :class:`xhyp.config.ModelConfig` fields (``projector``, ``init_std_labels``...;
+            give them a ``directory`` of their own).
 
     Returns:
         ``(ensemble directory, summary of train_ensemble)``.
@@ -214,7 +232,7 @@ def train_cell(dataset: str, X, Y, cache, geometry: str, dim: int, n_learners: i
     from xhyp.prediction import train_ensemble
 
     d = directory or config_dir(cache, dataset, geometry, dim, overrides)
-    ens = train_ensemble(X, Y, d, n_learners=n_learners, model_config={"dim": dim, "geometry": geometry},
+    ens = train_ensemble(X, Y, d, n_learners=n_learners, model_config={**(model or {}), "dim": dim, "geometry": geometry},
                          train_config=dict(overrides, seed=seed), jobs=jobs, progress=False,
                          extra_config={"dataset": dataset, **(extra or {})})
     return d, ens
@@ -227,28 +245,33 @@ def model_for(dataset, data_dir, cache, geometry, dim, overrides, seed=0) -> Pat
     return d / learner_name(0)
 
 
-def member_test_scores(learner_dir: Path, X_test: sp.csr_matrix, top_k: int = 100) -> tuple[sp.csr_matrix, float]:
-    """A learner's test scores, from ``learner_dir/test_scores.npz`` when it is there and valid.
+def member_test_scores(learner_dir: Path, X_test: sp.csr_matrix, top_k: int = 100, name: str = "test_scores",
+                       **predict_kw) -> tuple[sp.csr_matrix, float]:
+    """A learner's test scores, from ``learner_dir/NAME.npz`` when it is there and valid (same
+    queries, ``top_k`` and prediction options ``predict_kw`` of
+    :meth:`xhyp.prediction.predictor.Predictor.predict`).
 
     Returns:
         ``(scores (Q, L) CSR, seconds spent predicting now (0 when cached))``.
     """
-    f, meta_f = learner_dir / "test_scores.npz", learner_dir / "test_scores.json"
-    want = {"rows": int(X_test.shape[0]), "nnz_x": int(X_test.nnz), "top_k": int(top_k)}
+    f, meta_f = learner_dir / f"{name}.npz", learner_dir / f"{name}.json"
+    want = {"rows": int(X_test.shape[0]), "nnz_x": int(X_test.nnz), "top_k": int(top_k), **predict_kw}
     if f.is_file() and meta_f.is_file() and json.loads(meta_f.read_text()) == want:
         return sp.load_npz(f).tocsr(), 0.0
     t0 = time.time()
-    S = Predictor.load(learner_dir).predict(X_test, top_k=top_k)
+    S = Predictor.load(learner_dir).predict(X_test, top_k=top_k, **predict_kw)
     secs = time.time() - t0
     atomic_save_sparse(f, S)
     atomic_save_json(want, meta_f)
     return S, secs
 
 
-def prefix_metrics(scores, Y_test, prefixes, ks=KS, top_k: int = 100) -> dict:
+def prefix_metrics(scores, Y_test, prefixes, ks=KS, top_k: int = 100, inv_prop=None, keep=("P@",)) -> dict:
     """Metrics of the ensembles made of the first ``m`` members for each ``m`` in ``prefixes``.
 
     Summing is incremental (each prefix reuses the previous sum), so all prefixes cost one pass.
+    ``inv_prop`` (``(L,)`` inverse propensities) adds the propensity-scored metrics; ``keep``:
+    prefixes of the metric names kept (``("P@", "PSP@")``...).
 
     Returns:
         ``{m: {"P@1": .., "P@3": .., ...}}``.
@@ -259,7 +282,7 @@ def prefix_metrics(scores, Y_test, prefixes, ks=KS, top_k: int = 100) -> dict:
             total = S.astype(np.float64) if total is None else total + S
         done = m
         agg = sum_top_scores([total], top_k)
-        out[m] = {k: v for k, v in evaluate(Y_test, agg, ks=ks).items() if k.startswith("P@")}
+        out[m] = {k: v for k, v in evaluate(Y_test, agg, ks=ks, inv_prop=inv_prop).items() if k.startswith(tuple(keep))}
     return out
 
 
@@ -300,7 +323,7 @@ def _cpu_seconds() -> float:
     return sum(x.ru_utime + x.ru_stime for x in r)
 
 
-def _loadavg() -> list:
+def loadavg() -> list:
     """1/5/15-minute load averages (other users' work inflates wall times on a shared machine)."""
     import os
 
@@ -318,7 +341,7 @@ def sweep(datasets, data_dir, cache, dims=DIMS, learners=LEARNERS, geometries=GE
     n_learners = max(learners)
     results, timing = {}, {}
     for ds in datasets:
-        t_ds, cpu_ds, load0 = time.time(), _cpu_seconds(), _loadavg()
+        t_ds, cpu_ds, load0 = time.time(), _cpu_seconds(), loadavg()
         X, Y = load_split(ds, "train", data_dir=data_dir)
         X_test, Y_test = load_split(ds, "test", data_dir=data_dir)
         results[ds] = {}
@@ -335,5 +358,5 @@ def sweep(datasets, data_dir, cache, dims=DIMS, learners=LEARNERS, geometries=GE
                       "sum_learner_train_seconds": round(sum(sum(c["learner_train_seconds"]) for c in cells), 1),
                       "predict_seconds_now": round(sum(c["predict_seconds_now"] for c in cells), 1),
                       "cpu_seconds": round(_cpu_seconds() - cpu_ds, 1),
-                      "load_average_start": load0, "load_average_end": _loadavg()}
+                      "load_average_start": load0, "load_average_end": loadavg()}
     return {"results": results, "timing": timing}

@@ -68,7 +68,7 @@ TESTS = {
 
 MUTANTS = [
     # sanity: must be caught, else the copy is not what the tests import
-    Mutant("S00", PR, '        cfg = config.for_model(self.config.get("train"))\n', '        raise RuntimeError("mutation sanity mutant")\n',
+    Mutant("S00", PR, '        cfg = config.for_model(self.config.get("train"), self.config.get("predict"))\n', '        raise RuntimeError("mutation sanity mutant")\n',
            "sanity: Predictor.predict raises"),
     # -- the 11 planted bugs of issue 14 ----------------------------------------------------------
     Mutant("I01", RE, "return spec.propensity_a, spec.propensity_b", "return spec.propensity_b, spec.propensity_a",
@@ -149,8 +149,8 @@ MUTANTS = [
            "no shuffling between epochs"),
     Mutant("T30", LO, "train_step(model, opts, b.to(device), tcfg.alpha, sparse_labels, world)",
            "train_step(model, opts, b.to(device), 1.0, sparse_labels, world)", "training ignores alpha"),
-    Mutant("T31", LO, "sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen)",
-           'sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), "uniform", gen)',
+    Mutant("T31", LO, "sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,",
+           'sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), "uniform", gen,',
            "the sampling option is ignored"),
     # the trainer's non-default paths: per-pair negatives, dense label update
     Mutant("T32", LS, '(-alpha * d[:, 1:]).masked_fill(batch.is_pos, float("-inf"))', "(-alpha * d[:, 1:])",
@@ -186,12 +186,12 @@ MUTANTS = [
            "max-norm guard.\n    \"\"\"\n\n    def __init__(self, params, lr=1e-3, betas=(0.9, 0.99),",
            "wrong default beta2 (SparsePaperAdam)"),
     # -- xhyp/prediction/predictor.py and PredictConfig (xhyp/config.py) ---------------------------------------------------------------------------
-    Mutant("P01", CF, "k=self.k or tc.knn", "k=tc.knn",
+    Mutant("P01", CF, 'k=int(pick(self.k, "k", tc.knn))', 'k=int(pick(None, "k", tc.knn))',
            "the caller's k is ignored"),
     Mutant("P02", CF, "weighting=self.weighting or tc.weighting", "weighting=tc.weighting",
            "the caller's weighting is ignored"),
-    Mutant("P03", CF, "k=self.k or tc.knn", "k=self.k or 10",
-           "the model's knn is ignored"),
+    Mutant("P03", CF, 'k=int(pick(self.k, "k", tc.knn))', "k=int(self.k or 10)",
+           "the model's k (chosen after training, else knn) is ignored"),
     Mutant("P04", CF, "weighting=self.weighting or tc.weighting", 'weighting=self.weighting or "count"',
            "the model's weighting is ignored"),
     Mutant("P05", PR, "params = dict(cfg.index_params)\n", "params = {}\n",
@@ -200,9 +200,8 @@ MUTANTS = [
            "the index kind is ignored"),
     Mutant("P07", PR, "key = (kind, tuple(sorted(params.items())))", "key = kind",
            "index cache ignores the parameters"),
-    Mutant("P08", PR, "return self.model.embed(self.pipeline.transform(X), batch_size=batch_size, device=dev)",
-           "return self.model.embed(X, batch_size=batch_size, device=dev)", "queries not preprocessed"),
-    Mutant("P09", PR, "q = self.embed(X[s:s + cfg.batch_size], device=dev)", "q = self.embed(X[s + 1:s + cfg.batch_size + 1], device=dev)",
+    Mutant("P08", PR, "        return self.pipeline.transform(X)", "        return X", "queries not preprocessed"),
+    Mutant("P09", PR, "Xp = self.features(X[s:s + cfg.batch_size])", "Xp = self.features(X[s + 1:s + cfg.batch_size + 1])",
            "query chunks shifted by one row"),
     # -- xhyp/prediction/ensemble.py --------------------------------------------------------------------------
     Mutant("E01", EN, "t = dict(tdict, seed=base_seed + i)", "t = dict(tdict, seed=base_seed)", "every learner has the same seed"),
@@ -234,8 +233,8 @@ MUTANTS = [
            "if Y_train is not None or dataset is not None:", "--train-file ignored"),
     Mutant("C05", RE, '    "default": (0.55, 1.5),\n', '    "default": (0.5, 0.4),\n',
            "wrong default propensity parameters"),
-    Mutant("C06", CO, "weighting=weighting, index_params=index_params, device=device)",
-           "weighting=weighting, device=device)", "xhyp predict drops --nprobe"),
+    Mutant("C06", CO, "weighting=weighting, index_params=index_params, device=device,",
+           "weighting=weighting, device=device,", "xhyp predict drops --nprobe"),
     Mutant("C07", CO, "res = train(X, Y, model or {}, train_cfg or {}, out_dir=out_dir, resume=resume,",
            "res = train(X, Y, model or {}, train_cfg or {}, out_dir=out_dir, resume=False,", "xhyp train ignores --resume"),
     Mutant("C08", CO, "if len(dirs) == 1 and not is_ensemble_dir(dirs[0]):", "if len(dirs) == 1:",

@@ -117,7 +117,7 @@ def test_hyperparameter_flags_are_documented_from_the_dataclasses():
 
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     # every training/model flag carries its dataclass attribute's description and its default
-    assert "softmax scale on distances. (default: 30.0)" in " ".join(text.split())
+    assert "softmax scale on distances. (default: 5.0)" in " ".join(text.split())
     assert "embedding dimension n. (default: 50)" in " ".join(text.split())
     assert "--input-dropout FLOAT" in text and "--seed INT" in text
     assert ":class:" not in text and "``" not in text

@@ -14,7 +14,8 @@ from xhyp.prediction import Predictor
 from conftest import np_top_k, np_vote
 
 L = 12
-TINY = {"epochs": 2, "negatives": 5, "batch_size": 32, "val_fraction": 0.1, "knn": 5, "threads": 1}
+TINY = {"epochs": 2, "negatives": 5, "batch_size": 32, "val_fraction": 0.1, "knn": 5, "threads": 1, "rerank": "none",
+        "knn_grid": ""}
 
 
 def toy_data(n, n_feat=60, n_lab=L, seed=0):

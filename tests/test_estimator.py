@@ -58,11 +58,11 @@ def test_parameters_are_the_dataclass_fields_with_their_defaults():
     # scikit-learn conventions: clone, set_params, repr of changed parameters, keyword-only signature
     from sklearn.base import clone
 
-    est = XHypClassifier(dim=8, alpha=5.0, n_learners=2)
+    est = XHypClassifier(dim=8, alpha=7.0, n_learners=2)
     c = clone(est)
     assert c is not est and c.get_params() == est.get_params()
     assert c.set_params(lr=0.1) is c and c.lr == 0.1 and est.lr == TrainConfig.lr
-    assert repr(est) == "XHypClassifier(alpha=5.0, dim=8, n_learners=2)"
+    assert repr(est) == "XHypClassifier(alpha=7.0, dim=8, n_learners=2)"
     with pytest.raises(ValueError, match="Invalid parameter"):
         est.set_params(no_such=1)
     with pytest.raises(TypeError, match="no_such"):
@@ -158,7 +158,7 @@ def test_ensemble_and_prediction_options_match_the_cli(tmp_path, synthetic_files
     single = XHypClassifier(dim=8, **FAST).fit(X, Y, out_dir=one)
     assert main(["predict", "--model", str(one), "--file", str(test_f), "--index", "clustered", "--nprobe", "2",
                  "--k", "5", "--weighting", "distance", "--top-k", "7", "--out", str(tmp_path / "c.npz")]) == 0
-    single.set_params(index="clustered", nprobe=2, knn=5, weighting="distance", top_k=7)
+    single.set_params(index="clustered", nprobe=2, knn=5, knn_grid="", weighting="distance", top_k=7)
     S_c = single.predict_scores(X_test)
     _same_csr(S_c, sp.load_npz(tmp_path / "c.npz"))
     assert np.diff(S_c.indptr).max() <= 7
@@ -166,8 +166,13 @@ def test_ensemble_and_prediction_options_match_the_cli(tmp_path, synthetic_files
     assert single.predictor_._index_key == ("clustered", (("nprobe", 2),))  # the options reached the index
     count = Predictor.load(one).predict(X_test, k=5, weighting="count", top_k=7)
     assert (S_c != count).nnz > 0  # and the weighting the votes
-    loaded = XHypClassifier.load(one, index="clustered", nprobe=2, knn=5, weighting="distance", top_k=7)
+    loaded = XHypClassifier.load(one, index="clustered", nprobe=2, knn=5, knn_grid="", weighting="distance", top_k=7)
     _same_csr(loaded.predict_scores(X_test), S_c)
+    # with the knn_grid (the default) predictions use the k chosen after training, as `xhyp predict` does
+    chosen = json.loads((one / "config.json").read_text())["predict"]["k"]
+    single.set_params(knn_grid=TrainConfig.knn_grid, index="exact", nprobe=None)
+    _same_csr(single.predict_scores(X_test), Predictor.load(one).predict(X_test, k=chosen, weighting="distance",
+                                                                          top_k=7))
 
 
 def test_dense_input_errors_and_sklearn_clone(tmp_path, synthetic_files):

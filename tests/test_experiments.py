@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from xhyp.cli import main
+from xhyp.eval import common as eval_common
 from xhyp.eval import fig2, table2, table4, table5, table6
 from xhyp.datasets.formats import read_xc, write_xc
 from xhyp.metrics import evaluate, most_common_baseline
@@ -173,11 +174,11 @@ def test_log_exp_maps_and_projection():
 def test_vote_sweep_uses_only_the_training_split(tmp_path, data_dir):
     from xhyp.eval import vote_sweep
 
-    fit, out = vote_sweep.holdout_split(200, 0.25, seed=4)
+    fit, out = eval_common.holdout_split(200, 0.25, seed=4)
     assert len(out) == 50 and len(np.intersect1d(fit, out)) == 0 and len(fit) + len(out) == 200
-    assert np.array_equal(out, vote_sweep.holdout_split(200, 0.25, seed=4)[1])
+    assert np.array_equal(out, eval_common.holdout_split(200, 0.25, seed=4)[1])
     with pytest.raises(ValueError, match="holdout"):
-        vote_sweep.holdout_split(10, 1.0, 0)
+        eval_common.holdout_split(10, 1.0, 0)
     assert vote_sweep.main(["--datasets", "toy", "--data-dir", str(data_dir), "--out", str(tmp_path),
                             "--learners", "2", "--knn", "1", "5", "--dim", "3", "--holdout", "0.25",
                             "--epochs", "1", "--negatives", "5", "--threads", "1"]) == 0

@@ -49,7 +49,7 @@ def noisy_toy(n, n_lab=8, own=6, informative=3, noise_pool=300, noise=20, seed=0
 BASE_TRAIN = dict(epochs=10, batch_size=32, negatives=7, sampling="uniform", alpha=10.0, lr=0.03, lr_labels=0.03,
                   optimizer="radam", val_fraction=0.0, patience=100, knn=10, weighting="count", features="l2",
                   input_dropout=0.0, seed=0, device="cpu", threads=1, negative_mode="batch", shared_negatives=500,
-                  label_update="sparse", lr_scaling="sqrt", prefetch=2)
+                  label_update="sparse", lr_scaling="sqrt", prefetch=2, rerank="none", knn_grid="")
 BASE_MODEL = dict(dim=8, hidden=32, projector="linear", geometry="poincare")
 MODEL_KEYS = set(BASE_MODEL)
 
@@ -181,9 +181,9 @@ def test_options_reach_the_loop(toy, monkeypatch, optimizer, sampling, negative_
     spy_class(geoopt.optim, "RiemannianAdam")
 
     class SpySampler(T.NegativeSampler):
-        def __init__(self, label_freq, kind, generator):
+        def __init__(self, label_freq, kind, generator, **kw):
             seen["kinds"].append(kind)
-            super().__init__(label_freq, kind, generator)
+            super().__init__(label_freq, kind, generator, **kw)
 
     loss = LS.batch_loss
 

@@ -22,7 +22,7 @@ from test_learning import noisy_toy
 
 TRAIN = dict(epochs=3, batch_size=32, negatives=7, sampling="uniform", alpha=5.0, lr=0.03, lr_labels=0.03,
              optimizer="radam", val_fraction=0.1, patience=100, knn=7, weighting="distance", features="l2",
-             input_dropout=0.0, seed=0, device="cpu", threads=1)
+             input_dropout=0.0, seed=0, device="cpu", threads=1, rerank="none", knn_grid="")
 L = 8
 
 

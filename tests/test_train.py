@@ -100,7 +100,8 @@ def test_paper_adam_step_matches_formula():
 def test_training_learns_toy_problem(tmp_path, optimizer, geometry):
     X, Y = toy_data()
     res = train(X, Y, {"dim": 8, "geometry": geometry},
-                {"epochs": 8, "optimizer": optimizer, "val_fraction": 0.1, "patience": 8, "seed": 3},
+                {"epochs": 8, "optimizer": optimizer, "val_fraction": 0.1, "patience": 8, "seed": 3, "alpha": 30.0,
+                 "lr_labels": 3e-3},
                 out_dir=tmp_path / "m", progress=False)
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < 0.7 * losses[0]
@@ -137,7 +138,7 @@ def test_resume_refuses_other_data(tmp_path):
     with pytest.raises(FileNotFoundError):
         train(X, Y, {"dim": 4}, {"epochs": 2}, out_dir=tmp_path / "none", resume=True, progress=False)
     with pytest.raises(ValueError, match=r"other settings of \['alpha', 'lr'\]"):
-        train(X, Y, {"dim": 4}, {"epochs": 2, "lr": 0.1, "alpha": 5.0}, out_dir=tmp_path / "m", resume=True,
+        train(X, Y, {"dim": 4}, {"epochs": 2, "lr": 0.1, "alpha": 7.0}, out_dir=tmp_path / "m", resume=True,
               progress=False)
 
 

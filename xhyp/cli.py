@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "int8: 72 bytes a row at dimension 50 instead of 200; same results, exact re-check)")
     pr.add_argument("--device", default="auto", help="where queries are embedded and searched: auto (a GPU when "
                     "there is one), cpu, cuda, cuda:N (default: auto; see xhyp.config.PredictConfig)")
+    pr.add_argument("--rerank-weight", type=float, help="weight w of the shortlist scorers in vote/k + "
+                    "w*sigmoid(margin) (default: the weight chosen after training; 0: the plain kNN vote; "
+                    "w > 0 needs a model trained with --rerank linear)")
+    pr.add_argument("--rerank-knn", type=int, help="neighbours whose labels form a query's shortlist "
+                    "(default: the model's --rerank-knn)")
+    pr.add_argument("--rerank-shortlist", type=int, help="labels of the shortlist (and of the vote) scored at most, "
+                    "those carried by the most neighbours (default: the model's --rerank-shortlist; 0: all)")
 
     ag = sub.add_parser("aggregate", help="sum saved score matrices (.npz) of several learners (summed votes)")
     ag.add_argument("--pred", nargs="+", required=True, help=".npz files from `xhyp predict`")
@@ -288,7 +295,8 @@ def _run(args) -> int:
                                         "directory written by `xhyp ensemble` (use --model for one model)")
         _print_json(commands.predict_model(args.model or args.ensemble, args.out, args.dataset, args.path, args.split,
                                            args.data_dir, args.k, args.top_k, args.index, args.weighting,
-                                           params, device=args.device))
+                                           params, device=args.device, rerank_weight=args.rerank_weight,
+                                           rerank_knn=args.rerank_knn, rerank_shortlist=args.rerank_shortlist))
         return 0
     if args.verb == "aggregate":
         _print_json(commands.aggregate_predictions(args.pred, args.out, args.top_k))

@@ -63,7 +63,9 @@ def train_model(out_dir: str | Path, dataset: str | None = None, path: str | Non
 def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path: str | None = None,
                   split: str = "test", data_dir: str | None = None, k: int | None = None,
                   top_k: int = 100, index: str = "exact", weighting: str | None = None,
-                  index_params: dict | None = None, X=None, device: str = "auto") -> dict:
+                  index_params: dict | None = None, X=None, device: str = "auto",
+                  rerank_weight: float | None = None, rerank_knn: int | None = None,
+                  rerank_shortlist: int | None = None) -> dict:
     """``xhyp predict``: score a split with one model (or an ensemble) and save the scores.
 
     Args:
@@ -72,8 +74,8 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
             its members.
         out: output ``.npz`` (a scipy sparse ``(Q, L)`` score matrix, written atomically).
         dataset, path, split, data_dir: the queries, see :func:`xhyp.datasets.loading.load_split`.
-        k, top_k, index, weighting, index_params, device: see
-            :meth:`xhyp.prediction.predictor.Predictor.predict`.
+        k, top_k, index, weighting, index_params, device, rerank_weight, rerank_knn, rerank_shortlist: see
+            :meth:`xhyp.prediction.predictor.Predictor.predict` (``None``: the model's).
         X: ``(Q, F)`` query features already loaded (then nothing is read).
 
     Returns:
@@ -83,7 +85,8 @@ def predict_model(model_dirs, out: str | Path, dataset: str | None = None, path:
         X, _ = load_split(dataset, split, path, data_dir)
     dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
     t0 = time.time()
-    kw = dict(k=k, top_k=top_k, index=index, weighting=weighting, index_params=index_params, device=device)
+    kw = dict(k=k, top_k=top_k, index=index, weighting=weighting, index_params=index_params, device=device,
+              rerank_weight=rerank_weight, rerank_knn=rerank_knn, rerank_shortlist=rerank_shortlist)
     from .hmc.commands import THRESHOLD_SUFFIX, hmc_member_dirs, hmc_predict
 
     hmc_dirs = hmc_member_dirs(dirs)

@@ -35,14 +35,37 @@ INDEX_KINDS = ("exact", "torch", "clustered", "ann", "faiss-flat", "faiss-ivf", 
 ANN_CODES = ("int8", "float")  # row codes of the ann index's scan (xhyp.knn.index.AnnIndex)
 SAMPLINGS = ("uniform", "frequency")  # negative sampling (xhyp.training.batches)
 NEGATIVE_MODES = ("batch", "pair")
+NEGATIVE_DRAWS = ("replace", "unique")  # shared negatives with or without replacement (xhyp.training.batches)
 LABEL_UPDATES = ("sparse", "dense")
 LR_SCALINGS = ("sqrt", "none")  # xhyp.training.optim.scaled_lr
 DISTRIBUTED_MODES = ("auto", "on", "off")  # xhyp.training.distributed
 OPTIMIZERS = ("radam", "paper")  # xhyp.training.optim
+RERANKERS = ("none", "linear")  # shortlist re-rankers (xhyp.knn.rerank)
 RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 """Training options that change how fast a run goes, not what it learns (never compared)."""
 RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
 """Training options a resumed run may change: how long and where it runs, not what it optimises."""
+AFTER_TRAINING_KEYS = ("knn_grid", "rerank", "rerank_knn", "rerank_c", "rerank_weights", "rerank_shortlist",
+                       "rerank_negatives", "rerank_prune", "rerank_tol")
+"""Training options that act only after the epochs (:mod:`xhyp.training.prediction_fit`: the
+shortlist scorers and the choice of ``k`` and ``w``), not on the embedding."""
+
+
+def parse_grid(text: str, kind=float, name: str = "grid") -> list:
+    """``"1,2,4"`` -> ``[1.0, 2.0, 4.0]`` (``kind`` of each item; ``""`` -> ``[]``): the
+    comma-separated grids of :class:`TrainConfig` (``knn_grid``, ``rerank_weights``).
+
+    Raises:
+        ValueError: an item that is not a number of ``kind``, or a negative one.
+    """
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    try:
+        vals = [kind(s) for s in items]
+    except ValueError:
+        raise ValueError(f"{name} must be a comma-separated list of {kind.__name__} values, got {text!r}") from None
+    if any(v < 0 for v in vals):
+        raise ValueError(f"{name} must hold non-negative values, got {text!r}")
+    return vals
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -156,15 +179,36 @@ class TrainConfig(ConfigBase):
         max_steps: steps per epoch at most (0: the whole epoch); for benchmarks.
         distributed: ``"auto"`` (data-parallel when launched by torchrun with more than one
             process), ``"on"`` (require a torch.distributed environment) or ``"off"``.
+        negative_draw: ``"replace"`` (the ``shared_negatives`` labels of a batch drawn
+            independently, with repeats) or ``"unique"`` (drawn without replacement: every label
+            at most once, all ``L`` labels, the full softmax, when ``shared_negatives >= L``).
+        knn_grid: comma-separated vote neighbour counts; after training the best of them on the
+            validation split becomes the model's prediction ``k`` (``config.json["predict"]``,
+            :func:`xhyp.training.prediction_fit.fit_prediction`); empty: ``knn``.
+        rerank: ``"linear"`` (re-rank the kNN shortlist with per-label linear scorers trained on
+            hard negatives mined from the shortlists, :mod:`xhyp.knn.rerank`) or ``"none"`` (the vote).
+        rerank_knn: neighbours whose labels form a shortlist (training and prediction).
+        rerank_c: inverse regularisation strength of the per-label linear SVMs.
+        rerank_weights: comma-separated fusion weights ``w`` of the scorers against the vote; the
+            best on the validation split is stored with the model.
+        rerank_shortlist: labels of a shortlist at most, those carried by the most neighbours
+            (training: the hard negatives mined; prediction: the labels scored); 0: all.
+        rerank_negatives: hard negatives a label's scorer trains on at most, the hardest (most
+            neighbours carrying the label); 0: all (the default: caps of 100-1000 cost held-out
+            accuracy; ``rerank_shortlist`` bounds the negatives of all labels together).
+        rerank_prune: scorer weights of smaller magnitude are set to 0 after the fit (Parabel's
+            pruning); 0: none.
+        rerank_tol: stopping tolerance of each SVM's dual coordinate descent (liblinear's ``eps``;
+            scikit-learn's default is 1e-4, liblinear's own 0.1).
     """
 
     epochs: int = 30
     batch_size: int = 64
     negatives: int = 50
     sampling: str = "uniform"
-    alpha: float = 30.0
+    alpha: float = 5.0
     lr: float = 3e-3
-    lr_labels: float = 3e-3
+    lr_labels: float = 0.1
     optimizer: str = "radam"
     val_fraction: float = 0.05
     patience: int = 5
@@ -184,12 +228,23 @@ class TrainConfig(ConfigBase):
     val_max_database: int = 100_000
     max_steps: int = 0
     distributed: str = "auto"
+    negative_draw: str = "replace"
+    knn_grid: str = "5,10,20,30,50"
+    rerank: str = "linear"
+    rerank_knn: int = 50
+    rerank_c: float = 1.0
+    rerank_weights: str = "0,0.5,1,2,4,8"
+    rerank_shortlist: int = 200
+    rerank_negatives: int = 0
+    rerank_prune: float = 0.1
+    rerank_tol: float = 0.01
 
     def __post_init__(self):
         for name, allowed in (("sampling", SAMPLINGS), ("optimizer", OPTIMIZERS), ("weighting", WEIGHTINGS),
                               ("features", FEATURE_KINDS), ("negative_mode", NEGATIVE_MODES),
                               ("label_update", LABEL_UPDATES), ("lr_scaling", LR_SCALINGS),
-                              ("distributed", DISTRIBUTED_MODES)):
+                              ("distributed", DISTRIBUTED_MODES), ("negative_draw", NEGATIVE_DRAWS),
+                              ("rerank", RERANKERS)):
             check_choice(name, getattr(self, name), allowed)
         if not 0.0 <= self.input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
@@ -203,6 +258,13 @@ class TrainConfig(ConfigBase):
             raise ValueError(f"shared_negatives must be >= 1, got {self.shared_negatives}")
         if min(self.prefetch, self.val_max_queries, self.val_max_database, self.max_steps) < 0:
             raise ValueError(f"prefetch, val_max_queries, val_max_database and max_steps must be >= 0: {self}")
+        if any(k < 1 for k in parse_grid(self.knn_grid, int, "knn_grid")):
+            raise ValueError(f"knn_grid values must be >= 1, got {self.knn_grid!r}")
+        parse_grid(self.rerank_weights, float, "rerank_weights")
+        if self.rerank_knn < 1 or not self.rerank_c > 0:
+            raise ValueError(f"rerank_knn must be >= 1 and rerank_c > 0 (got {self.rerank_knn}, {self.rerank_c})")
+        if min(self.rerank_shortlist, self.rerank_negatives, self.rerank_prune) < 0 or not self.rerank_tol > 0:
+            raise ValueError(f"rerank_shortlist, rerank_negatives and rerank_prune must be >= 0 and rerank_tol > 0: {self}")
         check_finite_fields(self)
         if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
             raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
@@ -214,11 +276,13 @@ class PredictConfig(ConfigBase):
     """How a trained learner answers queries (:meth:`xhyp.prediction.predictor.Predictor.predict`,
     ``xhyp predict``).
 
-    ``None`` fields take the model's training configuration (:meth:`for_model`): the vote of a
-    prediction is the vote validated while training unless the caller says otherwise.
+    ``None`` fields take the settings chosen after training (``config.json["predict"]``, see
+    :mod:`xhyp.training.prediction_fit`) and the model's training configuration (:meth:`for_model`):
+    the prediction is the one validated while training unless the caller says otherwise.
 
     Attributes:
-        k: neighbours voting for each query (``None``: the model's ``knn``).
+        k: neighbours voting for each query (``None``: the ``k`` chosen after training, else the
+            model's ``knn``).
         weighting: ``"count"`` or ``"distance"`` (``None``: the model's ``weighting``).
         alpha: softmax scale of the ``"distance"`` weighting (``None``: the model's ``alpha``).
         top_k: labels kept per query.
@@ -230,6 +294,12 @@ class PredictConfig(ConfigBase):
             ``torch`` and ``clustered`` indexes search there (the CUDA kNN kernels); ``ann`` and
             the FAISS indexes search on the CPU (FAISS's own ``gpu`` option aside); the vote is
             computed on the CPU.
+        rerank_weight: weight ``w`` of the shortlist scorers in ``vote / k + w * sigmoid(margin)``
+            (:func:`xhyp.knn.rerank.fuse`; ``None``: the weight chosen after training, 0 for a
+            model without scorers; 0: the plain vote).
+        rerank_knn: neighbours whose labels form a query's shortlist (``None``: the model's).
+        rerank_shortlist: labels of a shortlist (and of the vote) scored at most, the top ones
+            (``None``: the model's; 0: all).
     """
 
     k: int | None = None
@@ -240,27 +310,42 @@ class PredictConfig(ConfigBase):
     index_params: dict = field(default_factory=dict)
     batch_size: int = 16384
     device: str = "auto"
+    rerank_weight: float | None = None
+    rerank_knn: int | None = None
+    rerank_shortlist: int | None = None
 
     def __post_init__(self):
         if self.weighting is not None:
             check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("index", self.index, INDEX_KINDS)
-        if (self.k is not None and self.k < 1) or self.top_k < 1 or self.batch_size < 1:
-            raise ValueError(f"k, top_k and batch_size must be >= 1: {self}")
+        if any(v is not None and v < 1 for v in (self.k, self.rerank_knn)) or self.top_k < 1 or self.batch_size < 1:
+            raise ValueError(f"k, rerank_knn, top_k and batch_size must be >= 1: {self}")
+        if self.rerank_shortlist is not None and self.rerank_shortlist < 0:
+            raise ValueError(f"rerank_shortlist must be >= 0, got {self.rerank_shortlist}")
+        if self.rerank_weight is not None and not 0 <= self.rerank_weight < float("inf"):
+            raise ValueError(f"rerank_weight must be finite and >= 0, got {self.rerank_weight}")
         self.index_params = dict(self.index_params or {})
 
-    def for_model(self, train_config: dict | None) -> "PredictConfig":
-        """This configuration with every ``None`` field taken from a model's training
+    def for_model(self, train_config: dict | None, chosen: dict | None = None) -> "PredictConfig":
+        """This configuration with every ``None`` field taken from the settings chosen after
+        training (``chosen``: ``config.json["predict"]``) or else from the model's training
         configuration (``config.json["train"]``; a missing key: the :class:`TrainConfig` default).
 
         Raises:
-            ValueError: an invalid value in ``train_config``.
+            ValueError: an invalid value in ``train_config`` or ``chosen``.
         """
         tc = TrainConfig.from_dict(train_config)
-        return PredictConfig(k=self.k or tc.knn, weighting=self.weighting or tc.weighting,
+        chosen = chosen or {}
+
+        def pick(mine, key, default):  # the caller's value, else the chosen one, else the default
+            return mine if mine is not None else default if chosen.get(key) is None else chosen[key]
+
+        return PredictConfig(k=int(pick(self.k, "k", tc.knn)), weighting=self.weighting or tc.weighting,
                              alpha=tc.alpha if self.alpha is None else self.alpha, top_k=self.top_k,
                              index=self.index, index_params=self.index_params, batch_size=self.batch_size,
-                             device=self.device)
+                             device=self.device, rerank_weight=float(pick(self.rerank_weight, "rerank_weight", 0.0)),
+                             rerank_knn=int(pick(self.rerank_knn, "rerank_knn", tc.rerank_knn)),
+                             rerank_shortlist=int(pick(self.rerank_shortlist, "rerank_shortlist", tc.rerank_shortlist)))
 
 
 def normalise_configs(n_features: int, n_labels: int, model_config=None, train_config=None

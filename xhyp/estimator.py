@@ -14,7 +14,7 @@ Example (Bibtex, see the README)::
 
     X, Y = read_xc("../shared/data/bibtex/train.txt")
     X_test, Y_test = read_xc("../shared/data/bibtex/test.txt")
-    clf = XHypClassifier(dim=50, alpha=30.0, seed=0).fit(X, Y)
+    clf = XHypClassifier(dim=50, alpha=5.0, seed=0).fit(X, Y)
     ids, scores = clf.predict(X_test, k=5)          # (Q, 5) label ids and scores
     clf.save("runs/bibtex-api")                      # a model directory, as `xhyp train` writes
     clf2 = XHypClassifier.load("runs/bibtex-api")   # also loads CLI-trained directories
@@ -155,9 +155,12 @@ class XHypClassifier(BaseEstimator):
     * ``progress`` (``False``): progress bars and per-epoch lines while fitting.
 
     ``knn`` and ``weighting`` are used twice: for the validation P@1 that selects the best epoch
-    while fitting, and as the neighbours / vote weighting of predictions. Changing them (or
-    ``index``, ``nprobe``, ``top_k``) with :meth:`set_params` after fitting changes later
-    predictions without refitting; every other parameter takes effect at the next :meth:`fit`.
+    while fitting, and as the neighbours / vote weighting of predictions; with a non-empty
+    ``knn_grid`` (the default) predictions use the ``k`` chosen on the validation split after
+    fitting instead of ``knn`` (and, with ``rerank="linear"``, the re-ranker's weight chosen there:
+    :mod:`xhyp.knn.rerank`). Changing ``knn``, ``knn_grid``, ``weighting``, ``index``, ``nprobe`` or
+    ``top_k`` with :meth:`set_params` after fitting changes later predictions without refitting;
+    every other parameter takes effect at the next :meth:`fit`.
 
     Attributes:
         model_dir_: :class:`pathlib.Path` of the fitted model (or ensemble) directory: the
@@ -190,7 +193,9 @@ class XHypClassifier(BaseEstimator):
         return {n: getattr(self, n) for n in train_param_names()}
 
     def _predict_kw(self) -> dict:
-        kw = {"k": int(self.knn), "weighting": self.weighting, "index": self.index}
+        # with a knn_grid, the k chosen after training (config.json["predict"]); else knn
+        kw = {"k": None if str(self.knn_grid).strip() else int(self.knn), "weighting": self.weighting,
+              "index": self.index}
         if self.nprobe is not None:
             kw["index_params"] = {"nprobe": int(self.nprobe)}
         return kw

@@ -49,8 +49,11 @@ MODEL_KIND = "xhyp-model"
 ENSEMBLE_KIND = "xhyp-ensemble-manifest"
 # files a finished model directory holds, all listed in its manifest
 MODEL_FILES = ("config.json", "model.pt", "features.npz", "train_emb.pt", "train_labels.npz", "history.json")
+# files a finished model directory holds when its configuration asks for them (listed in its
+# manifest then): the shortlist scorers of xhyp.rerank
+OPTIONAL_MODEL_FILES = ("reranker.npz",)
 # files a run writes (removed by --overwrite)
-RUN_FILES = (*MODEL_FILES, "checkpoint.pt", "train_summary.json", MANIFEST)
+RUN_FILES = (*MODEL_FILES, *OPTIONAL_MODEL_FILES, "checkpoint.pt", "train_summary.json", MANIFEST)
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<hex>[0-9a-f]+)\.tmp$")
 
 __all__ = ["ModelDirError", "ModelFileMissingError", "MANIFEST", "model_dir_writer", "lock_dir", "clean_stale_temps",
@@ -263,15 +266,19 @@ def load_file(path, loader, what: str):
         raise ModelDirError(p, f"is damaged or not a {what} ({type(exc).__name__}{': ' + msg if msg else ''})") from None
 
 
-def write_manifest(directory, run_id: str, files=MODEL_FILES, kind: str = MODEL_KIND, extra: dict | None = None) -> dict:
+def write_manifest(directory, run_id: str, files=None, kind: str = MODEL_KIND, extra: dict | None = None) -> dict:
     """Write ``directory/manifest.json`` (atomically) listing the size and SHA-256 of ``files``.
 
     Call it last: it marks the directory as complete. ``config`` is ``config.json`` when present.
+    ``files`` defaults to a model directory's: ``MODEL_FILES`` and those of ``OPTIONAL_MODEL_FILES``
+    it holds.
 
     Returns:
         the manifest dict.
     """
     d = Path(directory)
+    if files is None:
+        files = (*MODEL_FILES, *(n for n in OPTIONAL_MODEL_FILES if (d / n).is_file()))
     entries = {}
     for n in files:
         size, sha = _digest(d / n)

@@ -7,7 +7,9 @@
 * :mod:`~xhyp.training.optim`: Riemannian Adam, the paper's rule and their row-sparse variants;
 * :mod:`~xhyp.training.distributed`: data-parallel training with torch.distributed;
 * :mod:`~xhyp.training.loop`: :func:`~xhyp.training.loop.train`, the epoch loop with early
-  stopping, resume and the model directory it writes.
+  stopping, resume and the model directory it writes;
+* :mod:`~xhyp.training.prediction_fit`: after the epochs, the shortlist scorers of
+  :mod:`xhyp.knn.rerank` and the prediction settings chosen on the validation split.
 
 The entry point is re-exported here: ``from xhyp.training import train`` (its configuration is
 :class:`xhyp.config.TrainConfig`).

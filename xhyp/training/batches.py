@@ -33,18 +33,21 @@ class NegativeSampler:
         label_freq: ``(L,)`` training frequency of each label.
         kind: ``"uniform"`` or ``"frequency"``.
         generator: a seeded ``torch.Generator``.
+        unique: :meth:`sample_shared` draws without replacement (``negative_draw="unique"``).
     """
 
-    def __init__(self, label_freq: np.ndarray, kind: str, generator):
+    def __init__(self, label_freq: np.ndarray, kind: str, generator, unique: bool = False):
         import torch
 
         self.L = int(label_freq.shape[0])
         self.kind = kind
         self.gen = generator
+        self.unique = unique
         if kind == "frequency":
             w = np.power(label_freq.astype(np.float64), 0.75)
             if w.sum() <= 0:
                 w = np.ones_like(w)
+            self.weights = torch.from_numpy(w / w.sum())
             self.cdf = torch.from_numpy(np.cumsum(w) / w.sum())
         else:
             check_choice("sampling", kind, SAMPLINGS)
@@ -57,6 +60,20 @@ class NegativeSampler:
             return torch.randint(0, self.L, shape, generator=self.gen)
         u = torch.rand(shape, generator=self.gen, dtype=torch.float64)
         return torch.searchsorted(self.cdf, u).clamp_max(self.L - 1)
+
+    def sample_shared(self, k: int):
+        """The ``(k,)`` int64 negatives shared by a batch: :meth:`sample` or, with ``unique``, ``min(k, L)``
+        distinct labels (uniformly: a random permutation's prefix; by frequency: successive draws
+        without replacement, ``torch.multinomial``); all labels, in order, when ``k >= L``."""
+        import torch
+
+        if not self.unique:
+            return self.sample((k,))
+        if k >= self.L:
+            return torch.arange(self.L, dtype=torch.int64)
+        if self.kind == "uniform":
+            return torch.randperm(self.L, generator=self.gen)[:k]
+        return torch.multinomial(self.weights, k, replacement=False, generator=self.gen)
 
 
 @dataclass
@@ -128,7 +145,7 @@ def pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str, 
         neg = sampler.sample((P, k))
         neg_keys = ex[:, None] * L + neg
     else:
-        neg = sampler.sample((k,))
+        neg = sampler.sample_shared(k)
         neg_keys = torch.arange(B, dtype=torch.int64)[:, None] * L + neg[None, :]
     if P == 0:
         return ex, pos, neg, torch.zeros(neg_keys.shape, dtype=torch.bool)

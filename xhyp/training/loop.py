@@ -15,6 +15,9 @@ A model directory written by :func:`train` holds, each file written by this modu
 * ``history.json``: per-epoch loss, validation P@1 and time, at every epoch;
 * ``checkpoint.pt``: the last epoch's full state (weights, optimisers, RNGs, early-stopping
   counters) for ``--resume``, at every epoch;
+* ``reranker.npz`` (``rerank="linear"``) and ``config.json`` again, with the prediction settings
+  chosen on the validation split (``config.json["predict"]``: :mod:`xhyp.training.prediction_fit`),
+  at the end;
 * ``train_emb.pt`` / ``train_labels.npz``: the kNN database (all training examples embedded
   by the best model, and their labels), used by :mod:`xhyp.prediction.predictor`, at the end;
 
@@ -63,7 +66,11 @@ class TrainResult:
         history: per-epoch records (``history.json``).
         best_epoch: the epoch whose weights the model holds (1-based).
         best_val_p1: its validation P@1 (NaN without a validation split).
-        config: the model directory's ``config.json``: ``{"model", "train", "data", ...}``.
+        config: the model directory's ``config.json``: ``{"model", "train", "data", ...}``, with
+            ``"predict"`` (the settings chosen after training, :mod:`xhyp.training.prediction_fit`)
+            when ``rerank`` or ``knn_grid`` asks for them.
+        scorer: the shortlist scorers (:class:`xhyp.knn.rerank.LabelScorer`, ``reranker.npz``) of
+            ``rerank="linear"``, else ``None``.
     """
 
     model: object  # HyperbolicXMC
@@ -75,6 +82,7 @@ class TrainResult:
     best_epoch: int
     best_val_p1: float
     config: dict
+    scorer: object = None  # LabelScorer
 
 
 def precision_at_1(scores: sp.csr_matrix, Y: sp.csr_matrix) -> float:
@@ -109,7 +117,10 @@ def knn_scores(db, Y_db: sp.csr_matrix, q, k: int, weighting: str, alpha: float,
     return vote(I, D, Y_db, top_k=top_k, weighting=weighting, alpha=alpha)
 
 
-def _split(n: int, val_fraction: float, seed: int):
+def validation_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(training rows, validation rows)`` of :func:`train`: sorted int64 ids, a seeded random
+    ``val_fraction`` of ``range(n)`` held out (what early stopping and the after-training choices
+    of :mod:`xhyp.training.prediction_fit` use)."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
     n_val = int(round(n * val_fraction))
@@ -216,7 +227,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     pipe = FeaturePipeline(tcfg.features).fit(X)
     Xp = pipe.transform(X)
     Xp.sort_indices()
-    tr_idx, va_idx = _split(X.shape[0], tcfg.val_fraction, tcfg.seed)
+    tr_idx, va_idx = validation_split(X.shape[0], tcfg.val_fraction, tcfg.seed)
     q_rows = _subset(va_idx, tcfg.val_max_queries, tcfg.seed + 2)
     db_rows = _subset(tr_idx, tcfg.val_max_database, tcfg.seed + 3)
 
@@ -225,7 +236,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         dist_utils.broadcast_parameters(model)
     opts = make_optimizers(model, tcfg)
     gen = torch.Generator().manual_seed(tcfg.seed)
-    sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen)
+    sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,
+                              unique=tcfg.negative_draw == "unique")
     config = {"model": mcfg.to_dict(), "train": tcfg.to_dict(), "data": data_fingerprint(X, Y),
               **(extra_config or {}), "xhyp_version": __version__}
 
@@ -352,8 +364,18 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     model.load_state_dict(best_state)
     # the kNN database: every training example (validation ones included), best model
     emb = model.embed(Xp, device=device)
+    scorer = None
+    if tcfg.rerank != "none" or tcfg.knn_grid.strip():  # shortlist scorers and prediction settings
+        from .prediction_fit import fit_prediction
+
+        config["predict"], scorer = fit_prediction(model, Xp, Y, tr_idx, va_idx, emb, tcfg, device=device)
     if write:
+        if scorer is not None:
+            scorer.save(out / config["predict"]["reranker"])
+        if "predict" in config:  # the settings chosen after training join the configuration
+            atomic_save_json(config, out / "config.json")
         atomic_torch_save(emb, out / "train_emb.pt")
         atomic_save_sparse(out / "train_labels.npz", Y)
     return TrainResult(model=model, train_emb=emb, train_labels=Y, pipeline=pipe, out_dir=out, history=history,
-                       best_epoch=best_epoch, best_val_p1=best if len(va_idx) > 0 else float("nan"), config=config)
+                       best_epoch=best_epoch, best_val_p1=best if len(va_idx) > 0 else float("nan"), config=config,
+                       scorer=scorer)
