@@ -67,6 +67,7 @@ RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 # training options a resumed run may change (how long and where it runs, not what it optimises)
 _RESUMABLE_CHANGES = ("epochs", "patience", *RUNTIME_KEYS)
 OPTIMIZERS = ("radam", "paper")
+CONTRASTIVE_KINDS = ("none", "hmc", "hmce")  # as xhyp.hmc.losses.CONTRASTIVE_KINDS (that module imports torch)
 
 
 class NonFiniteLossError(ValueError):
@@ -114,6 +115,12 @@ class TrainConfig(ConfigBase):
         max_steps: steps per epoch at most (0: the whole epoch); for benchmarks.
         distributed: ``"auto"`` (data-parallel when launched by torchrun with more than one
             process), ``"on"`` (require a torch.distributed environment) or ``"off"``.
+        contrastive: ``"none"``, or ``"hmc"``/``"hmce"``: add HiMulCon's contrastive term between the
+            examples of a batch (Zhang et al. 2022; without a label hierarchy both are the supervised
+            contrastive loss with label-overlap (Jaccard) weighted positives,
+            :func:`xhyp.hmc.losses.weighted_supcon_loss`) on the example embeddings.
+        contrastive_weight: weight of that term.
+        temperature: its softmax temperature.
     """
 
     epochs: int = 30
@@ -142,6 +149,9 @@ class TrainConfig(ConfigBase):
     val_max_database: int = 100_000
     max_steps: int = 0
     distributed: str = "auto"
+    contrastive: str = "none"
+    contrastive_weight: float = 0.1
+    temperature: float = 0.1
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
@@ -159,9 +169,12 @@ class TrainConfig(ConfigBase):
         if self.negatives < 1 or self.batch_size < 1 or self.epochs < 0 or self.alpha <= 0:
             raise ValueError(f"negatives, batch_size, alpha must be positive and epochs >= 0: {self}")
         for name, allowed in (("negative_mode", NEGATIVE_MODES), ("label_update", LABEL_UPDATES),
-                              ("lr_scaling", LR_SCALINGS), ("distributed", DISTRIBUTED_MODES)):
+                              ("lr_scaling", LR_SCALINGS), ("distributed", DISTRIBUTED_MODES),
+                              ("contrastive", CONTRASTIVE_KINDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.contrastive_weight < 0 or not self.temperature > 0:
+            raise ValueError(f"contrastive_weight must be >= 0 and temperature > 0: {self}")
         if self.shared_negatives < 1:
             raise ValueError(f"shared_negatives must be >= 1, got {self.shared_negatives}")
         if min(self.prefetch, self.val_max_queries, self.val_max_database, self.max_steps) < 0:
@@ -243,6 +256,9 @@ class Batch:
             ``idx`` in it (``None`` unless prepared for row-block training, see :func:`train_step`).
         lab_uniq, lab_inv: the same for the label ids ``cat(pos, neg)`` (shared) or
             ``cat(pos[:, None], neg)`` (per pair), ``lab_inv`` shaped like those ids.
+        pair_w: ``(B, B)`` float32 label-overlap weights of the batch's examples when the
+            contrastive term is on (``TrainConfig.contrastive``), else None.
+        contrastive_weight, temperature: that term's weight and temperature.
     """
 
     idx: object
@@ -257,8 +273,12 @@ class Batch:
     feat_inv: object = None
     lab_uniq: object = None
     lab_inv: object = None
+    pair_w: object = None
+    contrastive_weight: float = 0.0
+    temperature: float = 0.1
 
-    _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv")
+    _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv",
+                "pair_w")
 
     def to(self, device) -> "Batch":
         """Copy to ``device`` (non-blocking from pinned memory)."""
@@ -266,7 +286,8 @@ class Batch:
             return self
         mv = {k: (getattr(self, k).to(device, non_blocking=True) if getattr(self, k) is not None else None)
               for k in self._TENSORS}
-        return Batch(**mv, n_pairs=self.n_pairs)
+        return Batch(**mv, n_pairs=self.n_pairs, contrastive_weight=self.contrastive_weight,
+                     temperature=self.temperature)
 
 
 def _pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str, k: int):
@@ -336,6 +357,11 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
         else:
             is_pos = is_pos[lo:hi]
     batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs)
+    if cfg.contrastive != "none" and cfg.contrastive_weight > 0:  # single process only (see train)
+        from .hmc.losses import overlap_weights
+
+        batch.pair_w = torch.from_numpy(overlap_weights(Yb).astype(np.float32))
+        batch.contrastive_weight, batch.temperature = cfg.contrastive_weight, cfg.temperature
     if row_blocks:
         batch.feat_uniq, batch.feat_inv = torch.unique(idx, sorted=True, return_inverse=True)
         ids = torch.cat([pos, neg]) if neg.dim() == 1 else torch.cat([pos[:, None], neg], 1)
@@ -396,6 +422,10 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_
     ``O(B k + P)``, not ``O(P k)``), per-pair ones :meth:`HyperbolicXMC.distance`; positives
     always use :meth:`HyperbolicXMC.distance` (exact for close pairs).
 
+    With ``batch.pair_w`` set (``TrainConfig.contrastive``), ``batch.contrastive_weight`` times
+    the label-overlap weighted supervised contrastive loss of ``r``
+    (:func:`xhyp.hmc.losses.weighted_supcon_loss`, HiMulCon without a hierarchy) is added.
+
     Args:
         model: the model. r: ``(B, n)`` embeddings of the batch's examples. batch: see :class:`Batch`.
         alpha: softmax scale. sparse: gather label rows with a row-sparse gradient.
@@ -405,6 +435,15 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_
     Returns:
         scalar tensor (0 with no gradient path if the shard has no pair).
     """
+    loss = _softmax_loss(model, r, batch, alpha, sparse, label_rows)
+    if batch.pair_w is not None:
+        from .hmc.losses import weighted_supcon_loss
+
+        loss = loss + batch.contrastive_weight * weighted_supcon_loss(r, batch.pair_w, batch.temperature)
+    return loss
+
+
+def _softmax_loss(model, r, batch: Batch, alpha: float, sparse: bool, label_rows):
     import torch
 
     P = int(batch.pos.shape[0])
@@ -730,6 +769,9 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     mcfg, tcfg = normalise_configs(X.shape[1], Y.shape[1], model_config, train_config)
     device = resolve_device(tcfg.device)
     rank, world, device = dist_utils.setup(tcfg.distributed, device)
+    if world > 1 and tcfg.contrastive != "none":
+        raise ValueError("contrastive: the term couples all the examples of a batch; it is not available with "
+                         "data-parallel training (run one process, or contrastive='none')")
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
     seed_everything(tcfg.seed)
