@@ -87,13 +87,13 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
     if tune:
         tcfg["refit"] = False
     load0 = os.getloadavg()[0]
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     r = train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, mcfg, tcfg, hierarchy=d.hierarchy,
                   eval_labels=d.eval_labels)
-    secs = time.time() - t0
+    secs, cpu = time.time() - t0, time.process_time() - c0
     rec = {"dataset": dataset, "method": method, "contrastive": contrastive, "seed": seed, "model": mcfg,
            "train": tcfg, "threshold": r.threshold, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
-           "val_au_prc": r.best_val_au_prc, "train_seconds": round(secs, 2),
+           "val_au_prc": r.best_val_au_prc, "train_seconds": round(secs, 2), "cpu_seconds": round(cpu, 2),
            "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     if not tune:
         rec["test"] = hmc_evaluate(d.Y_test, r.model.predict_proba(d.X_test), r.threshold, labels=d.eval_labels)
@@ -106,8 +106,9 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
 TUNE_CANDIDATES = {  # validation-only selection (--tune): the settings of xhyp.hmc.settings were chosen from these
     # stage 1 (--tune --methods flat): the encoder
     "flat": [{"model": {"hidden": h, "layers": n}} for h, n in ((256, 2), (512, 1), (512, 2))],
-    # stage 2 (--tune --methods joint --contrastive none): the weight of joint's label loss
-    "joint": [{"train": {"label_weight": w}} for w in (0.003, 0.01, 0.03)],
+    # stage 2 (--tune --methods joint --contrastive none): the start and the weight of joint's label loss
+    "joint": [{"train": {"joint_init": i, "label_weight": w}} for i in ("random", "pretrained")
+              for w in (0.003, 0.01, 0.03)],
     # stage 3 (--tune --methods joint --contrastive hmce): the weight of the contrastive term
     "joint+hmce": [{"train": {"contrastive_weight": w}} for w in (0.01, 0.1)],
 }
@@ -133,15 +134,14 @@ def tuning_markdown(records: list[dict], meta: dict) -> str:
     lines = [f"Command: `{meta['command']}`", "",
              "Validation split only (no test data read); seed 0; no refit. Settings not listed are those of "
              "`xhyp.hmc.settings` at the time of the run.", "",
-             "| dataset | method | contrastive | candidate | val AU(PRC) (%) | MAP (%) | best epoch | train s | load |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | method | contrastive | candidate | val AU(PRC) (%) | MAP (%) | best epoch | train s | CPU s | "
+             "load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["dataset"], r["method"], r["contrastive"], json.dumps(r["cand"]))):
-        f = r.get("faithfulness", {})
+        faith = r.get("faithfulness")
+        map_ = f"{100 * faith['map']:.2f}" if faith else "-"
+        cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['contrastive']} | `{json.dumps(r['cand'])}` | "
-                     f"{100 * r['val_au_prc']:.2f} | {100 * f['map']:.2f} | {r['best_epoch']} | "
-                     f"{r['train_seconds']:.0f} | {r['load_average'][0]:.1f} |" if f else
-                     f"| {r['dataset']} | {r['method']} | {r['contrastive']} | `{json.dumps(r['cand'])}` | "
-                     f"{100 * r['val_au_prc']:.2f} | - | {r['best_epoch']} | {r['train_seconds']:.0f} | "
+                     f"{100 * r['val_au_prc']:.2f} | {map_} | {r['best_epoch']} | {r['train_seconds']:.0f} | {cpu} | "
                      f"{r['load_average'][0]:.1f} |")
     return "\n".join(lines)
 
@@ -156,7 +156,8 @@ def summarise(records: list[dict]) -> dict:
     groups: dict = {}
     for r in records:
         vals = {**r["test"], **{k: v for k, v in r.get("faithfulness", {}).items() if k in FAITH_KEYS},
-                "train_seconds": r["train_seconds"], "best_epoch": r["best_epoch"]}
+                "train_seconds": r["train_seconds"], "cpu_seconds": r.get("cpu_seconds", float("nan")),
+                "best_epoch": r["best_epoch"]}
         g = groups.setdefault(r["dataset"], {}).setdefault(r["method"], {}).setdefault(r["contrastive"], {})
         for k, v in vals.items():
             g.setdefault(k, []).append(float(v))
@@ -207,19 +208,22 @@ def markdown(summary: dict, tg: dict, meta: dict) -> str:
     lines = [f"Command: `{meta['command']}`", "",
              f"Seeds {meta['seeds']}; {meta['runs_done']} of {meta['runs_asked']} runs ({meta.get('jobs', 1)} at "
              f"once); wall time {meta.get('wall_seconds', 0) / 60:.1f} min; sum of training times "
-             f"{meta['sum_train_seconds'] / 60:.1f} min; 1-minute load average {meta.get('load', '-')}; overrides: "
+             f"{meta['sum_train_seconds'] / 60:.1f} min, of CPU times {meta.get('sum_cpu_seconds', 0) / 60:.1f} min "
+             "(one torch thread a run: on two otherwise idle cores the grid would take about half of that); "
+             f"1-minute load average {meta.get('load', '-')}; overrides: "
              f"model {json.dumps(meta['model'])}, training {json.dumps(meta['train'])} (other settings: "
              "`xhyp.hmc.settings`).", "",
              "### Test results (mean ± std over seeds, %)", "",
-             "| dataset | method | contrastive | seeds | AU(PRC) | micro-F1 | macro-F1 | micro-F1@0.5 | P@1 | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | method | contrastive | seeds | AU(PRC) | micro-F1 | macro-F1 | micro-F1@0.5 | P@1 | train s | "
+             "CPU s | best epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds, ms in summary.items():
         for m in METHODS:
             for c, s in sorted(ms.get(m, {}).items(), key=lambda kv: kv[0] != "none"):
-                cells = [_cell(s, k) for k in RESULT_KEYS] + [_cell(s, "train_seconds", 1.0, 1)]
+                cells = [_cell(s, k) for k in RESULT_KEYS] + [_cell(s, k, 1.0, 1) for k in
+                                                               ("train_seconds", "cpu_seconds", "best_epoch")]
                 lines.append(f"| {ds} | {m} | {c} | {s['au_prc'][2]} | " + " | ".join(cells) + " |")
         if ds in CHMCNN_AU_PRC:
-            lines.append(f"| {ds} | C-HMCNN (published) | - | 10 | {100 * CHMCNN_AU_PRC[ds]:.1f} | | | | | |")
+            lines.append(f"| {ds} | C-HMCNN (published) | - | 10 | {100 * CHMCNN_AU_PRC[ds]:.1f} | | | | | | | |")
     lines += ["", "### Hierarchy faithfulness of the label vectors (mean ± std over seeds)", "",
               "| dataset | method | contrastive | MAP (%) | mean rank | Spearman(norm, depth) |", "|---|---|---|---|---|---|"]
     for ds, ms in summary.items():
@@ -324,6 +328,7 @@ def main(argv=None) -> int:
             "runs_done": len(records), "runs_asked": len(jobs), "wall_seconds": round(time.time() - t0, 1),
             "load": f"{load[0]} at the start, {load[1]} at the end", "model": model_cfg, "train": train_cfg,
             "sum_train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+            "sum_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in records), 1),
             "contrastive_effect": contrastive_effect(summary)}
     md = markdown(summary, tg, meta)
     write_outputs(args.out, "hmc_table", md, {**meta, "summary": summary, "targets": tg, "runs": records})

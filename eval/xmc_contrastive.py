@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from xhyp.eval.common import command_line, load_xy, pct, write_outputs
+from xhyp.eval.common import add_common_args, command_line, load_xy, pct, write_outputs
 from xhyp.eval.metrics import evaluate
 from xhyp.eval.vote_sweep import holdout_split
 
@@ -70,11 +70,6 @@ def run_dataset(dataset: str, data_dir, weights, seeds, holdout: float, train_cf
             "test": test}
 
 
-def _mean_std(rows, key):
-    v = np.array([r[key] for r in rows])
-    return f"{pct(v.mean())} ± {100 * v.std():.2f}"
-
-
 def markdown(results: dict, meta: dict) -> str:
     """Held-out selection table and test table (mean ± std over seeds) per data set."""
     lines = [f"Command: `{meta['command']}`", "", f"Training settings: {meta['train']}; wall time "
@@ -97,12 +92,15 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _mean_std(rows, key):
+    v = np.array([r[key] for r in rows])
+    return f"{pct(v.mean())} ± {100 * v.std():.2f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The script's command-line parser."""
     p = argparse.ArgumentParser(prog="python -m xhyp.eval.xmc_contrastive", description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["bibtex", "delicious"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", required=True)
+    add_common_args(p)
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.01, 0.1, 1.0],
                    help="contrastive weights tried on the held-out part (0 = no term; default 0 0.01 0.1 1)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the test check")

@@ -21,10 +21,14 @@ COMMON = {"model": {"dim": 128, "projector": "mlp", "layers": 2, "dropout": 0.7,
                     "refit": True, "joint_init": "random", "label_weight": 0.01}}
 
 DATASET_SETTINGS = {
-    "cellcycle_FUN": {"model": {"hidden": 512, "layers": 2}, "train": {}},
-    "derisi_GO": {"model": {"hidden": 512, "layers": 1}, "train": {}},
-    "Enron_corr": {"model": {"hidden": 512, "layers": 1}, "train": {}},
-    "ImCLEF07D": {"model": {"hidden": 512, "layers": 2}, "train": {}},
+    "cellcycle_FUN": {"model": {"hidden": 512, "layers": 2}, "train": {"joint_init": "pretrained", "label_weight": 0.01,
+                                                                           "contrastive_weight": 0.01}},
+    "derisi_GO": {"model": {"hidden": 512, "layers": 1}, "train": {"joint_init": "random", "label_weight": 0.003,
+                                                                       "contrastive_weight": 0.01}},
+    "Enron_corr": {"model": {"hidden": 512, "layers": 1}, "train": {"joint_init": "random", "label_weight": 0.03,
+                                                                        "contrastive_weight": 0.01}},
+    "ImCLEF07D": {"model": {"hidden": 512, "layers": 2}, "train": {"joint_init": "pretrained", "label_weight": 0.003,
+                                                                       "contrastive_weight": 0.01}},
 }
 
 
