@@ -130,19 +130,23 @@ def tune_jobs(datasets, methods, data_dir, cache: Path, contrastive_kinds=("none
 
 
 def tuning_markdown(records: list[dict], meta: dict) -> str:
-    """The ``--tune`` report: validation AU(PRC) (and label-embedding MAP) of every candidate."""
+    """The ``--tune`` report: validation AU(PRC) (and label-embedding MAP) of every candidate,
+    with the settings each run actually used."""
     lines = [f"Command: `{meta['command']}`", "",
-             "Validation split only (no test data read); seed 0; no refit. Settings not listed are those of "
-             "`xhyp.hmc.settings` at the time of the run.", "",
-             "| dataset | method | contrastive | candidate | val AU(PRC) (%) | MAP (%) | best epoch | train s | CPU s | "
-             "load |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "Validation split only (no test data read); seed 0; no refit. The settings columns are those the "
+             "run used (the candidate's values, the others from `xhyp.hmc.settings` as it stood at that stage).",
+             "", "| dataset | method | contrastive | candidate | hidden x layers | joint start | label w | "
+             "contrastive w | val AU(PRC) (%) | MAP (%) | best epoch | train s | CPU s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["dataset"], r["method"], r["contrastive"], json.dumps(r["cand"]))):
-        faith = r.get("faithfulness")
+        faith, m, t = r.get("faithfulness"), r["model"], r["train"]
         map_ = f"{100 * faith['map']:.2f}" if faith else "-"
         cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-"
+        joint = (t["joint_init"], f"{t['label_weight']:g}") if r["method"] == "joint" else ("-", "-")
+        cw = f"{t['contrastive_weight']:g}" if r["contrastive"] != "none" else "-"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['contrastive']} | `{json.dumps(r['cand'])}` | "
-                     f"{100 * r['val_au_prc']:.2f} | {map_} | {r['best_epoch']} | {r['train_seconds']:.0f} | {cpu} | "
-                     f"{r['load_average'][0]:.1f} |")
+                     f"{m['hidden']} x {m['layers']} | {joint[0]} | {joint[1]} | {cw} | {100 * r['val_au_prc']:.2f} | "
+                     f"{map_} | {r['best_epoch']} | {r['train_seconds']:.0f} | {cpu} | {r['load_average'][0]:.1f} |")
     return "\n".join(lines)
 
 
