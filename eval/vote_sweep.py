@@ -18,28 +18,11 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
-
 from xhyp.config import GEOMETRIES, WEIGHTINGS
 from xhyp.datasets import load_split
-from xhyp.eval.common import config_dir, log, md_table, pct, run_script, script_parser, train_cell
+from xhyp.eval.common import config_dir, holdout_split, log, md_table, pct, run_script, script_parser, train_cell
 from xhyp.metrics import evaluate
 from xhyp.prediction import Ensemble
-
-
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(fit rows, held-out rows)``, both sorted int64 arrays, a seeded random split of ``range(n)``.
-
-    Raises:
-        ValueError: ``fraction`` outside ``(0, 1)`` or a split with an empty side.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_out = int(round(fraction * n))
-    if n_out == 0 or n_out == n:
-        raise ValueError(f"holdout of {fraction} of {n} rows leaves one side empty")
-    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 
 def sweep_dataset(dataset: str, data_dir, cache, learners: int, knn, dim: int, geometry: str,

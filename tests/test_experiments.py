@@ -171,13 +171,13 @@ def test_log_exp_maps_and_projection():
 
 
 def test_vote_sweep_uses_only_the_training_split(tmp_path, data_dir):
-    from xhyp.eval import vote_sweep
+    from xhyp.eval import common, vote_sweep
 
-    fit, out = vote_sweep.holdout_split(200, 0.25, seed=4)
+    fit, out = common.holdout_split(200, 0.25, seed=4)
     assert len(out) == 50 and len(np.intersect1d(fit, out)) == 0 and len(fit) + len(out) == 200
-    assert np.array_equal(out, vote_sweep.holdout_split(200, 0.25, seed=4)[1])
+    assert np.array_equal(out, common.holdout_split(200, 0.25, seed=4)[1])
     with pytest.raises(ValueError, match="holdout"):
-        vote_sweep.holdout_split(10, 1.0, 0)
+        common.holdout_split(10, 1.0, 0)
     assert vote_sweep.main(["--datasets", "toy", "--data-dir", str(data_dir), "--out", str(tmp_path),
                             "--learners", "2", "--knn", "1", "5", "--dim", "3", "--holdout", "0.25",
                             "--epochs", "1", "--negatives", "5", "--threads", "1"]) == 0
