@@ -115,7 +115,16 @@ def train_hmc_model(out_dir, dataset: str, data_dir=None, model: dict | None = N
 
 
 def run_hmc_verb(args, model: dict, train_cfg: dict) -> dict:
-    """``train`` / ``ensemble`` / ``run`` with ``--method flat|cascaded|joint`` (see :mod:`xhyp.cli`)."""
+    """``train`` / ``ensemble`` / ``run`` with ``--method flat|cascaded|joint`` (see :mod:`xhyp.cli`).
+
+    Returns:
+        the training summary (``train``), ``{"members", "learners"}`` (``ensemble``) or the test
+        metrics record (``run``).
+
+    Raises:
+        ValueError: an XMC-only option, ``--file`` instead of a registry ``--dataset``, no dataset
+            or not an HMC dataset, or bad settings (:class:`xhyp.hmc.train.HMCTrainConfig`).
+    """
     from xhyp.utils import atomic_save_json
 
     m, t = hmc_settings(args, model, train_cfg)
@@ -161,7 +170,11 @@ def run_hmc_verb(args, model: dict, train_cfg: dict) -> dict:
 
 def hmc_member_dirs(dirs) -> list[Path] | None:
     """The HMC model directories that ``dirs`` (model or ensemble directories) stand for, or None
-    when they are not HMC models."""
+    when they are not HMC models.
+
+    Raises:
+        ValueError: ``dirs`` mix HMC and XMC models.
+    """
     from .train import is_hmc_dir
 
     out = []

@@ -163,7 +163,11 @@ class HMCModel(nn.Module):
     @torch.no_grad()
     def predict_proba(self, X, batch_size: int = 512) -> np.ndarray:
         """``(Q, F)`` dense ndarray or CSR features -> ``(Q, L)`` float64 sigmoid probabilities
-        (hierarchy-coherent when the model is; float64 so that confident scores do not tie at 1)."""
+        (hierarchy-coherent when the model is; float64 so that confident scores do not tie at 1).
+
+        Raises:
+            ValueError: ``X`` has another number of features than the model was trained on.
+        """
         if X.shape[1] != self.config.n_features:
             raise ValueError(f"queries have {X.shape[1]} features, the model was trained on {self.config.n_features}")
         was = self.training
