@@ -117,6 +117,21 @@ def cache_settings(args) -> tuple[dict, str, int]:
     return overrides, args.cache or str(Path(args.out) / "cache"), seed
 
 
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit rows, held-out rows)``, both sorted int64 arrays, a seeded random split of ``range(n)``.
+
+    Raises:
+        ValueError: ``fraction`` outside ``(0, 1)`` or a split with an empty side.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_out = int(round(fraction * n))
+    if n_out == 0 or n_out == n:
+        raise ValueError(f"holdout of {fraction} of {n} rows leaves one side empty")
+    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+
+
 def command_line(script: str, argv=None) -> str:
     """The command that ran ``python -m xhyp.eval.SCRIPT`` (stored in every JSON)."""
     return f"python -m xhyp.eval.{script} " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -184,21 +199,6 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # the learner cache
-
-
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(fit rows, held-out rows)``, both sorted int64 arrays, a seeded random split of ``range(n)``.
-
-    Raises:
-        ValueError: ``fraction`` outside ``(0, 1)`` or a split with an empty side.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_out = int(round(fraction * n))
-    if n_out == 0 or n_out == n:
-        raise ValueError(f"holdout of {fraction} of {n} rows leaves one side empty")
-    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 
 def config_dir(cache: str | Path, dataset: str, geometry: str, dim: int, overrides: dict | None = None) -> Path:

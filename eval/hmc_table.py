@@ -1,21 +1,29 @@
 """HMC results: flat, cascaded and joint (HiddeN), each without and with the HiMulCon-E term,
-on the Clus-HMC sets, mean and spread over seeds, plus the hierarchy-faithfulness table.
+on the Clus-HMC sets, mean and spread over seeds, plus the hierarchy-faithfulness table; and the
+validation-only selection of their settings (``--tune``).
 
 For every (dataset, method, contrastive, seed) one model is trained by
-:func:`xhyp.hmc.train.train_hmc` (early stopping on validation AU(PRC), F1 threshold chosen on
-validation; Enron and ImCLEF07D hold 20% of their training file out for validation, the yeast
-sets use their validation file), then scored once on test: AU(PRC) (C-HMCNN's micro-averaged
-area, GO roots left out), micro/macro-F1 at the validation threshold, P@1. Faithfulness of the
-label vectors against the known hierarchy: MAP and mean rank of reconstructing every node's
-ancestors by distance (Nickel & Kiela 2017), Spearman's rho of norm vs depth (Poincaré distances
-for cascaded/joint, Euclidean for flat's output-layer vectors, as a reference).
+:func:`xhyp.hmc.train.train_hmc` with the dataset's settings (:mod:`xhyp.hmc.settings`: early
+stopping on the validation AU(PRC), F1 threshold chosen on validation, then a refit on train +
+validation for the best number of epochs; Enron and ImCLEF07D hold 20% of their training file
+out for validation, the yeast sets use their validation file), then scored once on test:
+AU(PRC) (C-HMCNN's micro-averaged area, GO roots left out), micro/macro-F1 at the validation
+threshold, P@1. Faithfulness of the label vectors against the known hierarchy: MAP and mean
+rank of reconstructing every node's ancestors by distance (Nickel & Kiela 2017), Spearman's rho
+of norm vs depth (Poincaré distances between the label points of cascaded/joint, Euclidean
+distances between flat's output-layer vectors, as a reference).
+
+``--tune`` trains the candidate settings of :data:`TUNE_CANDIDATES` (without refit) and reports
+only their validation AU(PRC) (and MAP) -- no test data is read; the chosen values are those of
+:mod:`xhyp.hmc.settings`.
 
 Example::
 
     nice -n 5 python -m xhyp.eval.hmc_table --data-dir ../shared/data --out docs/results/hmc --jobs 2
 
-Each run is cached as ``OUT/runs/DATASET_METHOD_CONTRASTIVE_sSEED.json`` (a rerun skips it);
-writes ``OUT/hmc_table.md`` and ``OUT/hmc_table.json``.
+Each run is cached as ``OUT/runs/DATASET_METHOD_CONTRASTIVE_sSEED.json`` (a rerun skips it;
+``--tune``: ``OUT/runs/tune/...``); writes ``OUT/hmc_table.md`` and ``OUT/hmc_table.json``
+(``--tune``: ``OUT/hmc_tuning.*``).
 """
 from __future__ import annotations
 
@@ -36,41 +44,115 @@ RESULT_KEYS = ("au_prc", "micro_f1", "macro_f1", "micro_f1@0.5", "P@1")
 FAITH_KEYS = ("map", "mean_rank", "spearman_norm_depth")
 
 
+def _settings(dataset: str, method: str, contrastive: str, seed: int, model_cfg: dict, train_cfg: dict):
+    from xhyp.hmc.settings import settings_for
+
+    m, t = settings_for(dataset)
+    return {**m, **model_cfg, "method": method}, {**t, **train_cfg, "contrastive": contrastive, "seed": seed,
+                                                  "threads": 1}
+
+
+def _faithfulness(model, method: str, hierarchy) -> dict:
+    from xhyp.metrics import hierarchy_reconstruction, norm_depth_spearman
+
+    if method == "flat":
+        E, geo = model.label_vectors.detach().double().numpy(), "euclidean"
+    else:
+        E, geo = model.poincare_embeddings().detach().double().numpy(), "poincare"
+    return {**hierarchy_reconstruction(E, hierarchy.ancestors(), geo), "geometry": geo,
+            "spearman_norm_depth": norm_depth_spearman(E, hierarchy.depth())}
+
+
 def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, model_cfg: dict, train_cfg: dict,
-            cache: Path) -> dict:
-    """Train and evaluate one model (cached as JSON under ``cache``)."""
-    path = cache / f"{dataset}_{method}_{contrastive}_s{seed}.json"
+            cache: Path, tune: bool = False) -> dict:
+    """Train and evaluate one model (cached as JSON under ``cache``). With ``tune`` the model is
+    trained without refit and only its validation AU(PRC) (and faithfulness) is recorded."""
+    tag = "" if not tune else "_" + json.dumps({"m": model_cfg, "t": train_cfg}, sort_keys=True).translate(
+        str.maketrans("", "", ' {}"')).replace(":", "=").replace(",", "_")
+    path = cache / f"{dataset}_{method}_{contrastive}_s{seed}{tag}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    import os
+
     import torch
 
-    from xhyp.metrics import hierarchy_reconstruction, hmc_evaluate, norm_depth_spearman
+    from xhyp.metrics import hmc_evaluate
     from xhyp.datasets.hmc import load_hmc
     from xhyp.hmc.train import train_hmc
     from xhyp.utils import atomic_save_json
 
     torch.set_num_threads(1)
     d = load_hmc(dataset, data_dir)
-    t0 = time.time()
-    r = train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, {**model_cfg, "method": method},
-                  {**train_cfg, "contrastive": contrastive, "seed": seed, "threads": 1}, hierarchy=d.hierarchy,
+    mcfg, tcfg = _settings(dataset, method, contrastive, seed, model_cfg, train_cfg)
+    if tune:
+        tcfg["refit"] = False
+    load0 = os.getloadavg()[0]
+    t0, c0 = time.time(), time.process_time()
+    r = train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, mcfg, tcfg, hierarchy=d.hierarchy,
                   eval_labels=d.eval_labels)
-    secs = time.time() - t0
-    test = hmc_evaluate(d.Y_test, r.model.predict_proba(d.X_test), r.threshold, labels=d.eval_labels)
-    rec = {"dataset": dataset, "method": method, "contrastive": contrastive, "seed": seed, "test": test,
-           "threshold": r.threshold, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
-           "val_au_prc": r.best_val_au_prc, "train_seconds": round(secs, 2)}
+    secs, cpu = time.time() - t0, time.process_time() - c0
+    rec = {"dataset": dataset, "method": method, "contrastive": contrastive, "seed": seed, "model": mcfg,
+           "train": tcfg, "threshold": r.threshold, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
+           "val_au_prc": r.best_val_au_prc, "train_seconds": round(secs, 2), "cpu_seconds": round(cpu, 2),
+           "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    if not tune:
+        rec["test"] = hmc_evaluate(d.Y_test, r.model.predict_proba(d.X_test), r.threshold, labels=d.eval_labels)
     if d.hierarchy is not None:
-        E = r.model.label_vectors.detach().double().numpy()
-        geo = "euclidean" if method == "flat" else "poincare"
-        rec["faithfulness"] = {**hierarchy_reconstruction(E, d.hierarchy.ancestors(), geo), "geometry": geo,
-                               "spearman_norm_depth": norm_depth_spearman(E, d.hierarchy.depth())}
+        rec["faithfulness"] = _faithfulness(r.model, method, d.hierarchy)
     atomic_save_json(rec, path)
     return rec
 
 
+TUNE_CANDIDATES = {  # validation-only selection (--tune): the settings of xhyp.hmc.settings were chosen from these
+    # stage 1 (--tune --methods flat): the encoder
+    "flat": [{"model": {"hidden": h, "layers": n}} for h, n in ((256, 2), (512, 1), (512, 2))],
+    # stage 2 (--tune --methods joint --contrastive none): the start and the weight of joint's label loss
+    "joint": [{"train": {"joint_init": i, "label_weight": w}} for i in ("random", "pretrained")
+              for w in (0.003, 0.01, 0.03)],
+    # stage 3 (--tune --methods joint --contrastive hmce): the weight of the contrastive term
+    "joint+hmce": [{"train": {"contrastive_weight": w}} for w in (0.01, 0.1)],
+}
+
+
+def tune_jobs(datasets, methods, data_dir, cache: Path, contrastive_kinds=("none", "hmce")) -> list[tuple]:
+    """The ``--tune`` runs: the :data:`TUNE_CANDIDATES` of ``methods`` and ``contrastive_kinds``
+    on every dataset, seed 0."""
+    jobs = []
+    for ds in datasets:
+        for key, cands in TUNE_CANDIDATES.items():
+            method, _, contrastive = key.partition("+")
+            if method not in methods or (contrastive or "none") not in contrastive_kinds:
+                continue
+            for c in cands:
+                jobs.append((ds, method, contrastive or "none", 0, data_dir, c.get("model", {}), c.get("train", {}),
+                             cache, True))
+    return jobs
+
+
+def tuning_markdown(records: list[dict], meta: dict) -> str:
+    """The ``--tune`` report: validation AU(PRC) (and label-embedding MAP) of every candidate,
+    with the settings each run actually used."""
+    lines = [f"Command: `{meta['command']}`", "",
+             "Validation split only (no test data read); seed 0; no refit. The settings columns are those the "
+             "run used (the candidate's values, the others from `xhyp.hmc.settings` as it stood at that stage).",
+             "", "| dataset | method | contrastive | candidate | hidden x layers | joint start | label w | "
+             "contrastive w | val AU(PRC) (%) | MAP (%) | best epoch | train s | CPU s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["dataset"], r["method"], r["contrastive"], json.dumps(r["cand"]))):
+        faith, m, t = r.get("faithfulness"), r["model"], r["train"]
+        map_ = f"{100 * faith['map']:.2f}" if faith else "-"
+        cpu = f"{r['cpu_seconds']:.0f}" if "cpu_seconds" in r else "-"
+        joint = (t["joint_init"], f"{t['label_weight']:g}") if r["method"] == "joint" else ("-", "-")
+        cw = f"{t['contrastive_weight']:g}" if r["contrastive"] != "none" else "-"
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['contrastive']} | `{json.dumps(r['cand'])}` | "
+                     f"{m['hidden']} x {m['layers']} | {joint[0]} | {joint[1]} | {cw} | {100 * r['val_au_prc']:.2f} | "
+                     f"{map_} | {r['best_epoch']} | {r['train_seconds']:.0f} | {cpu} | {r['load_average'][0]:.1f} |")
+    return "\n".join(lines)
+
+
 def _job(args):
-    return run_one(*args)
+    rec = run_one(*args)
+    return {**rec, "cand": {k: v for k, v in (("model", args[5]), ("train", args[6])) if v}}
 
 
 def summarise(records: list[dict]) -> dict:
@@ -78,7 +160,8 @@ def summarise(records: list[dict]) -> dict:
     groups: dict = {}
     for r in records:
         vals = {**r["test"], **{k: v for k, v in r.get("faithfulness", {}).items() if k in FAITH_KEYS},
-                "train_seconds": r["train_seconds"], "best_epoch": r["best_epoch"]}
+                "train_seconds": r["train_seconds"], "cpu_seconds": r.get("cpu_seconds", float("nan")),
+                "best_epoch": r["best_epoch"]}
         g = groups.setdefault(r["dataset"], {}).setdefault(r["method"], {}).setdefault(r["contrastive"], {})
         for k, v in vals.items():
             g.setdefault(k, []).append(float(v))
@@ -109,22 +192,42 @@ def targets(summary: dict, contrastive: str = "none") -> dict:
                     "map_on_every_set": bool(faithful) and all(faithful.values())}}
 
 
+def contrastive_effect(summary: dict, kind: str = "hmce") -> dict:
+    """``{dataset: {method: {"au_prc": delta, "map": delta}}}``: mean with the ``kind`` term minus
+    mean without it (percentage points; ``map`` only where a hierarchy is known)."""
+    out: dict = {}
+    for ds, ms in summary.items():
+        for m, cs in ms.items():
+            a, b = cs.get(kind, {}), cs.get("none", {})
+            d = {k: 100 * (a[k][0] - b[k][0]) for k in ("au_prc", "map") if k in a and k in b}
+            if d:
+                out.setdefault(ds, {})[m] = d
+    return out
+
+
 def markdown(summary: dict, tg: dict, meta: dict) -> str:
-    """The Markdown report: the AU(PRC)/F1 results table, the hierarchy-faithfulness table and the
-    target status, from :func:`summarise`-style ``summary``, targets ``tg`` and run ``meta``."""
+    """The Markdown report: the AU(PRC)/F1 results table, the hierarchy-faithfulness table, the
+    contrastive term's effect, the run times and the target status, from :func:`summarise`-style
+    ``summary``, targets ``tg`` and run ``meta``."""
     lines = [f"Command: `{meta['command']}`", "",
-             f"Seeds {meta['seeds']}; {meta['runs_done']} of {meta['runs_asked']} runs; sum of training times "
-             f"{meta['sum_train_seconds'] / 60:.1f} min; model {json.dumps(meta['model'])}; training {json.dumps(meta['train'])}.", "",
+             f"Seeds {meta['seeds']}; {meta['runs_done']} of {meta['runs_asked']} runs ({meta.get('jobs', 1)} at "
+             f"once); wall time {meta.get('wall_seconds', 0) / 60:.1f} min; sum of training times "
+             f"{meta['sum_train_seconds'] / 60:.1f} min, of CPU times {meta.get('sum_cpu_seconds', 0) / 60:.1f} min "
+             "(one torch thread a run: on two otherwise idle cores the grid would take about half of that); "
+             f"1-minute load average {meta.get('load', '-')}; overrides: "
+             f"model {json.dumps(meta['model'])}, training {json.dumps(meta['train'])} (other settings: "
+             "`xhyp.hmc.settings`).", "",
              "### Test results (mean ± std over seeds, %)", "",
-             "| dataset | method | contrastive | seeds | AU(PRC) | micro-F1 | macro-F1 | micro-F1@0.5 | P@1 | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | method | contrastive | seeds | AU(PRC) | micro-F1 | macro-F1 | micro-F1@0.5 | P@1 | train s | "
+             "CPU s | best epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds, ms in summary.items():
         for m in METHODS:
             for c, s in sorted(ms.get(m, {}).items(), key=lambda kv: kv[0] != "none"):
-                cells = [_cell(s, k) for k in RESULT_KEYS] + [_cell(s, "train_seconds", 1.0, 1)]
+                cells = [_cell(s, k) for k in RESULT_KEYS] + [_cell(s, k, 1.0, 1) for k in
+                                                               ("train_seconds", "cpu_seconds", "best_epoch")]
                 lines.append(f"| {ds} | {m} | {c} | {s['au_prc'][2]} | " + " | ".join(cells) + " |")
         if ds in CHMCNN_AU_PRC:
-            lines.append(f"| {ds} | C-HMCNN (published) | - | 10 | {100 * CHMCNN_AU_PRC[ds]:.1f} | | | | | |")
+            lines.append(f"| {ds} | C-HMCNN (published) | - | 10 | {100 * CHMCNN_AU_PRC[ds]:.1f} | | | | | | | |")
     lines += ["", "### Hierarchy faithfulness of the label vectors (mean ± std over seeds)", "",
               "| dataset | method | contrastive | MAP (%) | mean rank | Spearman(norm, depth) |", "|---|---|---|---|---|---|"]
     for ds, ms in summary.items():
@@ -134,8 +237,17 @@ def markdown(summary: dict, tg: dict, meta: dict) -> str:
                     lines.append(f"| {ds} | {m} | {c} | {_cell(s, 'map')} | {_cell(s, 'mean_rank', 1.0, 1)} | "
                                  f"{_cell(s, 'spearman_norm_depth', 1.0, 3)} |")
     lines += ["", "flat's vectors are compared with Euclidean distances (a reference: flat has no hyperbolic "
-              "embedding); cascaded and joint with Poincaré distances.", "",
-              "### Targets (variant without the contrastive term)", ""]
+              "embedding); cascaded and joint with Poincaré distances between the labels' points of the ball.", ""]
+    eff = contrastive_effect(summary)
+    if eff:
+        lines += ["### Effect of the contrastive term (HiMulCon-E; mean with minus mean without, points)", "",
+                  "| dataset | method | AU(PRC) | MAP |", "|---|---|---|---|"]
+        for ds, ms in eff.items():
+            for m, d in ms.items():
+                lines.append(f"| {ds} | {m} | {d['au_prc']:+.2f} | " +
+                             (f"{d['map']:+.2f} |" if "map" in d else "- |"))
+        lines.append("")
+    lines += ["### Targets (variant without the contrastive term)", ""]
     for k, v in tg.items():
         lines.append(f"- {k}: {json.dumps(v)}")
     return "\n".join(lines)
@@ -151,48 +263,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--model", default="{}", help="JSON HMCModelConfig overrides")
-    p.add_argument("--train", default="{}", help="JSON HMCTrainConfig overrides")
+    p.add_argument("--model", default="{}", help="JSON HMCModelConfig overrides of xhyp.hmc.settings")
+    p.add_argument("--train", default="{}", help="JSON HMCTrainConfig overrides of xhyp.hmc.settings")
+    p.add_argument("--tune", action="store_true", help="run the validation-only selection (TUNE_CANDIDATES) "
+                   "instead of the grid; writes OUT/hmc_tuning.md/json")
     p.add_argument("--summarise-only", action="store_true",
                    help="train nothing: tabulate the runs already cached under OUT/runs (a reduced grid)")
     return p
 
 
+def _run_all(jobs: list, n_jobs: int, show) -> list[dict]:
+    records = []
+    if n_jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(n_jobs) as pool:
+            for r in pool.imap_unordered(_job, jobs):
+                records.append(r)
+                show(len(records), len(jobs), r)
+    else:
+        for j in jobs:
+            records.append(_job(j))
+            show(len(records), len(jobs), records[-1])
+    return records
+
+
+def _show(i: int, n: int, r: dict) -> None:
+    score = f"test AU(PRC) {r['test']['au_prc']:.4f}" if "test" in r else f"val AU(PRC) {r['val_au_prc']:.4f}"
+    print(f"[{i}/{n}] {r['dataset']} {r['method']} {r['contrastive']} s{r['seed']} {json.dumps(r.get('cand', {}))}: "
+          f"{score} ({r['train_seconds']:.0f} s, load {r['load_average'][0]:.1f})", flush=True)
+
+
 def main(argv=None) -> int:
-    """Run (or resume from the cache) the HMC grid and write JSON + Markdown; returns the exit code."""
+    """Run (or resume from the cache) the HMC grid (or the ``--tune`` selection) and write JSON +
+    Markdown; returns the exit code."""
+    import os
+
     args = build_parser().parse_args(argv)
-    model_cfg = json.loads(args.model)
-    train_cfg = {"epochs": args.epochs, **json.loads(args.train)}
+    model_cfg, train_cfg = json.loads(args.model), json.loads(args.train)
+    t0, load = time.time(), [round(os.getloadavg()[0], 2)]
+    if args.tune:
+        records = _run_all(tune_jobs(args.datasets, args.methods, args.data_dir, Path(args.out) / "runs" / "tune",
+                                     args.contrastive), args.jobs, _show)
+        meta = {"command": command_line("hmc_table", argv), "wall_seconds": round(time.time() - t0, 1),
+                "candidates": TUNE_CANDIDATES}
+        old = Path(args.out) / "hmc_tuning.json"  # earlier stages stay in the report
+        if old.is_file():
+            keep = {(r["dataset"], r["method"], r["contrastive"], json.dumps(r["cand"], sort_keys=True))
+                    for r in records}
+            records = [r for r in json.loads(old.read_text())["runs"]
+                       if (r["dataset"], r["method"], r["contrastive"], json.dumps(r["cand"], sort_keys=True))
+                       not in keep] + records
+        write_outputs(args.out, "hmc_tuning", tuning_markdown(records, meta), {**meta, "runs": records})
+        return 0
     cache = Path(args.out) / "runs"
     cache.mkdir(parents=True, exist_ok=True)
     jobs = [(ds, m, c, s, args.data_dir, model_cfg, train_cfg, cache) for ds in args.datasets for m in args.methods
             for c in args.contrastive for s in args.seeds]
-    t0 = time.time()
     if args.summarise_only:
         records = [json.loads((cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").read_text()) for j in jobs
                    if (cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").is_file()]
-    elif args.jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            records = []
-            for r in pool.imap_unordered(_job, jobs):
-                records.append(r)
-                print(f"[{len(records)}/{len(jobs)}] {r['dataset']} {r['method']} {r['contrastive']} s{r['seed']}: "
-                      f"AU(PRC) {r['test']['au_prc']:.4f} ({r['train_seconds']:.0f} s)", flush=True)
     else:
-        records = []
-        for j in jobs:
-            records.append(r := run_one(*j))
-            print(f"[{len(records)}/{len(jobs)}] {r['dataset']} {r['method']} {r['contrastive']} s{r['seed']}: "
-                  f"AU(PRC) {r['test']['au_prc']:.4f} ({r['train_seconds']:.0f} s)", flush=True)
+        records = _run_all(jobs, args.jobs, _show)
+    load.append(round(os.getloadavg()[0], 2))
     summary = summarise(records)
     tg = targets(summary)
     meta = {"command": command_line("hmc_table", argv), "seeds": args.seeds, "jobs": args.jobs,
-            "runs_done": len(records), "runs_asked": len(jobs),
-            "wall_seconds": round(time.time() - t0, 1), "model": model_cfg, "train": train_cfg,
-            "sum_train_seconds": round(sum(r["train_seconds"] for r in records), 1)}
+            "runs_done": len(records), "runs_asked": len(jobs), "wall_seconds": round(time.time() - t0, 1),
+            "load": f"{load[0]} at the start, {load[1]} at the end", "model": model_cfg, "train": train_cfg,
+            "sum_train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+            "sum_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in records), 1),
+            "contrastive_effect": contrastive_effect(summary)}
     md = markdown(summary, tg, meta)
     write_outputs(args.out, "hmc_table", md, {**meta, "summary": summary, "targets": tg, "runs": records})
     print(md)

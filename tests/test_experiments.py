@@ -172,7 +172,7 @@ def test_log_exp_maps_and_projection():
 
 
 def test_vote_sweep_uses_only_the_training_split(tmp_path, data_dir):
-    from xhyp.eval import vote_sweep
+    from xhyp.eval import common, vote_sweep
 
     fit, out = eval_common.holdout_split(200, 0.25, seed=4)
     assert len(out) == 50 and len(np.intersect1d(fit, out)) == 0 and len(fit) + len(out) == 200

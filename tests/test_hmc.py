@@ -14,7 +14,9 @@ from xhyp.datasets import loading, registry
 from xhyp.datasets.formats import DataFormatError, read_hmc_arff, read_mulan_arff
 from xhyp import metrics as M
 from xhyp.datasets.hmc import Hierarchy, load_hmc, preprocess_dense
-from xhyp.hmc.losses import cooccurrence_pairs, himulcon_loss, poincare_label_loss, sample_negatives
+from xhyp.hmc.losses import (cooccurrence_pairs, himulcon_loss, hyperboloid_dist, max_constraint, max_constraint_loss,
+                             overlap_weights, poincare_label_loss, sample_negatives, weighted_supcon_loss)
+from xhyp.hmc.models import descendant_pairs, to_poincare
 
 # -- ARFF -------------------------------------------------------------------------------------
 
@@ -182,6 +184,90 @@ def test_poincare_label_loss_float64_reference():
     assert poincare_label_loss(E, pairs, negs).item() == pytest.approx(want / 3, rel=1e-9)
 
 
+def test_hyperboloid_dist_float64_reference():
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(40, 5, generator=g, dtype=torch.float64) * torch.logspace(-3, 3, 40, dtype=torch.float64)[:, None]
+    v = torch.randn(40, 5, generator=g, dtype=torch.float64) * 2
+    v[0] = u[0] * (1 + 1e-6)  # a very close pair far from the origin
+    v[1] = u[1]  # identical points: distance ~0
+    got = hyperboloid_dist(u, v)
+    for i in range(40):
+        a, b = u[i].tolist(), v[i].tolist()
+        au, av = math.sqrt(1 + sum(x * x for x in a)), math.sqrt(1 + sum(x * x for x in b))
+        x = [t / (1 + au) for t in a]
+        y = [t / (1 + av) for t in b]
+        s = sum((p - q) ** 2 for p, q in zip(x, y)) * (1 + au) * (1 + av) / 4
+        want = 2 * math.asinh(math.sqrt(s))
+        if i > 1:  # the Lorentz form arccosh(a_u a_v - <u, v>) agrees where it does not cancel
+            assert want == pytest.approx(math.acosh(au * av - sum(p * q for p, q in zip(a, b))), rel=1e-6)
+        assert got[i].item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+    small = u[10:20]  # moderate norms: the same as the Poincaré distance of the ball points
+    np.testing.assert_allclose(hyperboloid_dist(small, v[10:20]), manifold.dist(to_poincare(small), to_poincare(v[10:20])),
+                               rtol=1e-7)
+    assert torch.all(to_poincare(u).norm(dim=1) < 1)
+    E = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    loss = poincare_label_loss(E, torch.tensor([[0, 1], [2, 3]]), torch.tensor([[4, 5], [5, 0]]), coords="hyperboloid")
+    ball = poincare_label_loss(to_poincare(E), torch.tensor([[0, 1], [2, 3]]), torch.tensor([[4, 5], [5, 0]]))
+    assert loss.item() == pytest.approx(ball.item(), rel=1e-7)
+    loss.backward()
+    assert torch.isfinite(E.grad).all()
+    with pytest.raises(ValueError, match="coords"):
+        poincare_label_loss(E, torch.tensor([[0, 1]]), torch.tensor([[4]]), coords="klein")
+
+
+def _dag():
+    #   0     1
+    #   |\   /
+    #   2  3        4 child of 2 and 3; 5 child of 4
+    #    \ /
+    #     4 - 5
+    return Hierarchy(list("abcdef"), [[], [], [0], [0, 1], [2, 3], [4]])
+
+
+def test_max_constraint_and_loss_float64_reference():
+    h = _dag()
+    closure = torch.from_numpy(descendant_pairs(h))
+    desc = [{d for d in range(6) if a in h.ancestors()[d]} for a in range(6)]
+    assert desc == [{2, 3, 4, 5}, {3, 4, 5}, {4, 5}, {4, 5}, {5}, set()]
+    rng = np.random.default_rng(4)
+    S = torch.tensor(rng.normal(size=(7, 6)) * 3, requires_grad=True)
+    Y = np.zeros((7, 6))
+    for i, leaf in enumerate([5, 4, 2, 3, 1, 0, 5]):
+        Y[i, [leaf, *h.ancestors()[leaf]]] = 1
+    Y[6] = 0  # an example without labels
+    out = max_constraint(S, closure)
+    for i in range(7):
+        for a in range(6):
+            assert out[i, a].item() == max(S[i, j].item() for j in {a} | desc[a])
+    # MCLoss as C-HMCNN writes it, on probabilities: (1 - y) MCM(p) + y MCM(y p), then BCE
+    p = 1 / (1 + np.exp(-S.detach().numpy()))
+    want = 0.0
+    cols = [1, 2, 3, 4, 5]
+    for i in range(7):
+        for a in cols:
+            reach = [a, *desc[a]]
+            q = max(p[i, j] for j in reach) if Y[i, a] == 0 else max(Y[i, j] * p[i, j] for j in reach)
+            want += -(Y[i, a] * math.log(q) + (1 - Y[i, a]) * math.log(1 - q))
+    got = max_constraint_loss(S, torch.tensor(Y), closure, torch.tensor(cols))
+    assert got.item() == pytest.approx(want / (7 * len(cols)), rel=1e-9)
+    got.backward()
+    assert torch.isfinite(S.grad).all() and S.grad.abs().sum() > 0
+    # no hierarchy: plain BCE with logits
+    plain = max_constraint_loss(S, torch.tensor(Y), torch.zeros((2, 0), dtype=torch.long))
+    assert plain.item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(S, torch.tensor(Y)).item())
+
+
+def test_overlap_weights_and_weighted_supcon():
+    Y = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]]))
+    W = overlap_weights(Y)
+    np.testing.assert_allclose(W, [[1, 1 / 3, 0, 1], [1 / 3, 1, 0, 1 / 3], [0, 0, 0, 0], [1, 1 / 3, 0, 1]])
+    z = torch.tensor(np.random.default_rng(5).normal(size=(4, 3)), requires_grad=True)
+    got = weighted_supcon_loss(z, torch.from_numpy(W), 0.5)
+    assert got.item() == pytest.approx(_naive_supcon(z.detach().numpy(), W, 0.5), rel=1e-9)
+    assert got.item() == pytest.approx(himulcon_loss(z, torch.tensor(Y.toarray()), None, "hmce", 0.5).item(), rel=1e-12)
+    assert weighted_supcon_loss(z[:1], torch.ones(1, 1)).item() == 0.0
+
+
 def _naive_supcon(z, W, tau):
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     B, losses = len(z), []
@@ -303,9 +389,12 @@ def test_methods_learn_and_save(tmp_path, method, contrastive):
                   {"epochs": 30, "batch_size": 32, "lr": 1e-2, "pretrain_epochs": 300, "pair_batch": 64,
                    "lr_labels": 3e-2, "contrastive": contrastive, "patience": 30, "threads": 1}, hierarchy=h, out_dir=tmp_path / "m")
     assert r.best_val_au_prc > 0.85  # a separable toy problem (label frequencies alone: about 0.4)
-    E = r.model.label_vectors.detach()
     if method != "flat":
-        assert torch.all(E.norm(dim=1) < 1)
+        assert torch.all(r.model.poincare_embeddings().detach().norm(dim=1) < 1)
+    P = r.model.predict_proba(X[160:])  # coherent: a parent never below its children
+    for child, ps in enumerate(h.parents):
+        for p in ps:
+            assert np.all(P[:, p] >= P[:, child])
     p = Predictor.load(tmp_path / "m")  # dispatches to the HMC predictor
     S = p.predict(X[160:])
     assert S.shape == (80, 6) and np.allclose(S.toarray(), r.model.predict_proba(X[160:]), atol=1e-6)
@@ -443,3 +532,113 @@ def test_hmc_table_summary_and_targets():
     md = H.markdown(s, tg, {"command": "x", "seeds": [0, 1], "runs_done": 4, "runs_asked": 4, "sum_train_seconds": 4,
                             "model": {}, "train": {}})
     assert "| Enron_corr | flat | none | 2 | 71.00 ± 1.00 |" in md
+
+
+# -- the contrastive term in the XMC trainer --------------------------------------------------
+
+def _xmc_toy(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    Y = sp.csr_matrix((rng.random((n, 8)) < 0.25).astype(np.float32))
+    X = sp.csr_matrix(((rng.random((n, 24)) < 0.2) | (np.repeat(Y.toarray(), 3, 1) > 0)).astype(np.float32))
+    return X, Y
+
+
+def test_xmc_contrastive_term_is_added_to_the_batch_loss():
+    from xhyp.config import ModelConfig, TrainConfig
+    from xhyp.embedding.model import HyperbolicXMC
+    from xhyp.training.batches import NegativeSampler, prepare_batch
+    from xhyp.training.loss import batch_loss
+
+    X, Y = _xmc_toy()
+    cfg = TrainConfig(contrastive="hmce", contrastive_weight=0.5, temperature=0.2, input_dropout=0.0)
+    gen = torch.Generator().manual_seed(0)
+    rows = np.arange(0, 40)
+    b = prepare_batch(X, Y, rows, NegativeSampler(np.ones(8), "uniform", gen), cfg, gen)
+    np.testing.assert_allclose(b.pair_w.numpy(), overlap_weights(Y[rows]), rtol=1e-6)
+    torch.manual_seed(0)
+    model = HyperbolicXMC(ModelConfig(n_features=24, n_labels=8, dim=4, init_std_labels=0.1, init_std_projector=0.1))
+    r = model(b.idx, b.off, b.w)
+    with_term = batch_loss(model, r, b, 3.0, sparse=False)
+    want_term = weighted_supcon_loss(r, torch.from_numpy(overlap_weights(Y[rows])), 0.2)
+    b.pair_w = None
+    assert (with_term - batch_loss(model, r, b, 3.0, sparse=False)).item() == pytest.approx(0.5 * want_term.item(), rel=1e-5)
+    assert want_term.item() > 0
+    off = prepare_batch(X, Y, rows, NegativeSampler(np.ones(8), "uniform", gen), TrainConfig(), gen)
+    assert off.pair_w is None  # contrastive="none" (the default): nothing computed
+    with pytest.raises(ValueError, match="contrastive"):
+        TrainConfig(contrastive="supcon")
+
+
+def test_xmc_cli_train_with_contrastive(tmp_path):
+    from xhyp.cli import main
+    from xhyp.datasets.formats import write_xc
+
+    X, Y = _xmc_toy()
+    write_xc(tmp_path / "train.txt", X, Y)
+    flags = ["--file", str(tmp_path / "train.txt"), "--no-progress", "--dim", "4", "--epochs", "2", "--threads", "1"]
+    assert main(["train", *flags, "--out", str(tmp_path / "a"), "--contrastive", "hmce", "--contrastive-weight", "0.3"]) == 0
+    assert main(["train", *flags, "--out", str(tmp_path / "b")]) == 0
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())["train"]
+    assert (cfg["contrastive"], cfg["contrastive_weight"]) == ("hmce", 0.3)
+    loss = [json.loads((tmp_path / d / "history.json").read_text())[0]["loss"] for d in "ab"]
+    assert loss[0] != pytest.approx(loss[1])  # the same seed and batches: only the term differs
+
+
+def test_label_pair_sampler_graded_and_disjoint():
+    from xhyp.hmc.losses import LabelPairSampler
+
+    h = _dag()
+    rng = np.random.default_rng(6)
+    leaves = rng.choice([5, 4, 2, 3, 1], size=60)
+    Y = np.zeros((60, 6))
+    for i, leaf in enumerate(leaves):
+        Y[i, [leaf, *h.ancestors()[leaf]]] = 1
+    Y[:5, 1] = 1  # some extra co-occurrence
+    counts = Y.T @ Y
+    g = LabelPairSampler(sp.csr_matrix(Y), 4, "graded")
+    for u, v in g.pairs.tolist():  # kept pairs: co-occurring, with a less similar label to draw
+        assert u != v and counts[u, v] > 0 and (counts[u] < counts[u, v]).any()
+    n_kept = sum((counts[u] < counts[u, v]).any() for u in range(6) for v in range(6) if u != v and counts[u, v] > 0)
+    assert len(g) == n_kept
+    p, neg = g.draw(500, rng)
+    assert neg.shape == (500, 4)
+    for (u, v), ns in zip(p.tolist(), neg.tolist()):
+        assert all(counts[u, w] < counts[u, v] for w in ns)
+    blocks = np.kron(np.eye(4), np.ones((5, 3)))  # 4 groups of 3 labels that never co-occur across groups
+    d = LabelPairSampler(sp.csr_matrix(blocks), 3, "disjoint")
+    p, neg = d.draw(200, rng)
+    assert neg.shape == (200, 3) and len(d) == 4 * 6
+    assert all(u // 3 == v // 3 and all(w // 3 != u // 3 for w in ns) for (u, v), ns in zip(p.tolist(), neg.tolist()))
+    with pytest.raises(ValueError, match="label negatives"):
+        LabelPairSampler(sp.csr_matrix(Y), 3, "random")
+
+
+def test_refit_trains_on_train_and_validation_for_the_best_epochs(tmp_path):
+    from xhyp.hmc.train import train_hmc
+
+    X, Y, h = _toy()
+    args = (X[:160], Y[:160], X[160:], Y[160:], {"method": "joint", "dim": 4, "hidden": 16, "dropout": 0.0})
+    tc = {"epochs": 6, "batch_size": 32, "lr": 1e-2, "patience": 6, "threads": 1, "pair_batch": 16}
+    plain = train_hmc(*args, {**tc, "refit": False}, hierarchy=h)
+    refit = train_hmc(*args, {**tc, "refit": True}, hierarchy=h, out_dir=tmp_path / "m")
+    assert refit.best_epoch == plain.best_epoch and refit.threshold == plain.threshold  # chosen on validation
+    assert not torch.equal(refit.model.encoder[0].weight, plain.model.encoder[0].weight)
+    hist = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert len(hist["refit_epochs"]) == refit.best_epoch and len(hist["epochs"]) == 6
+    assert json.loads((tmp_path / "m" / "train_summary.json").read_text())["refit"] is True
+
+
+def test_settings_and_tuning_helpers(tmp_path):
+    from xhyp.eval import hmc_table as H
+    from xhyp.hmc.settings import COMMON, settings_for
+
+    m, t = settings_for("cellcycle_FUN")
+    assert t["refit"] is True and m["coherent"] is True and "hidden" in m
+    assert settings_for("something_else") == (COMMON["model"], COMMON["train"])
+    jobs = H.tune_jobs(["Enron_corr"], ["joint"], None, tmp_path)
+    assert {(j[1], j[2]) for j in jobs} == {("joint", "none"), ("joint", "hmce")}
+    assert all(j[-1] is True for j in jobs) and not H.tune_jobs(["Enron_corr"], ["cascaded"], None, tmp_path)
+    s = {"A": {"joint": {"none": {"au_prc": [0.5, 0, 3], "map": [0.2, 0, 3]},
+                         "hmce": {"au_prc": [0.49, 0, 3], "map": [0.3, 0, 3]}}}}
+    eff = H.contrastive_effect(s)["A"]["joint"]
+    assert eff["au_prc"] == pytest.approx(-1.0) and eff["map"] == pytest.approx(10.0)

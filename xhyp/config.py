@@ -41,6 +41,7 @@ LR_SCALINGS = ("sqrt", "none")  # xhyp.training.optim.scaled_lr
 DISTRIBUTED_MODES = ("auto", "on", "off")  # xhyp.training.distributed
 OPTIMIZERS = ("radam", "paper")  # xhyp.training.optim
 RERANKERS = ("none", "linear")  # shortlist re-rankers (xhyp.knn.rerank)
+CONTRASTIVE_KINDS = ("none", "hmc", "hmce")  # HiMulCon terms (xhyp.hmc.losses.himulcon_loss)
 RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 """Training options that change how fast a run goes, not what it learns (never compared)."""
 RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
@@ -200,6 +201,13 @@ class TrainConfig(ConfigBase):
             pruning); 0: none.
         rerank_tol: stopping tolerance of each SVM's dual coordinate descent (liblinear's ``eps``;
             scikit-learn's default is 1e-4, liblinear's own 0.1).
+        contrastive: ``"none"``, or ``"hmc"``/``"hmce"``: add HiMulCon's contrastive term between the
+            examples of a batch (Zhang et al. 2022; without a label hierarchy both are the supervised
+            contrastive loss with label-overlap (Jaccard) weighted positives,
+            :func:`xhyp.hmc.losses.weighted_supcon_loss`) on the example embeddings. Single process
+            only (the term couples all the examples of a batch).
+        contrastive_weight: weight of that term (>= 0).
+        temperature: its softmax temperature (> 0).
     """
 
     epochs: int = 30
@@ -238,14 +246,19 @@ class TrainConfig(ConfigBase):
     rerank_negatives: int = 0
     rerank_prune: float = 0.1
     rerank_tol: float = 0.01
+    contrastive: str = "none"
+    contrastive_weight: float = 0.1
+    temperature: float = 0.1
 
     def __post_init__(self):
         for name, allowed in (("sampling", SAMPLINGS), ("optimizer", OPTIMIZERS), ("weighting", WEIGHTINGS),
                               ("features", FEATURE_KINDS), ("negative_mode", NEGATIVE_MODES),
                               ("label_update", LABEL_UPDATES), ("lr_scaling", LR_SCALINGS),
                               ("distributed", DISTRIBUTED_MODES), ("negative_draw", NEGATIVE_DRAWS),
-                              ("rerank", RERANKERS)):
+                              ("rerank", RERANKERS), ("contrastive", CONTRASTIVE_KINDS)):
             check_choice(name, getattr(self, name), allowed)
+        if self.contrastive_weight < 0 or not self.temperature > 0:
+            raise ValueError(f"contrastive_weight must be >= 0 and temperature > 0: {self}")
         if not 0.0 <= self.input_dropout < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         if not 0.0 <= self.val_fraction < 1.0:

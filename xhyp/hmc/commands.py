@@ -21,19 +21,37 @@ __all__ = ["add_hmc_args", "hmc_settings", "run_hmc_verb", "train_hmc_model", "h
 
 THRESHOLD_SUFFIX = ".threshold.json"  # written beside an HMC prediction .npz: the validation threshold
 _SHARED_MODEL = ("dim", "projector", "hidden")
-_SHARED_TRAIN = ("epochs", "batch_size", "lr", "lr_labels", "negatives", "patience", "seed", "threads")
+_TRAIN_TO_MODEL = ("input_dropout",)  # XMC training flags that set an HMC model field (HMC default 0)
+_SHARED_TRAIN = ("epochs", "batch_size", "lr", "lr_labels", "negatives", "patience", "seed", "threads", "contrastive",
+                 "contrastive_weight", "temperature")
+
+
+def _bool(text: str) -> bool:
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
 _HMC_FLAGS = {  # flag dest -> (type, HMC config section, help)
     "label_weight": (float, "train", "joint: weight of the Poincaré label loss (HiddeN: 0.1; default 0.1)"),
-    "pretrain_epochs": (int, "train", "cascaded: label-embedding epochs before the classifier (default 20)"),
-    "label_steps": (int, "train", "joint: label-loss steps per classifier step (default 1; 0 = one pass over "
-                                  "the pairs per epoch)"),
-    "pair_batch": (int, "train", "co-occurring label pairs per label-loss step (default 1024)"),
-    "contrastive": (str, "train", "HiMulCon term between the examples of a batch: none, hmc (level penalty) or "
-                                  "hmce (penalty + hierarchy constraint); label-overlap weighted when the "
-                                  "dataset has no hierarchy (default none)"),
-    "contrastive_weight": (float, "train", "weight of the contrastive term (default 0.1)"),
-    "temperature": (float, "train", "temperature of the contrastive term (default 0.1)"),
-    "dropout": (float, "model", "HMC projector dropout (default 0.3)"),
+    "pretrain_epochs": (int, "train", "cascaded, and joint with --joint-init pretrained: passes over the "
+                                      "co-occurring label pairs before the classifier (default 20)"),
+    "pretrain_batch": (int, "train", "co-occurring pairs per pre-training step (default 4096)"),
+    "joint_init": (str, "train", "joint: start from a random initialisation (random; HiddeN) or from the "
+                                 "pre-trained label embeddings (pretrained) (default random)"),
+    "pair_batch": (int, "train", "joint: co-occurring label pairs in the label loss of one step, independent of "
+                                 "--batch-size (default 512; 0 = one pass over the pairs per epoch)"),
+    "label_negatives": (str, "train", "negatives of the label loss: graded (labels co-occurring less often with "
+                                      "the anchor, HiddeN's code) or disjoint (never co-occurring) (default graded)"),
+    "refit": (_bool, "train", "after early stopping, retrain on train + validation for the best number of "
+                              "epochs (C-HMCNN's final training): true or false"),
+    "weight_decay": (float, "train", "Adam weight decay of the classifier (default 1e-5)"),
+    "dropout": (float, "model", "dropout after every hidden layer (C-HMCNN: 0.7; default 0.7)"),
+    "layers": (int, "model", "hidden layers of the MLP projector (default 2)"),
+    "coherent": (_bool, "model", "hierarchy-coherent output (C-HMCNN's MCM) and max-constraint loss: true or "
+                                 "false (default true; no effect without a hierarchy)"),
 }
 
 
@@ -54,11 +72,13 @@ def hmc_settings(args, model: dict, train_cfg: dict) -> tuple[dict, dict]:
     Raises:
         ValueError: an XMC-only setting was given (it would be silently ignored).
     """
-    bad = sorted(set(model) - set(_SHARED_MODEL)) + sorted(set(train_cfg) - set(_SHARED_TRAIN))
+    bad = sorted(set(model) - set(_SHARED_MODEL)) + \
+        sorted(set(train_cfg) - set(_SHARED_TRAIN) - set(_TRAIN_TO_MODEL))
     if bad:
         raise ValueError(f"--method {args.method}: option(s) {', '.join('--' + b.replace('_', '-') for b in bad)} "
                          "apply only to --method xmc")
     m = {k: model[k] for k in _SHARED_MODEL if k in model}
+    m.update({k: train_cfg[k] for k in _TRAIN_TO_MODEL if k in train_cfg})
     t = {k: train_cfg[k] for k in _SHARED_TRAIN if k in train_cfg}
     for dest, (_, section, _) in _HMC_FLAGS.items():
         v = getattr(args, f"hmc.{dest}", None)
@@ -69,7 +89,9 @@ def hmc_settings(args, model: dict, train_cfg: dict) -> tuple[dict, dict]:
 
 def train_hmc_model(out_dir, dataset: str, data_dir=None, model: dict | None = None, train_cfg: dict | None = None,
                     resume: bool = False, progress: bool = True) -> dict:
-    """``xhyp train --method ...``: train one HMC model on a registry HMC dataset into ``out_dir``.
+    """``xhyp train --method ...``: train one HMC model on a registry HMC dataset into ``out_dir``,
+    starting from the dataset's settings (:func:`xhyp.hmc.settings.settings_for`; ``model`` and
+    ``train_cfg`` override them).
 
     Returns:
         the ``train_summary.json`` contents.
@@ -78,20 +100,31 @@ def train_hmc_model(out_dir, dataset: str, data_dir=None, model: dict | None = N
         ValueError: no dataset, or not an HMC dataset.
     """
     from xhyp.datasets.hmc import load_hmc
+    from .settings import settings_for
     from .train import train_hmc
 
     if not dataset:
         raise ValueError("the HMC methods need --dataset (a registry HMC dataset: cellcycle_FUN, derisi_GO, "
                          "Enron_corr, ImCLEF07D, rcv1); --file is for the XMC model")
     d = load_hmc(dataset, data_dir)
-    train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, model or {}, train_cfg or {}, hierarchy=d.hierarchy,
-              eval_labels=d.eval_labels, out_dir=out_dir, resume=resume, progress=progress,
+    m0, t0 = settings_for(dataset)
+    train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, {**m0, **(model or {})}, {**t0, **(train_cfg or {})},
+              hierarchy=d.hierarchy, eval_labels=d.eval_labels, out_dir=out_dir, resume=resume, progress=progress,
               extra_config={"dataset": dataset})
     return json.loads((Path(out_dir) / "train_summary.json").read_text())
 
 
 def run_hmc_verb(args, model: dict, train_cfg: dict) -> dict:
-    """``train`` / ``ensemble`` / ``run`` with ``--method flat|cascaded|joint`` (see :mod:`xhyp.cli`)."""
+    """``train`` / ``ensemble`` / ``run`` with ``--method flat|cascaded|joint`` (see :mod:`xhyp.cli`).
+
+    Returns:
+        the training summary (``train``), ``{"members", "learners"}`` (``ensemble``) or the test
+        metrics record (``run``).
+
+    Raises:
+        ValueError: an XMC-only option, ``--file`` instead of a registry ``--dataset``, no dataset
+            or not an HMC dataset, or bad settings (:class:`xhyp.hmc.train.HMCTrainConfig`).
+    """
     from xhyp.utils import atomic_save_json
 
     m, t = hmc_settings(args, model, train_cfg)
@@ -137,7 +170,11 @@ def run_hmc_verb(args, model: dict, train_cfg: dict) -> dict:
 
 def hmc_member_dirs(dirs) -> list[Path] | None:
     """The HMC model directories that ``dirs`` (model or ensemble directories) stand for, or None
-    when they are not HMC models."""
+    when they are not HMC models.
+
+    Raises:
+        ValueError: ``dirs`` mix HMC and XMC models.
+    """
     from .train import is_hmc_dir
 
     out = []

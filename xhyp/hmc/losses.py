@@ -1,11 +1,15 @@
 """Losses of the HMC methods: Poincaré label-embedding loss (HiddeN) and HiMulCon's
 hierarchical multi-label supervised contrastive losses.
 
-* :func:`cooccurrence_pairs` / :func:`sample_negatives` / :func:`poincare_label_loss`: Nickel &
-  Kiela (2017, eq. 6) on the label co-occurrence graph, as in the public code of Chatterjee et
-  al. (EACL 2021, "HiddeN"): for a co-occurring pair ``(u, v)`` and ``K`` (=5) sampled labels
-  ``v'_k`` that never co-occur with ``u``, ``-log( e^{-d(u,v)} / (e^{-d(u,v)} + sum_k e^{-d(u,v'_k)}) )``,
-  ``d`` the Poincaré distance (:func:`xhyp.embedding.manifold.dist`).
+* :class:`LabelPairSampler` / :func:`poincare_label_loss`: Nickel & Kiela (2017, eq. 6) on label
+  co-occurrence, as in the public code of Chatterjee et al. (EACL 2021, "HiddeN"): for a
+  co-occurring pair ``(u, v)`` and ``K`` (=5) sampled labels ``v'_k`` that co-occur less often
+  with ``u`` than ``v`` does (or never: :func:`sample_negatives`),
+  ``-log( e^{-d(u,v)} / (e^{-d(u,v)} + sum_k e^{-d(u,v'_k)}) )``, ``d`` the Poincaré distance
+  (:func:`xhyp.embedding.manifold.dist`, or :func:`hyperboloid_dist` for HiddeN's parametrisation).
+* :func:`max_constraint` / :func:`max_constraint_loss`: C-HMCNN's max-constraint module (MCM) and
+  max-constraint loss (MCLoss) (Giunchiglia & Lukasiewicz, NeurIPS 2020, eqs. 2 and 5), which make
+  the output coherent with a known hierarchy;
 * :func:`himulcon_loss`: Zhang, Xu, Xiong, Ramaiah (CVPR 2022, "Use all the labels"), the
   supervised contrastive loss of Khosla et al. (2020, eq. 2) applied per level of the hierarchy,
   with HiMulCon's level penalty ``lambda = 2^(1/l)`` (``l = 1`` for the deepest level: pairs that
@@ -20,12 +24,13 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from xhyp.config import CONTRASTIVE_KINDS, check_choice
 from xhyp.embedding import manifold
 
-__all__ = ["cooccurrence_pairs", "sample_negatives", "poincare_label_loss", "supcon_log_prob", "himulcon_loss",
+__all__ = ["cooccurrence_pairs", "sample_negatives", "LabelPairSampler", "poincare_label_loss", "hyperboloid_dist", "max_constraint",
+           "max_constraint_loss", "supcon_log_prob", "weighted_supcon_loss", "overlap_weights", "himulcon_loss",
            "CONTRASTIVE_KINDS"]
 
-CONTRASTIVE_KINDS = ("none", "hmc", "hmce")
 
 
 def cooccurrence_pairs(Y: sp.spmatrix) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -72,21 +77,190 @@ def sample_negatives(u: np.ndarray, C: sp.csr_matrix, n_neg: int, rng: np.random
     return neg
 
 
-def poincare_label_loss(E: torch.Tensor, pairs: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+class LabelPairSampler:
+    """Training tuples of the Poincaré label loss, drawn from label co-occurrence in ``Y``.
+
+    Positives are the ordered pairs ``(u, v)`` of distinct labels that occur together in at
+    least one example (both directions: every label is an anchor), drawn uniformly. Negatives
+    for ``(u, v)``, drawn uniformly with replacement:
+
+    * ``kind="graded"`` (HiddeN's public code, ``LabelDataset``: the labels less similar to
+      ``u`` than ``v`` is): labels ``w`` whose co-occurrence count with ``u`` is strictly below
+      that of ``v``, ``C[u, w] < C[u, v]`` (``C = Y^T Y``), so labels that co-occur more often
+      (an ancestor: always) must be closer; pairs with no such ``w`` are left out;
+    * ``kind="disjoint"`` (Nickel & Kiela's ``N(u)`` on the co-occurrence graph): labels never
+      co-occurring with ``u`` (:func:`sample_negatives`).
+
+    Args:
+        Y: ``(N, L)`` binary labels (scipy sparse or dense).
+        negatives: ``K``, negatives per pair.
+        kind: ``"graded"`` or ``"disjoint"``.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+
+    KINDS = ("graded", "disjoint")
+
+    def __init__(self, Y, negatives: int, kind: str = "graded"):
+        if kind not in self.KINDS:
+            raise ValueError(f"label negatives must be one of {self.KINDS}, got {kind!r}")
+        self.kind, self.negatives = kind, negatives
+        pairs, C = cooccurrence_pairs(Y)
+        pairs = np.concatenate([pairs, pairs[:, ::-1]])
+        if kind == "disjoint":
+            self.C = C.toarray()
+        else:
+            Yb = sp.csr_matrix(Y, dtype=np.float32)
+            Yb.data[:] = 1
+            counts = (Yb.T @ Yb).toarray()
+            L = counts.shape[0]
+            self.order = np.argsort(counts, axis=1, kind="stable").astype(np.int32 if L >= 2 ** 15 else np.int16)
+            u, v = pairs[:, 0], pairs[:, 1]
+            ranked = np.take_along_axis(counts, self.order.astype(np.int64), 1)  # each row ascending
+            less = np.empty(len(pairs), np.int64)  # |{w : C[u, w] < C[u, v]}|
+            by_u = np.argsort(u, kind="stable")
+            starts = np.searchsorted(u[by_u], np.arange(L + 1))
+            for a in np.flatnonzero(np.diff(starts)):
+                idx = by_u[starts[a]:starts[a + 1]]
+                less[idx] = np.searchsorted(ranked[a], counts[a, v[idx]], side="left")
+            keep = less > 0
+            pairs, self.less = pairs[keep], less[keep]
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, 2)`` int64 pairs drawn uniformly with replacement and their ``(n, K)`` int64 negatives."""
+        i = rng.integers(0, len(self.pairs), size=n)
+        p = self.pairs[i]
+        if self.kind == "disjoint":
+            neg = sample_negatives(p[:, 0], self.C, self.negatives, rng)
+        else:
+            pick = (rng.random((n, self.negatives)) * self.less[i][:, None]).astype(np.int64)
+            neg = self.order[p[:, :1], pick].astype(np.int64)
+        return torch.from_numpy(p), torch.from_numpy(neg)
+
+
+def hyperboloid_dist(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Poincaré distance between the ball points of hyperboloid coordinates ``u``, ``v``
+    (:func:`xhyp.hmc.models.to_poincare`: ``x = u / (1 + a_u)``, ``a_u = sqrt(1 + |u|^2)``).
+
+    Computed as ``2 asinh(sqrt(s))`` with ``s = |x - y|^2 / ((1 - |x|^2)(1 - |y|^2))`` (Nickel &
+    Kiela 2017, eq. 1) where ``1 - |x|^2 = 2 / (1 + a_u)`` exactly, so no ``1 - |x|^2``
+    cancellation occurs however far from the origin the points are (equal to the hyperboloid
+    distance ``arccosh(a_u a_v - <u, v>)``).
+
+    Args:
+        u, v: ``(..., n)`` broadcastable real tensors (float32/64).
+
+    Returns:
+        ``(...)`` distances, dtype of the inputs.
+    """
+    au = torch.sqrt(1.0 + (u * u).sum(-1, keepdim=True))
+    av = torch.sqrt(1.0 + (v * v).sum(-1, keepdim=True))
+    sq = ((u / (1.0 + au) - v / (1.0 + av)) ** 2).sum(-1)
+    s = sq * ((1.0 + au) * (1.0 + av)).squeeze(-1) / 4.0
+    return 2.0 * torch.asinh(torch.sqrt(s.clamp_min(1e-30 if s.dtype == torch.float64 else 1e-14)))
+
+
+def poincare_label_loss(E: torch.Tensor, pairs: torch.Tensor, negatives: torch.Tensor,
+                        coords: str = "ball") -> torch.Tensor:
     """Nickel & Kiela (2017, eq. 6) softmax loss over minus Poincaré distances.
 
     Args:
-        E: ``(L, d)`` label embeddings inside the unit ball (float32/64).
+        E: ``(L, d)`` label embeddings: points inside the unit ball (``coords="ball"``), or
+            hyperboloid coordinates in ``R^d`` (``"hyperboloid"``, HiddeN's parametrisation,
+            distances by :func:`hyperboloid_dist`).
         pairs: ``(P, 2)`` int64 co-occurring pairs ``(u, v)``.
         negatives: ``(P, K)`` int64 labels not co-occurring with ``u``.
+        coords: ``"ball"`` or ``"hyperboloid"``.
 
     Returns:
         scalar, mean over the ``P`` pairs of ``-log softmax([-d(u,v), -d(u,v'_1..K)])[0]``.
+
+    Raises:
+        ValueError: unknown ``coords``.
     """
-    u = E[pairs[:, 0]].unsqueeze(1)  # (P, 1, d)
-    cand = torch.cat([E[pairs[:, 1]].unsqueeze(1), E[negatives]], 1)  # (P, 1+K, d)
-    logits = -manifold.dist(u, cand)
+    if coords not in ("ball", "hyperboloid"):
+        raise ValueError(f"coords must be 'ball' or 'hyperboloid', got {coords!r}")
+    ids = torch.cat([pairs, negatives], 1)  # (P, 2 + K): anchor, positive, negatives
+    if coords == "ball":
+        pts = E[ids]
+        logits = -manifold.dist(pts[:, :1], pts[:, 1:])
+    else:  # hyperboloid_dist with the per-label terms computed once for the L labels
+        a1 = 1.0 + torch.sqrt(1.0 + (E * E).sum(-1))
+        X, c = (E / a1[:, None])[ids], (a1 / 2.0)[ids]  # ball points; c = 1 / (1 - |x|^2)
+        s = ((X[:, :1] - X[:, 1:]) ** 2).sum(-1) * c[:, :1] * c[:, 1:]
+        logits = -2.0 * torch.asinh(torch.sqrt(s.clamp_min(1e-30 if s.dtype == torch.float64 else 1e-14)))
     return F.cross_entropy(logits, torch.zeros(len(pairs), dtype=torch.long, device=E.device))
+
+
+def max_constraint(scores: torch.Tensor, closure: torch.Tensor) -> torch.Tensor:
+    """C-HMCNN's max-constraint module (MCM, Giunchiglia & Lukasiewicz 2020, eq. 2): each
+    label's output is the largest score among the label itself and its descendants, so a node
+    never scores below a descendant (hierarchy-coherent predictions). Scores may be logits or
+    probabilities (the sigmoid is monotone, so both give the same probabilities).
+
+    The maximising label of every output is found without autograd (``scatter_reduce(amax)``
+    over the ``P`` (ancestor, descendant) pairs of the transitive closure, ``O(B (L + P))``; the
+    C-HMCNN code builds a ``(B, L, L)`` tensor), then the output is ``scores.gather`` of those
+    labels, so the gradient of an output flows to its maximising label only (to one of them, the
+    label itself first, on ties).
+
+    Args:
+        scores: ``(B, L)`` float scores.
+        closure: ``(2, P)`` int64 ``(ancestor, descendant)`` pairs
+            (:func:`xhyp.hmc.models.descendant_pairs`).
+
+    Returns:
+        ``(B, L)`` coherent scores.
+    """
+    if closure.shape[1] == 0:
+        return scores
+    anc, desc = closure[0], closure[1]
+    B, L = scores.shape
+    want_grad = scores.requires_grad and torch.is_grad_enabled()
+    with torch.no_grad():
+        s = scores.detach()
+        src = s.index_select(1, desc)
+        anc_b = anc.expand(B, -1)
+        best = s.scatter_reduce(1, anc_b, src, reduce="amax", include_self=True)
+        if not want_grad:
+            return best  # no gradient wanted: the values are enough
+        cand = torch.where(src == best.index_select(1, anc), desc.expand(B, -1), -1)
+        arg = torch.full((B, L), -1, dtype=torch.long, device=s.device)
+        arg = arg.scatter_reduce(1, anc_b, cand, reduce="amax", include_self=True)
+        arg = torch.where(s >= best, torch.arange(L, device=s.device).expand(B, -1), arg)
+    return scores.gather(1, arg)
+
+
+def max_constraint_loss(logits: torch.Tensor, Y: torch.Tensor, closure: torch.Tensor, cols=None) -> torch.Tensor:
+    """C-HMCNN's max-constraint loss (MCLoss, Giunchiglia & Lukasiewicz 2020, eq. 5) on logits:
+    binary cross-entropy of ``z`` where, for a negative label, ``z = MCM(logits)`` (its largest
+    descendant score, so a wrongly high descendant is pushed down) and, for a positive label,
+    ``z`` = the largest logit among its *positive* descendants and itself (so the positive
+    descendants' scores, which MCM will pass up, are pushed up). Without closure pairs it is the
+    plain mean binary cross-entropy.
+
+    Args:
+        logits: ``(B, L)`` raw scores. Y: ``(B, L)`` binary labels (float).
+        closure: ``(2, P)`` int64 closure pairs (``(2, 0)``: no hierarchy).
+        cols: optional label ids the loss is averaged over (C-HMCNN leaves the roots out).
+
+    Returns:
+        scalar, mean over the ``B x |cols|`` entries.
+    """
+    if closure.shape[1] > 0:
+        pos = Y > 0
+        floor = torch.finfo(logits.dtype).min  # never selected for a positive label (itself is positive)
+        z = torch.where(pos, max_constraint(logits.masked_fill(~pos, floor), closure), max_constraint(logits, closure))
+    else:
+        z = logits
+    if cols is not None:
+        z, Y = z[:, cols], Y[:, cols]
+    return F.binary_cross_entropy_with_logits(z, Y)
 
 
 def supcon_log_prob(z: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -115,6 +289,43 @@ def _supcon(log_prob: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if not has.any():
         return log_prob.sum() * 0.0
     return (-(w * log_prob).sum(1)[has] / tot[has]).mean()
+
+
+def overlap_weights(Y) -> np.ndarray:
+    """Jaccard overlaps ``|Y_i & Y_j| / |Y_i | Y_j|`` of a batch's label sets (0 where both are empty).
+
+    Args:
+        Y: ``(B, L)`` binary labels, scipy sparse (CSR) or dense ndarray.
+
+    Returns:
+        ``(B, B)`` float64 ndarray.
+    """
+    Y = sp.csr_matrix(Y, dtype=np.float64)
+    Y.data[:] = 1.0
+    inter = (Y @ Y.T).toarray()
+    n = np.asarray(Y.sum(1)).ravel()
+    union = n[:, None] + n[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def weighted_supcon_loss(z: torch.Tensor, weights: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised contrastive loss with weighted positives (Khosla et al. 2020, eq. 2, the
+    positive set replaced by weights ``w_ij``): mean over anchors ``i`` with ``sum_j w_ij > 0``
+    of ``-sum_{j != i} w_ij log p_ij / sum_{j != i} w_ij``, ``p`` from :func:`supcon_log_prob`.
+    With label-overlap weights (:func:`overlap_weights`) it is :func:`himulcon_loss` without a
+    hierarchy; the XMC trainer adds it this way (:func:`xhyp.training.loss.batch_loss`).
+
+    Args:
+        z: ``(B, n)`` embeddings (L2-normalised here; for ball points that keeps their direction).
+        weights: ``(B, B)`` non-negative weights (the diagonal is ignored).
+        temperature: ``tau`` > 0.
+
+    Returns:
+        scalar (0 when no anchor has a positive, or ``B < 2``).
+    """
+    if len(z) < 2:
+        return z.sum() * 0.0
+    return _supcon(supcon_log_prob(z, temperature), weights.to(z.dtype))
 
 
 def himulcon_loss(z: torch.Tensor, Y: torch.Tensor, levels: list | None = None, kind: str = "hmce",
@@ -150,8 +361,7 @@ def himulcon_loss(z: torch.Tensor, Y: torch.Tensor, levels: list | None = None, 
     Raises:
         ValueError: unknown ``kind``.
     """
-    if kind not in CONTRASTIVE_KINDS:
-        raise ValueError(f"contrastive kind must be one of {CONTRASTIVE_KINDS}, got {kind!r}")
+    check_choice("contrastive kind", kind, CONTRASTIVE_KINDS)
     if kind == "none" or len(z) < 2:
         return z.sum() * 0.0
     Y = Y.to(z.dtype)

@@ -94,6 +94,9 @@ class Batch:
             ``cat(pos[:, None], neg)`` (per pair), ``lab_inv`` shaped like those ids.
         csr: the shard's features over ``feat_uniq`` as a :class:`xhyp.embedding.model.CsrBag`
             (CPU row-block training only, else ``None``).
+        pair_w: ``(B, B)`` float32 label-overlap (Jaccard) weights of the batch's examples when the
+            contrastive term is on (``TrainConfig.contrastive``), else ``None``.
+        contrastive_weight, temperature: that term's weight and temperature.
     """
 
     idx: object
@@ -109,8 +112,12 @@ class Batch:
     lab_uniq: object = None
     lab_inv: object = None
     csr: object = None
+    pair_w: object = None
+    contrastive_weight: float = 0.0
+    temperature: float = 0.1
 
-    _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv")
+    _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv",
+                "pair_w")
 
     def to(self, device) -> "Batch":
         """Copy to ``device`` (non-blocking from pinned memory)."""
@@ -118,7 +125,8 @@ class Batch:
             return self
         mv = {k: (getattr(self, k).to(device, non_blocking=True) if getattr(self, k) is not None else None)
               for k in self._TENSORS}
-        return Batch(**mv, n_pairs=self.n_pairs)
+        return Batch(**mv, n_pairs=self.n_pairs, contrastive_weight=self.contrastive_weight,
+                     temperature=self.temperature)
 
 
 def pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str, k: int):
@@ -200,6 +208,11 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
         else:
             is_pos = is_pos[lo:hi]
     batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs)
+    if cfg.contrastive != "none" and cfg.contrastive_weight > 0:  # single process only (see train)
+        from ..hmc.losses import overlap_weights
+
+        batch.pair_w = torch.from_numpy(overlap_weights(Yb).astype(np.float32))
+        batch.contrastive_weight, batch.temperature = cfg.contrastive_weight, cfg.temperature
     if row_blocks:
         batch.feat_uniq, batch.feat_inv = torch.unique(idx, sorted=True, return_inverse=True)
         if csr:

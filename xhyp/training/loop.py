@@ -197,7 +197,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
         by it) and the fitted feature pipeline, as the model directory holds them.
 
     Raises:
-        ValueError: shape mismatch between X and Y, or a resume with different data/config.
+        ValueError: shape mismatch between X and Y, a resume with different data/config, or the
+            contrastive term with data-parallel training.
         NonFiniteLossError: (a ValueError) a non-finite loss; names epoch and step, and nothing
             non-finite is written (the directory keeps the last good epoch).
         FileNotFoundError: ``resume`` without a checkpoint.
@@ -218,6 +219,9 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     mcfg, tcfg = normalise_configs(X.shape[1], Y.shape[1], model_config, train_config)
     device = resolve_device(tcfg.device)
     rank, world, device = dist_utils.setup(tcfg.distributed, device)
+    if world > 1 and tcfg.contrastive != "none":
+        raise ValueError("contrastive: the term couples all the examples of a batch; it is not available with "
+                         "data-parallel training (run one process, or contrastive='none')")
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
     seed_everything(tcfg.seed)

@@ -42,6 +42,11 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_
     ``O(B k + P)``, not ``O(P k)``), per-pair ones :meth:`HyperbolicXMC.distance`; positives
     always use :meth:`HyperbolicXMC.distance` (exact for close pairs).
 
+    With ``batch.pair_w`` set (``TrainConfig.contrastive``), ``batch.contrastive_weight`` times
+    the label-overlap weighted supervised contrastive loss of ``r``
+    (:func:`xhyp.hmc.losses.weighted_supcon_loss`, HiMulCon without a hierarchy, Zhang et al.
+    2022) is added.
+
     Args:
         model: the model. r: ``(B, n)`` embeddings of the batch's examples. batch: see :class:`Batch`.
         alpha: softmax scale. sparse: gather label rows with a row-sparse gradient.
@@ -49,8 +54,17 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_
             with ``batch.lab_inv`` (see :func:`train_step`).
 
     Returns:
-        scalar tensor (0 with no gradient path if the shard has no pair).
+        scalar tensor (0 with no gradient path if the shard has no pair and no contrastive term).
     """
+    loss = _softmax_loss(model, r, batch, alpha, sparse, label_rows)
+    if batch.pair_w is not None:
+        from ..hmc.losses import weighted_supcon_loss
+
+        loss = loss + batch.contrastive_weight * weighted_supcon_loss(r, batch.pair_w, batch.temperature)
+    return loss
+
+
+def _softmax_loss(model, r, batch: Batch, alpha: float, sparse: bool, label_rows):
     import torch
 
     from ..embedding import manifold
