@@ -8,6 +8,11 @@ shaped like a registry dataset (:func:`xhyp.datasets.synthetic.make_like`), one 
 * ``new``: the current defaults (shared negatives, row-sparse label optimiser, prefetch thread,
   capped validation).
 
+Both stop after the embedding is trained: the shortlist re-ranker that the defaults fit after
+training (``rerank="linear"``, :mod:`xhyp.knn.rerank`) is switched off here (``rerank="none"``,
+``knn_grid=""``) and timed by ``bench/bench_rerank.py``; ``--with-rerank`` keeps it (the
+``train() s`` column then includes its fit, and the peak RSS its memory).
+
 ``--max-steps N`` stops an epoch after N steps (pairs/s is then measured on those steps and the
 epoch time is projected as pairs-per-epoch / pairs-per-second + validation seconds; the table
 says which). The load average before and after each run is recorded: other jobs on the machine
@@ -44,7 +49,8 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def run_one(shape: str, trainer: str, device: str, max_steps: int, threads: int, batch_size: int) -> dict:
+def run_one(shape: str, trainer: str, device: str, max_steps: int, threads: int, batch_size: int,
+            with_rerank: bool = False) -> dict:
     """Train one epoch in this process and return its measurements."""
     import numpy as np
     import torch
@@ -59,6 +65,8 @@ def run_one(shape: str, trainer: str, device: str, max_steps: int, threads: int,
     X, Y = d["X_train"], d["Y_train"]
     del d
     cfg = dict(TRAINERS[trainer], epochs=1, device=device, threads=threads, max_steps=max_steps, seed=0)
+    if not with_rerank:
+        cfg.update(rerank="none", knn_grid="")
     if batch_size:
         cfg["batch_size"] = batch_size
     if device.startswith("cuda"):
@@ -95,12 +103,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=0, help="steps per run (0: the whole epoch)")
     p.add_argument("--baseline-max-steps", type=int, default=-1,
                    help="steps for the baseline only (default: --max-steps)")
+    p.add_argument("--with-rerank", action="store_true", help="keep the shortlist re-ranker fitted after "
+                   "training (default: off, the bench times the embedding trainer)")
     p.add_argument("--json", default="bench/train_results.json", help="output JSON")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: shape,trainer
     a = p.parse_args(argv)
     if a.one:
         shape, trainer, steps = a.one.split(",")
-        print("RESULT " + json.dumps(run_one(shape, trainer, a.device, int(steps), a.threads, a.batch_size)))
+        print("RESULT " + json.dumps(run_one(shape, trainer, a.device, int(steps), a.threads, a.batch_size, a.with_rerank)))
         return 0
     rows = []
     for shape in a.shapes:
@@ -109,6 +119,7 @@ def main(argv=None) -> int:
             before = _loadavg()
             cmd = [sys.executable, os.path.abspath(__file__), "--one", f"{shape},{trainer},{steps}",
                    "--device", a.device, "--threads", str(a.threads), "--batch-size", str(a.batch_size)]
+            cmd += ["--with-rerank"] if a.with_rerank else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
@@ -122,8 +133,9 @@ def main(argv=None) -> int:
                   f"{r['epoch_seconds']:>7.1f} s{' (projected)' if r['epoch_projected'] else ''}  peak "
                   f"{r['peak_rss_gib']:.2f} GiB  load {r['loadavg_before']} -> {r['loadavg_after']}", flush=True)
     print()
-    print("| shape | trainer | pairs/s | epoch s | train s | val s | peak RSS GiB | speed-up | load before / after |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| shape | trainer | pairs/s | epoch s | train s | val s | train() s | peak RSS GiB | speed-up | "
+          "load before / after |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['shape']} | {r['trainer']} | error: {r['error']} |")
@@ -133,12 +145,14 @@ def main(argv=None) -> int:
         sp = f"{r['pairs_per_second'] / base['pairs_per_second']:.1f}x" if base else ""
         print(f"| {r['shape']} | {r['trainer']} | {r['pairs_per_second']:,.0f} | {r['epoch_seconds']:.1f}"
               f"{'*' if r['epoch_projected'] else ''} | {r['train_seconds']:.1f} | {r['val_seconds']:.2f} | "
+              f"{r['train_call_seconds']:.1f} | "
               f"{r['peak_rss_gib']:.2f} | {sp} | {r['loadavg_before']} / {r['loadavg_after']} |")
     print("\n(* projected from the measured steps: pairs per epoch / pairs per second + validation seconds)")
     if a.json:
         from xhyp.utils import atomic_save_json
 
-        atomic_save_json({"argv": sys.argv, "device": a.device, "threads": a.threads, "results": rows}, a.json)
+        atomic_save_json({"argv": sys.argv, "device": a.device, "threads": a.threads, "with_rerank": a.with_rerank,
+                          "results": rows}, a.json)
         print(f"wrote {a.json}")
     return 0
 
