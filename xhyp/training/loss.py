@@ -118,8 +118,10 @@ def train_step(model, opts, b: Batch, alpha: float, sparse: bool, world: int = 1
         loss.backward()
         gf = Wf.grad if Wf.grad is not None else torch.zeros_like(Wf)
         gl = Wl.grad if Wl.grad is not None else torch.zeros_like(Wl)
-        bag_w.grad = torch.sparse_coo_tensor(b.feat_uniq[None], gf, bag_w.shape, is_coalesced=True)
-        labels.grad = torch.sparse_coo_tensor(b.lab_uniq[None], gl, labels.shape, is_coalesced=True)
+        bag_w.grad = torch.sparse_coo_tensor(b.feat_uniq[None], gf, bag_w.shape, is_coalesced=True,
+                                              check_invariants=False)
+        labels.grad = torch.sparse_coo_tensor(b.lab_uniq[None], gl, labels.shape, is_coalesced=True,
+                                              check_invariants=False)
     else:
         loss = batch_loss(model, model(b.idx, b.off, b.w), b, alpha, sparse)
         for o in opts:
