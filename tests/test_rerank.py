@@ -331,3 +331,15 @@ def test_cli_predict_rerank_flags(tmp_path):
     other = cli("--rerank-weight", "5", "--rerank-knn", "4")
     np.testing.assert_allclose(other, p.predict(Xq, top_k=8, rerank_weight=5.0, rerank_knn=4).toarray(), rtol=1e-6)
     assert not np.allclose(other, cli())
+
+
+@pytest.mark.parametrize("L,n", [(10, 100), (983, 5000), (1000, 50), (7, 3), (5, 0)])
+def test_unique_inverse_matches_numpy(L, n):
+    """Both branches (dense marks when L <= 4 n, else a sort) give np.unique's ids and inverse."""
+    from xhyp.knn.rerank import _unique_inverse
+
+    cols = np.random.default_rng(L + n).integers(0, L, n)
+    uniq, inv = _unique_inverse(cols, L)
+    ref_u, ref_i = np.unique(cols, return_inverse=True)
+    assert np.array_equal(uniq, ref_u) and np.array_equal(np.ravel(inv), np.ravel(ref_i))
+    assert np.array_equal(uniq[np.ravel(inv)], cols)

@@ -148,6 +148,16 @@ def shortlist(ids, dists, Y_db: sp.csr_matrix, cap: int = 0, self_ids=None) -> s
     return top_votes(ids, dists, Y_db, cap, "count")
 
 
+def _unique_inverse(cols: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(cols, return_inverse=True)`` for label ids in ``[0, L)``: by marking a dense
+    ``(L,)`` array (no sort) when ``L`` is small against ``cols``, else by sorting."""
+    if L <= 4 * cols.size:
+        mark = np.zeros(L, dtype=np.int64)
+        mark[cols] = 1
+        return np.flatnonzero(mark), (np.cumsum(mark) - 1)[cols]
+    return np.unique(cols, return_inverse=True)
+
+
 class LabelScorer:
     """Per-label linear scorers ``m_l(x) = <a_l, x> + b_l`` on preprocessed sparse features.
 
@@ -288,11 +298,13 @@ class LabelScorer:
         out = np.empty(pattern.nnz, dtype=np.float32)
         Q = X.shape[0]
         # blocks of queries whose dense (block x labels shortlisted in the block) margins stay small
-        block = max(1, _MARGIN_BLOCK_CELLS // max(1, len(np.unique(pattern.indices))))
+        L = self.n_labels
+        n_labels_used = int(np.count_nonzero(np.bincount(pattern.indices, minlength=L)))
+        block = max(1, _MARGIN_BLOCK_CELLS // max(1, n_labels_used))
         for start in range(0, Q, block):
             stop = min(Q, start + block)
             a, b = pattern.indptr[start], pattern.indptr[stop]
-            uniq, inv = np.unique(pattern.indices[a:b], return_inverse=True)
+            uniq, inv = _unique_inverse(pattern.indices[a:b], L)
             M = (X[start:stop] @ self.coef[:, uniq]).toarray()
             r = np.repeat(np.arange(stop - start), np.diff(pattern.indptr[start:stop + 1]))
             out[a:b] = M[r, inv.ravel()] + self.intercept[uniq][inv.ravel()]
