@@ -33,11 +33,10 @@ print("RESULT " + json.dumps({"seconds": round(s, 2), "rows": X.shape[0], "x_nnz
 
 
 def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
+    """The 1/5/15-minute load averages as one string, for the table (``"n/a"`` without them)."""
+    from xhyp.utils import loadavg
+
+    return " ".join(f"{v:.2f}" for v in loadavg()) or "n/a"
 
 
 def main(argv=None) -> int:

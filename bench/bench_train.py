@@ -42,11 +42,10 @@ TRAINERS = {
 
 
 def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
+    """The 1/5/15-minute load averages as one string, for the table (``"n/a"`` without them)."""
+    from xhyp.utils import loadavg
+
+    return " ".join(f"{v:.2f}" for v in loadavg()) or "n/a"
 
 
 def run_one(shape: str, trainer: str, device: str, max_steps: int, threads: int, batch_size: int,

@@ -36,7 +36,7 @@ from xhyp.knn.vote import sum_top_scores
 from xhyp.metrics import evaluate
 from xhyp.prediction import Predictor
 from xhyp.prediction.ensemble import learner_name
-from xhyp.utils import atomic_save_json, atomic_save_sparse, atomic_write
+from xhyp.utils import atomic_save_json, atomic_save_sparse, atomic_write, loadavg
 
 KS = (1, 3, 5)
 DIMS = (2, 5, 10, 25, 50)
@@ -321,16 +321,6 @@ def _cpu_seconds() -> float:
 
     r = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return sum(x.ru_utime + x.ru_stime for x in r)
-
-
-def loadavg() -> list:
-    """1/5/15-minute load averages (other users' work inflates wall times on a shared machine)."""
-    import os
-
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def sweep(datasets, data_dir, cache, dims=DIMS, learners=LEARNERS, geometries=GEOMETRIES,

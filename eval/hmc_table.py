@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xhyp.eval.common import command_line, write_outputs
+from xhyp.eval.common import command_line, loadavg, write_outputs
 
 DATASETS = ("cellcycle_FUN", "derisi_GO", "Enron_corr", "ImCLEF07D")
 METHODS = ("flat", "cascaded", "joint")
@@ -72,8 +72,6 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
     path = cache / f"{dataset}_{method}_{contrastive}_s{seed}{tag}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    import os
-
     import torch
 
     from xhyp.metrics import hmc_evaluate
@@ -86,7 +84,7 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
     mcfg, tcfg = _settings(dataset, method, contrastive, seed, model_cfg, train_cfg)
     if tune:
         tcfg["refit"] = False
-    load0 = os.getloadavg()[0]
+    load0 = loadavg()[0]
     t0, c0 = time.time(), time.process_time()
     r = train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, mcfg, tcfg, hierarchy=d.hierarchy,
                   eval_labels=d.eval_labels)
@@ -94,7 +92,7 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
     rec = {"dataset": dataset, "method": method, "contrastive": contrastive, "seed": seed, "model": mcfg,
            "train": tcfg, "threshold": r.threshold, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
            "val_au_prc": r.best_val_au_prc, "train_seconds": round(secs, 2), "cpu_seconds": round(cpu, 2),
-           "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+           "load_average": [load0, loadavg()[0]]}
     if not tune:
         rec["test"] = hmc_evaluate(d.Y_test, r.model.predict_proba(d.X_test), r.threshold, labels=d.eval_labels)
     if d.hierarchy is not None:
@@ -297,11 +295,9 @@ def _show(i: int, n: int, r: dict) -> None:
 def main(argv=None) -> int:
     """Run (or resume from the cache) the HMC grid (or the ``--tune`` selection) and write JSON +
     Markdown; returns the exit code."""
-    import os
-
     args = build_parser().parse_args(argv)
     model_cfg, train_cfg = json.loads(args.model), json.loads(args.train)
-    t0, load = time.time(), [round(os.getloadavg()[0], 2)]
+    t0, load = time.time(), [loadavg()[0]]
     if args.tune:
         records = _run_all(tune_jobs(args.datasets, args.methods, args.data_dir, Path(args.out) / "runs" / "tune",
                                      args.contrastive), args.jobs, _show)
@@ -325,7 +321,7 @@ def main(argv=None) -> int:
                    if (cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").is_file()]
     else:
         records = _run_all(jobs, args.jobs, _show)
-    load.append(round(os.getloadavg()[0], 2))
+    load.append(loadavg()[0])
     summary = summarise(records)
     tg = targets(summary)
     meta = {"command": command_line("hmc_table", argv), "seeds": args.seeds, "jobs": args.jobs,

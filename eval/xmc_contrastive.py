@@ -19,14 +19,13 @@ Writes ``OUT/xmc_contrastive.md`` and ``OUT/xmc_contrastive.json``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
 from xhyp.datasets import load_split
-from xhyp.eval.common import add_common_args, command_line, holdout_split, pct, write_outputs
+from xhyp.eval.common import add_common_args, command_line, holdout_split, loadavg, pct, write_outputs
 from xhyp.metrics import evaluate
 
 
@@ -38,14 +37,14 @@ def fit_score(X, Y, Xq, Yq, weight: float, seed: int, train_cfg: dict) -> dict:
 
     cfg = {**train_cfg, "seed": seed, "contrastive": "hmce" if weight > 0 else "none",
            "contrastive_weight": weight if weight > 0 else 0.1}
-    load0 = os.getloadavg()[0]
+    load0 = loadavg()[0]
     t0 = time.time()
     res = train(X, Y, {}, cfg, progress=False)
     secs = time.time() - t0
     S = Predictor.from_train_result(res).predict(Xq, top_k=5)
     m = {k: float(v) for k, v in evaluate(Yq, S, ks=(1, 3, 5)).items() if k.startswith("P@")}
     return {**m, "weight": weight, "seed": seed, "train_seconds": round(secs, 1), "best_epoch": res.best_epoch,
-            "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+            "load_average": [load0, loadavg()[0]]}
 
 
 def run_dataset(dataset: str, data_dir, weights, seeds, holdout: float, train_cfg: dict, log=print) -> dict:

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, seeding, device choice."""
+"""Small shared helpers: atomic writes, seeding, device choice, the machine's load average."""
 from __future__ import annotations
 
 import json
@@ -123,6 +123,15 @@ def atomic_save_sparse(path, matrix) -> None:
 
     check_finite_tensors(np.asarray(matrix.data), path, "the matrix")
     atomic_write(path, lambda f: sp.save_npz(f, matrix.tocsr(), compressed=False))
+
+
+def loadavg() -> list:
+    """1/5/15-minute load averages, rounded to 0.01 (``[]`` where the OS has none): other users'
+    work inflates wall times on a shared machine, so benchmarks and experiments record it."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def seed_everything(seed: int) -> None:
