@@ -28,6 +28,16 @@ def clustered_db(M, d, C, gen, boundary=0):
     return db, ids, offsets
 
 
+def _assert_matches_ref_ivf_knn(D, I, q, db, ids, offsets, probes, k, geometry):
+    """An inverted-file search's ``(D, I)`` against the float64 reference on the same probes: the
+    same ids, the same empty slots, distances within float32 rounding."""
+    Dr, Ir = reference.ref_ivf_knn(q, db, ids, offsets, probes, k, geometry)
+    assert torch.equal(I, Ir)
+    fin = torch.isfinite(Dr)
+    assert torch.equal(torch.isfinite(D), fin)
+    assert torch.allclose(D[fin].double(), Dr[fin], rtol=1e-5, atol=1e-6)
+
+
 @needs_ext
 @pytest.mark.parametrize("d", [1, 17, 50])
 @pytest.mark.parametrize("k", [1, 10, 33])
@@ -41,11 +51,7 @@ def test_ivf_knn_matches_float64_reference(d, k, geometry):
     probes[::7, 1] = probes[::7, 0]  # repeated probes are scanned once
     packed, boff = kernels.ivf_pack(_aug(db, geometry), offsets)
     D, I = kernels.ivf_knn(q, db, packed, boff, ids, offsets, probes, k, geometry)
-    Dr, Ir = reference.ref_ivf_knn(q, db, ids, offsets, probes, k, geometry)
-    assert torch.equal(I, Ir)
-    fin = torch.isfinite(Dr)
-    assert torch.equal(torch.isfinite(D), fin)
-    assert torch.allclose(D[fin].double(), Dr[fin], rtol=1e-5, atol=1e-6)
+    _assert_matches_ref_ivf_knn(D, I, q, db, ids, offsets, probes, k, geometry)
 
 
 @needs_ext
@@ -245,11 +251,7 @@ def test_ivf_knn8_matches_float64_reference(d, k, geometry):
     cen = ball(C, d, gen, rmax=0.6)
     blocks, boff = kernels.ivf_pack8(db, offsets, cen, geometry)
     D, I = kernels.ivf_knn8(q, db, blocks, boff, cen, ids, offsets, probes, k, geometry)
-    Dr, Ir = reference.ref_ivf_knn(q, db, ids, offsets, probes, k, geometry)
-    assert torch.equal(I, Ir)
-    fin = torch.isfinite(Dr)
-    assert torch.equal(torch.isfinite(D), fin)
-    assert torch.allclose(D[fin].double(), Dr[fin], rtol=1e-5, atol=1e-6)
+    _assert_matches_ref_ivf_knn(D, I, q, db, ids, offsets, probes, k, geometry)
 
 
 @needs_ext
