@@ -16,6 +16,7 @@ semantics. :func:`make_optimizers` builds the optimisers of a model from its
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -168,8 +169,11 @@ class _LazyRows(_Eager):
         return loss
 
 
+@functools.cache
 def _has_row_step_ops() -> bool:
-    """Whether the loaded extension registers the fused row steps for the CPU."""
+    """Whether the loaded extension registers the fused row steps for the CPU (asked once: called
+    only after :func:`xhyp.knn.extension.ext_available` has loaded it, whose registrations then
+    stay as they are)."""
     try:
         return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"xhyp_ext::{op}", "CPU")
                    for op in ("lazy_adam_", "riemannian_adam_ball_"))
