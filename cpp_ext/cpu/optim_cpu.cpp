@@ -35,8 +35,8 @@ void check_table(const at::Tensor& t, const char* name, const at::Tensor& like) 
 
 // Checks shared by the steps: an (N, n) float32 table and its two moments, (R,) strictly
 // increasing row ids in [0, N) (so rows can be updated in parallel), an (R, n) gradient.
-int64_t check_step_inputs(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
-                          const at::Tensor& rows, const at::Tensor& grad) {
+void check_step_inputs(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                       const at::Tensor& rows, const at::Tensor& grad) {
   TORCH_CHECK(param.dim() == 2, "param must be 2-D (rows, dim), got ", param.dim(), " dimensions");
   check_table(param, "param", param);
   check_table(exp_avg, "exp_avg", param);
@@ -54,7 +54,6 @@ int64_t check_step_inputs(const at::Tensor& param, const at::Tensor& exp_avg, co
     TORCH_CHECK(i == 0 || r[i - 1] < r[i], "rows must be strictly increasing (coalesced): rows[", i - 1,
                 "] = ", r[i - 1], ", rows[", i, "] = ", r[i]);
   }
-  return N;
 }
 
 void lazy_adam_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
@@ -103,8 +102,7 @@ void lazy_adam_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at:
 void riemannian_adam_ball_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                               const at::Tensor& rows, const at::Tensor& grad, double lr, double beta1, double beta2,
                               double eps, int64_t step, double max_norm) {
-  const int64_t N = check_step_inputs(param, exp_avg, exp_avg_sq, rows, grad);
-  (void)N;
+  check_step_inputs(param, exp_avg, exp_avg_sq, rows, grad);
   TORCH_CHECK(step >= 1, "step must be >= 1, got ", step);
   TORCH_CHECK(max_norm > 0.0 && max_norm < 1.0, "max_norm must be in (0, 1), got ", max_norm);
   const int64_t n = param.size(1), R = rows.size(0);
