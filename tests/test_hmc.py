@@ -14,8 +14,9 @@ from xhyp.datasets import loading, registry
 from xhyp.datasets.formats import DataFormatError, read_hmc_arff, read_mulan_arff
 from xhyp import metrics as M
 from xhyp.datasets.hmc import Hierarchy, load_hmc, preprocess_dense
-from xhyp.hmc.losses import (cooccurrence_pairs, himulcon_loss, hyperboloid_dist, max_constraint, max_constraint_loss,
-                             overlap_weights, poincare_label_loss, sample_negatives, weighted_supcon_loss)
+from xhyp.hmc.losses import (MaxConstraintPlan, cooccurrence_pairs, himulcon_loss, hyperboloid_dist, max_constraint,
+                             max_constraint_loss, overlap_weights, poincare_label_loss, sample_negatives,
+                             weighted_supcon_loss)
 from xhyp.hmc.models import descendant_pairs, to_poincare
 
 # -- ARFF -------------------------------------------------------------------------------------
@@ -255,6 +256,60 @@ def test_max_constraint_and_loss_float64_reference():
     # no hierarchy: plain BCE with logits
     plain = max_constraint_loss(S, torch.tensor(Y), torch.zeros((2, 0), dtype=torch.long))
     assert plain.item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(S, torch.tensor(Y)).item())
+
+
+def _random_dag(rng, n=40):
+    """A random DAG: node i's parents are drawn among 0..i-1 (several roots, multiple parents)."""
+    parents = [[] if i < 3 else sorted(set(rng.choice(i, size=int(rng.integers(1, 4)), replace=True).tolist()))
+               for i in range(n)]
+    return Hierarchy([f"n{i}" for i in range(n)], parents)
+
+
+@pytest.mark.parametrize("levels", [3, 1000])  # many ties, almost none
+def test_max_constraint_plan_float64_reference_values_and_gradient(levels):
+    """The level-by-level MCM against the definition on the closure, ties included: the value is
+    the max over the label and its descendants; the gradient of an output goes to the label
+    itself when it attains the max, else to the largest descendant id attaining it."""
+    rng = np.random.default_rng(levels)
+    h = _random_dag(rng)
+    closure = torch.from_numpy(descendant_pairs(h))
+    plan = MaxConstraintPlan(closure, len(h))
+    desc = [{d for d in range(len(h)) if a in h.ancestors()[d]} for a in range(len(h))]
+    direct = {(a, d) for d in range(len(h)) for a in desc_parents(h, d)}
+    assert len(plan) == len(direct) < closure.shape[1]
+    S = torch.tensor(rng.integers(0, levels, size=(9, len(h))).astype(np.float64), requires_grad=True)
+    W = torch.tensor(rng.normal(size=(9, len(h))))
+    out = max_constraint(S, plan)
+    (out * W).sum().backward()
+    want_grad = np.zeros((9, len(h)))
+    v = S.detach().numpy()
+    for i in range(9):
+        for a in range(len(h)):
+            m = max(v[i, j] for j in {a} | desc[a])
+            assert out[i, a].item() == m
+            win = a if v[i, a] == m else max(j for j in desc[a] if v[i, j] == m)
+            want_grad[i, win] += W[i, a].item()
+    np.testing.assert_array_equal(S.grad.numpy(), want_grad)
+    # the pairs path (a plan built on the call) and the no-grad path give the same values
+    torch.testing.assert_close(max_constraint(S.detach(), closure), out.detach(), rtol=0, atol=0)
+    Y = torch.tensor((rng.random((9, len(h))) < 0.3).astype(np.float64))
+    assert max_constraint_loss(S, Y, plan).item() == max_constraint_loss(S, Y, closure).item()
+
+
+def desc_parents(h, d):
+    """Direct parents of ``d`` that are not also ancestors of another parent (the transitive reduction)."""
+    anc = h.ancestors()
+    return [p for p in h.parents[d] if not any(p in anc[q] for q in h.parents[d])]
+
+
+def test_max_constraint_plan_refuses_bad_closures():
+    with pytest.raises(ValueError, match="cycle"):
+        MaxConstraintPlan(torch.tensor([[0, 1], [1, 0]]), 2)
+    with pytest.raises(ValueError, match=r"in \[0, 2\)"):
+        MaxConstraintPlan(torch.tensor([[0], [2]]), 2)
+    with pytest.raises(ValueError, match="ancestor != descendant"):
+        MaxConstraintPlan(torch.tensor([[1], [1]]), 2)
+    assert len(MaxConstraintPlan(torch.zeros((2, 0), dtype=torch.long), 3).levels) == 0
 
 
 def test_overlap_weights_and_weighted_supcon():

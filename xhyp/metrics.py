@@ -540,9 +540,12 @@ def au_prc(Y_true, scores_dense, labels=None) -> float:
 
 def au_prc_fast(Y_true, scores) -> float:
     """:func:`au_prc` (micro-averaged average precision, ``sum_n (R_n - R_{n-1}) P_n`` over the
-    distinct score thresholds, ties grouped, as sklearn's ``average_precision_score``) with one
-    sort of the flattened matrix and no input validation: the per-epoch validation score of
-    :mod:`xhyp.hmc.train`.
+    distinct score thresholds, ties grouped, as sklearn's ``average_precision_score``) without
+    input validation and without an argsort of the flattened matrix: the recall only moves at
+    the positives' distinct scores ``v``, where ``P = tp(v) / (tp(v) + fp(v))``, ``tp(v)`` and
+    ``fp(v)`` the positives and negatives scoring ``>= v`` (``fp`` by a binary search in the
+    sorted negative scores). The per-epoch validation score of :mod:`xhyp.hmc.train`; equal to
+    :func:`au_prc` up to floating-point rounding of the sum.
 
     Args:
         Y_true: ``(N, L)`` binary (dense or sparse). scores: ``(N, L)`` float array.
@@ -555,13 +558,12 @@ def au_prc_fast(Y_true, scores) -> float:
     n_pos = int(t.sum())
     if n_pos == 0 or s.size == 0:
         return 0.0
-    order = np.argsort(-s)  # order within a tie group does not matter: groups are scored at their end
-    s, t = s[order], t[order]
-    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each group of tied scores
-    tp = np.cumsum(t)[last]
-    precision = tp / (last + 1.0)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    values, counts = np.unique(s[t], return_counts=True)  # ascending distinct positive scores
+    values, counts = values[::-1], counts[::-1]
+    tp = np.cumsum(counts)
+    negatives = np.sort(s[~t])
+    fp = negatives.size - np.searchsorted(negatives, values, side="left")
+    return float(np.sum(counts / n_pos * (tp / (tp + fp))))
 
 
 def threshold_f1(Y_true, probs, threshold: float, labels=None) -> dict:

@@ -34,7 +34,7 @@ from torch import nn
 
 from xhyp.config import PROJECTORS, ConfigBase, check_choice
 
-from .losses import max_constraint
+from .losses import MaxConstraintPlan, max_constraint
 
 __all__ = ["HMC_METHODS", "HMCModelConfig", "HMCModel", "to_tensor", "to_poincare", "descendant_pairs"]
 
@@ -137,6 +137,7 @@ class HMCModel(nn.Module):
         if hierarchy is not None and len(hierarchy) != c.n_labels:
             raise ValueError(f"hierarchy has {len(hierarchy)} nodes but the model {c.n_labels} labels")
         self.register_buffer("closure", torch.from_numpy(closure))
+        self._plan = MaxConstraintPlan(self.closure, c.n_labels)
 
     @property
     def coherent(self) -> bool:
@@ -156,9 +157,17 @@ class HMCModel(nn.Module):
         h = self.represent(x)
         return h @ self.label_vectors.T + self.bias, h
 
+    def mcm_plan(self, device=None) -> MaxConstraintPlan:
+        """The :class:`xhyp.hmc.losses.MaxConstraintPlan` of the closure (built once), with its
+        index tensors on ``device`` (default: the closure buffer's)."""
+        device = torch.device(device) if device is not None else self.closure.device
+        if self._plan.levels and self._plan.levels[0][0].device != device:
+            self._plan.to(device)
+        return self._plan
+
     def coherent_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """MCM of raw ``(B, L)`` logits (identity when the model is not coherent)."""
-        return max_constraint(logits, self.closure) if self.coherent else logits
+        return max_constraint(logits, self.mcm_plan(logits.device)) if self.coherent else logits
 
     @torch.no_grad()
     def predict_proba(self, X, batch_size: int = 512) -> np.ndarray:

@@ -210,7 +210,7 @@ class _Fit:
             xb = self.Xt[rows] if self.Xt is not None else to_tensor(self.X, rows.numpy())
             yb = self.Yt[rows]
             logits, h = model(xb)
-            loss = max_constraint_loss(logits, yb, model.closure, self.cols)
+            loss = max_constraint_loss(logits, yb, model.mcm_plan(logits.device), self.cols)
             sums["loss"] += loss.item()
             if self.pairs is not None:
                 ll = poincare_label_loss(model.label_vectors, *self.pairs.draw(self.pair_batch, rng),
