@@ -185,14 +185,17 @@ def poincare_label_loss(E: torch.Tensor, pairs: torch.Tensor, negatives: torch.T
     """
     if coords not in ("ball", "hyperboloid"):
         raise ValueError(f"coords must be 'ball' or 'hyperboloid', got {coords!r}")
-    ids = torch.cat([pairs, negatives], 1)  # (P, 2 + K): anchor, positive, negatives
     if coords == "ball":
-        pts = E[ids]
+        pts = E[torch.cat([pairs, negatives], 1)]  # (P, 2 + K): anchor, positive, negatives
         logits = -manifold.dist(pts[:, :1], pts[:, 1:])
     else:  # hyperboloid_dist with the per-label terms computed once for the L labels
         a1 = 1.0 + torch.sqrt(1.0 + (E * E).sum(-1))
-        X, c = (E / a1[:, None])[ids], (a1 / 2.0)[ids]  # ball points; c = 1 / (1 - |x|^2)
-        s = ((X[:, :1] - X[:, 1:]) ** 2).sum(-1) * c[:, :1] * c[:, 1:]
+        X, c = E / a1[:, None], a1 / 2.0  # ball points; c = 1 / (1 - |x|^2)
+        u, w = pairs[:, 0], torch.cat([pairs[:, 1:], negatives], 1).reshape(-1)  # anchors; positive + negatives
+        # anchors and the others gathered apart (no slicing of one (P, 2 + K, d) gather: its backward
+        # would zero-fill and copy that whole block twice), index_select (backward: index_add)
+        diff = X.index_select(0, w).view(len(u), -1, X.shape[1]) - X.index_select(0, u)[:, None]
+        s = (diff * diff).sum(-1) * c.index_select(0, u)[:, None] * c.index_select(0, w).view(len(u), -1)
         logits = -2.0 * torch.asinh(torch.sqrt(s.clamp_min(1e-30 if s.dtype == torch.float64 else 1e-14)))
     return F.cross_entropy(logits, torch.zeros(len(pairs), dtype=torch.long, device=E.device))
 
