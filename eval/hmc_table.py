@@ -270,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# runs handed out longest first (the order of their mean time in the last full grid), so that the
+# workers of --jobs finish together instead of one running a long last job alone
+_COST_RANK = {"datasets": ("derisi_GO", "ImCLEF07D", "cellcycle_FUN", "Enron_corr"),
+              "methods": ("cascaded", "joint", "flat"), "contrastive": ("hmce", "hmc", "none")}
+
+
+def _longest_first(job: tuple) -> tuple:
+    """Sort key of a grid job ``(dataset, method, contrastive, seed, ...)``: expected longest first
+    (an unknown dataset before the known ones)."""
+    ds, method, contrastive, seed = job[:4]
+    rank = {k: dict(zip(v, range(1, len(v) + 1))) for k, v in _COST_RANK.items()}
+    return (rank["datasets"].get(ds, 0), rank["methods"][method], rank["contrastive"][contrastive], seed)
+
+
 def _run_all(jobs: list, n_jobs: int, show) -> list[dict]:
     records = []
     if n_jobs > 1:
@@ -316,11 +330,16 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     jobs = [(ds, m, c, s, args.data_dir, model_cfg, train_cfg, cache) for ds in args.datasets for m in args.methods
             for c in args.contrastive for s in args.seeds]
+    jobs.sort(key=_longest_first)
     if args.summarise_only:
         records = [json.loads((cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").read_text()) for j in jobs
                    if (cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").is_file()]
     else:
         records = _run_all(jobs, args.jobs, _show)
+    order = {k: {v: i for i, v in enumerate(vals)} for k, vals in
+             (("dataset", args.datasets), ("method", args.methods), ("contrastive", args.contrastive))}
+    records.sort(key=lambda r: (order["dataset"][r["dataset"]], order["method"][r["method"]],
+                                order["contrastive"][r["contrastive"]], r["seed"]))  # tables in the order asked
     load.append(loadavg()[0])
     summary = summarise(records)
     tg = targets(summary)

@@ -211,7 +211,10 @@ def test_hyperboloid_dist_float64_reference():
     ball = poincare_label_loss(to_poincare(E), torch.tensor([[0, 1], [2, 3]]), torch.tensor([[4, 5], [5, 0]]))
     assert loss.item() == pytest.approx(ball.item(), rel=1e-7)
     loss.backward()
-    assert torch.isfinite(E.grad).all()
+    E2 = E.detach().clone().requires_grad_(True)  # the same gradient through the ball path (anchor 5 repeats)
+    poincare_label_loss(to_poincare(E2), torch.tensor([[0, 1], [2, 3]]), torch.tensor([[4, 5], [5, 0]])).backward()
+    torch.testing.assert_close(E.grad, E2.grad, rtol=1e-7, atol=1e-12)
+    assert E.grad.abs().min() > 0
     with pytest.raises(ValueError, match="coords"):
         poincare_label_loss(E, torch.tensor([[0, 1]]), torch.tensor([[4]]), coords="klein")
 
@@ -697,3 +700,15 @@ def test_settings_and_tuning_helpers(tmp_path):
                          "hmce": {"au_prc": [0.49, 0, 3], "map": [0.3, 0, 3]}}}}
     eff = H.contrastive_effect(s)["A"]["joint"]
     assert eff["au_prc"] == pytest.approx(-1.0) and eff["map"] == pytest.approx(10.0)
+
+
+def test_hmc_table_hands_out_the_longest_runs_first():
+    from xhyp.eval import hmc_table as H
+
+    jobs = [(d, m, c, s) for d in ("Enron_corr", "cellcycle_FUN", "derisi_GO", "new_set") for m in H.METHODS
+            for c in ("none", "hmce") for s in (1, 0)]
+    jobs.sort(key=H._longest_first)
+    assert [j[0] for j in jobs[::12]] == ["new_set", "derisi_GO", "cellcycle_FUN", "Enron_corr"]
+    assert jobs[:3] == [("new_set", "cascaded", "hmce", 0), ("new_set", "cascaded", "hmce", 1),
+                        ("new_set", "cascaded", "none", 0)]
+    assert jobs[-1] == ("Enron_corr", "flat", "none", 1)
