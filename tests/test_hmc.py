@@ -425,6 +425,25 @@ def test_cascaded_keeps_label_embeddings_fixed():
     assert all(torch.equal(seen["E"][0], e) for e in seen["E"][1:]) and seen["E"][0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("label_lr", [0.0, 0.05])
+def test_label_lr_is_the_label_vectors_step(label_lr):
+    from xhyp.hmc.models import HMCModelConfig
+    from xhyp.hmc.train import HMCTrainConfig, _Fit
+
+    X, Y, h = _toy(n=64)
+    mcfg = HMCModelConfig(method="joint", n_features=6, n_labels=6, dim=4, hidden=8, dropout=0.0)
+    tcfg = HMCTrainConfig(batch_size=64, lr=1e-3, label_lr=label_lr, weight_decay=0.0, pair_batch=32)
+    fit = _Fit(mcfg, tcfg, X, Y, h, None, np.random.default_rng(0))
+    E0, W0 = fit.model.label_vectors.detach().clone(), fit.model.encoder[0].weight.detach().clone()
+    fit.epoch()  # one Adam step: every entry moves by about its learning rate (first step: lr * sign(grad))
+    dE = (fit.model.label_vectors.detach() - E0).abs().max().item()
+    dW = (fit.model.encoder[0].weight.detach() - W0).abs().max().item()
+    assert dE == pytest.approx(label_lr or 1e-3, rel=1e-3) and dW == pytest.approx(1e-3, rel=1e-3)
+    assert len(fit.opt.param_groups) == (2 if label_lr else 1)
+    with pytest.raises(ValueError, match="label_lr"):
+        HMCTrainConfig(label_lr=-1.0)
+
+
 def test_resume_matches_uninterrupted(tmp_path):
     import xhyp.hmc.train as T
 
