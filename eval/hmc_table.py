@@ -116,7 +116,8 @@ TUNE_CANDIDATES = {  # validation-only selection (--tune): the settings of xhyp.
     "joint@derisi_GO": [{"train": {"joint_init": i, "label_weight": w, "pair_batch": b}} for i, w, b in (
         ("random", 0.01, 0), ("random", 0.003, 512), ("pretrained", 0.1, 512), ("pretrained", 0.3, 512))]
     + [{"train": {"joint_init": "random", "label_weight": w, "label_lr": 0.01}} for w in (0.03, 0.1, 0.3)]
-    + [{"model": {"init_label_scale": 1e-3}, "train": {"joint_init": "pretrained", "label_weight": 0.3}}],
+    + [{"model": {"init_label_scale": 1e-3}, "train": {"joint_init": "pretrained", "label_weight": 0.3}},
+       {"train": {"joint_init": "pretrained", "label_weight": 0.3, "pretrain_epochs": 3}}],
 }
 
 
