@@ -657,6 +657,12 @@ def test_settings_and_tuning_helpers(tmp_path):
     jobs = H.tune_jobs(["Enron_corr"], ["joint"], None, tmp_path)
     assert {(j[1], j[2]) for j in jobs} == {("joint", "none"), ("joint", "hmce")}
     assert all(j[-1] is True for j in jobs) and not H.tune_jobs(["Enron_corr"], ["cascaded"], None, tmp_path)
+    go = H.tune_jobs(["Enron_corr", "derisi_GO"], ["joint", "cascaded"], None, tmp_path, ("none",),
+                     ["cascaded@derisi_GO", "joint@derisi_GO"])  # stage 4: derisi_GO only, only those keys
+    assert {j[0] for j in go} == {"derisi_GO"} and [j[1] for j in go].count("cascaded") == 1
+    assert len(go) == 1 + len(H.TUNE_CANDIDATES["joint@derisi_GO"])
+    assert len(H.tune_jobs(["derisi_GO"], ["joint"], None, tmp_path, ("none",))) == \
+        len(H.TUNE_CANDIDATES["joint"]) + len(H.TUNE_CANDIDATES["joint@derisi_GO"])
     s = {"A": {"joint": {"none": {"au_prc": [0.5, 0, 3], "map": [0.2, 0, 3]},
                          "hmce": {"au_prc": [0.49, 0, 3], "map": [0.3, 0, 3]}}}}
     eff = H.contrastive_effect(s)["A"]["joint"]
