@@ -109,17 +109,30 @@ TUNE_CANDIDATES = {  # validation-only selection (--tune): the settings of xhyp.
               for w in (0.003, 0.01, 0.03)],
     # stage 3 (--tune --methods joint --contrastive hmce): the weight of the contrastive term
     "joint+hmce": [{"train": {"contrastive_weight": w}} for w in (0.01, 0.1)],
+    # stage 4 (--tune --datasets derisi_GO --stages cascaded@derisi_GO joint@derisi_GO --contrastive none):
+    # joint's label loss on derisi_GO (441,084 ordered pairs: pair_batch 512 sees 3% of them an epoch),
+    # beside cascaded's label-embedding MAP under the same protocol
+    "cascaded@derisi_GO": [{}],
+    "joint@derisi_GO": [{"train": {"joint_init": i, "label_weight": w, "pair_batch": b}} for i, w, b in (
+        ("random", 0.01, 0), ("random", 0.003, 512), ("pretrained", 0.1, 512), ("pretrained", 0.3, 512))]
+    + [{"train": {"joint_init": "random", "label_weight": w, "label_lr": 0.01}} for w in (0.03, 0.1, 0.3)]
+    + [{"model": {"init_label_scale": 1e-3}, "train": {"joint_init": "pretrained", "label_weight": 0.3}},
+       {"train": {"joint_init": "pretrained", "label_weight": 0.3, "pretrain_epochs": 3}}],
 }
 
 
-def tune_jobs(datasets, methods, data_dir, cache: Path, contrastive_kinds=("none", "hmce")) -> list[tuple]:
+def tune_jobs(datasets, methods, data_dir, cache: Path, contrastive_kinds=("none", "hmce"), stages=None
+              ) -> list[tuple]:
     """The ``--tune`` runs: the :data:`TUNE_CANDIDATES` of ``methods`` and ``contrastive_kinds``
-    on every dataset, seed 0."""
+    (of the keys ``stages`` only, when given) on every dataset (a key ``METHOD[+KIND]@DATASET``:
+    on that dataset only), seed 0."""
     jobs = []
     for ds in datasets:
         for key, cands in TUNE_CANDIDATES.items():
-            method, _, contrastive = key.partition("+")
-            if method not in methods or (contrastive or "none") not in contrastive_kinds:
+            stage, _, only = key.partition("@")
+            method, _, contrastive = stage.partition("+")
+            if method not in methods or (contrastive or "none") not in contrastive_kinds or only not in ("", ds) \
+                    or (stages is not None and key not in stages):
                 continue
             for c in cands:
                 jobs.append((ds, method, contrastive or "none", 0, data_dir, c.get("model", {}), c.get("train", {}),
@@ -263,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs at once, one process each")
     p.add_argument("--model", default="{}", help="JSON HMCModelConfig overrides of xhyp.hmc.settings")
     p.add_argument("--train", default="{}", help="JSON HMCTrainConfig overrides of xhyp.hmc.settings")
+    p.add_argument("--stages", nargs="+", default=None, choices=list(TUNE_CANDIDATES),
+                   help="--tune: only these keys of TUNE_CANDIDATES (default: all)")
     p.add_argument("--tune", action="store_true", help="run the validation-only selection (TUNE_CANDIDATES) "
                    "instead of the grid; writes OUT/hmc_tuning.md/json")
     p.add_argument("--summarise-only", action="store_true",
@@ -314,7 +329,7 @@ def main(argv=None) -> int:
     t0, load = time.time(), [loadavg()[0]]
     if args.tune:
         records = _run_all(tune_jobs(args.datasets, args.methods, args.data_dir, Path(args.out) / "runs" / "tune",
-                                     args.contrastive), args.jobs, _show)
+                                     args.contrastive, args.stages), args.jobs, _show)
         meta = {"command": command_line("hmc_table", argv), "wall_seconds": round(time.time() - t0, 1),
                 "candidates": TUNE_CANDIDATES}
         old = Path(args.out) / "hmc_tuning.json"  # earlier stages stay in the report

@@ -483,6 +483,25 @@ def test_cascaded_keeps_label_embeddings_fixed():
     assert all(torch.equal(seen["E"][0], e) for e in seen["E"][1:]) and seen["E"][0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("label_lr", [0.0, 0.05])
+def test_label_lr_is_the_label_vectors_step(label_lr):
+    from xhyp.hmc.models import HMCModelConfig
+    from xhyp.hmc.train import HMCTrainConfig, _Fit
+
+    X, Y, h = _toy(n=64)
+    mcfg = HMCModelConfig(method="joint", n_features=6, n_labels=6, dim=4, hidden=8, dropout=0.0)
+    tcfg = HMCTrainConfig(batch_size=64, lr=1e-3, label_lr=label_lr, weight_decay=0.0, pair_batch=32)
+    fit = _Fit(mcfg, tcfg, X, Y, h, None, np.random.default_rng(0))
+    E0, W0 = fit.model.label_vectors.detach().clone(), fit.model.encoder[0].weight.detach().clone()
+    fit.epoch()  # one Adam step: every entry moves by about its learning rate (first step: lr * sign(grad))
+    dE = (fit.model.label_vectors.detach() - E0).abs().max().item()
+    dW = (fit.model.encoder[0].weight.detach() - W0).abs().max().item()
+    assert dE == pytest.approx(label_lr or 1e-3, rel=1e-3) and dW == pytest.approx(1e-3, rel=1e-3)
+    assert len(fit.opt.param_groups) == (2 if label_lr else 1)
+    with pytest.raises(ValueError, match="label_lr"):
+        HMCTrainConfig(label_lr=-1.0)
+
+
 def test_resume_matches_uninterrupted(tmp_path):
     import xhyp.hmc.train as T
 
@@ -696,6 +715,12 @@ def test_settings_and_tuning_helpers(tmp_path):
     jobs = H.tune_jobs(["Enron_corr"], ["joint"], None, tmp_path)
     assert {(j[1], j[2]) for j in jobs} == {("joint", "none"), ("joint", "hmce")}
     assert all(j[-1] is True for j in jobs) and not H.tune_jobs(["Enron_corr"], ["cascaded"], None, tmp_path)
+    go = H.tune_jobs(["Enron_corr", "derisi_GO"], ["joint", "cascaded"], None, tmp_path, ("none",),
+                     ["cascaded@derisi_GO", "joint@derisi_GO"])  # stage 4: derisi_GO only, only those keys
+    assert {j[0] for j in go} == {"derisi_GO"} and [j[1] for j in go].count("cascaded") == 1
+    assert len(go) == 1 + len(H.TUNE_CANDIDATES["joint@derisi_GO"])
+    assert len(H.tune_jobs(["derisi_GO"], ["joint"], None, tmp_path, ("none",))) == \
+        len(H.TUNE_CANDIDATES["joint"]) + len(H.TUNE_CANDIDATES["joint@derisi_GO"])
     s = {"A": {"joint": {"none": {"au_prc": [0.5, 0, 3], "map": [0.2, 0, 3]},
                          "hmce": {"au_prc": [0.49, 0, 3], "map": [0.3, 0, 3]}}}}
     eff = H.contrastive_effect(s)["A"]["joint"]

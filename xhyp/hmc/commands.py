@@ -48,6 +48,8 @@ _HMC_FLAGS = {  # flag dest -> (type, HMC config section, help)
     "refit": (_bool, "train", "after early stopping, retrain on train + validation for the best number of "
                               "epochs (C-HMCNN's final training): true or false"),
     "weight_decay": (float, "train", "Adam weight decay of the classifier (default 1e-5)"),
+    "label_lr": (float, "train", "Adam learning rate of the label vectors while the classifier trains "
+                                 "(default 0 = --lr)"),
     "dropout": (float, "model", "dropout after every hidden layer (C-HMCNN: 0.7; default 0.7)"),
     "layers": (int, "model", "hidden layers of the MLP projector (default 2)"),
     "coherent": (_bool, "model", "hierarchy-coherent output (C-HMCNN's MCM) and max-constraint loss: true or "

@@ -58,6 +58,8 @@ class HMCTrainConfig(ConfigBase):
             ``joint_init="pretrained"``.
         pretrain_batch: pairs per pre-training step.
         lr_labels: Adam learning rate of the pre-training.
+        label_lr: Adam learning rate of the label vectors while the classifier trains (0: ``lr``),
+            so that ``joint``'s label loss can move them as far as the pre-training does.
         joint_init: ``"random"`` (HiddeN: ``joint`` starts from a random initialisation) or
             ``"pretrained"`` (from the pre-trained label embeddings, a burn-in as Nickel & Kiela's,
             then learns them with the classifier).
@@ -82,6 +84,7 @@ class HMCTrainConfig(ConfigBase):
     pretrain_epochs: int = 20
     pretrain_batch: int = 4096
     lr_labels: float = 1e-2
+    label_lr: float = 0.0
     joint_init: str = "random"
     contrastive: str = "none"
     contrastive_weight: float = 0.1
@@ -99,9 +102,10 @@ class HMCTrainConfig(ConfigBase):
                 or self.pair_batch < 0 or self.pretrain_epochs < 0:
             raise ValueError(f"epochs, batch_size, negatives, pretrain_batch and patience must be positive, "
                              f"pair_batch and pretrain_epochs >= 0: {self}")
-        if not (self.lr > 0 and self.lr_labels > 0 and self.weight_decay >= 0 and self.label_weight >= 0
-                and self.contrastive_weight >= 0 and self.temperature > 0):
-            raise ValueError(f"lr, lr_labels and temperature must be positive, the weights >= 0: {self}")
+        if not (self.lr > 0 and self.lr_labels > 0 and self.label_lr >= 0 and self.weight_decay >= 0
+                and self.label_weight >= 0 and self.contrastive_weight >= 0 and self.temperature > 0):
+            raise ValueError(f"lr, lr_labels and temperature must be positive, label_lr and the weights >= 0: "
+                             f"{self}")
 
 
 @dataclass
@@ -183,8 +187,12 @@ class _Fit:
         with torch.no_grad():
             freq = np.clip(np.asarray(Y.mean(axis=0)).ravel(), 1e-4, 1 - 1e-4)
             model.bias.copy_(torch.from_numpy(np.log(freq / (1 - freq)).astype(np.float32)))
-        self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
-                                    weight_decay=tcfg.weight_decay, foreach=True)  # same steps as the loop, faster
+        params = [p for p in model.parameters() if p.requires_grad]
+        if tcfg.label_lr and tcfg.label_lr != tcfg.lr and model.label_vectors.requires_grad:
+            params = [{"params": [p for p in params if p is not model.label_vectors]},
+                      {"params": [model.label_vectors], "lr": tcfg.label_lr}]
+        # foreach: the same steps bit for bit as the per-parameter loop, faster
+        self.opt = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, foreach=True)
         wants_pre = mcfg.method == "cascaded" or (mcfg.method == "joint" and tcfg.joint_init == "pretrained")
         self.pre_losses = pretrain_label_embeddings(model, Y, tcfg, rng) if (pretrain and wants_pre) else []
         self.pairs = None
@@ -238,7 +246,8 @@ def train_hmc(X, Y, X_val, Y_val, model_config: dict, train_config: dict, hierar
     or with ``coherent=False``) ``+ label_weight * poincare_label_loss`` over ``pair_batch``
     sampled co-occurring pairs (``joint``) ``+ contrastive_weight * himulcon_loss(h, Y_batch,
     levels)`` (when ``contrastive != "none"``; ``levels`` from ``hierarchy``, label overlap
-    without one). One Adam optimiser (``lr``, ``weight_decay``) for every trained parameter.
+    without one). One Adam optimiser (``lr``, ``weight_decay``) for every trained parameter
+    (``label_lr`` for the label vectors when set).
     ``cascaded`` (and ``joint`` with ``joint_init="pretrained"``) first pre-train the label
     vectors (:func:`pretrain_label_embeddings`). Each epoch ends with the validation AU(PRC) of
     the (coherent) probabilities; the best epoch is kept, training stops after ``patience``
@@ -291,7 +300,7 @@ def train_hmc(X, Y, X_val, Y_val, model_config: dict, train_config: dict, hierar
         old = {k: v for k, v in state["config"].items() if k != "train"}
         new = {k: v for k, v in config.items() if k != "train"}
         changed = {k for k in asdict(tcfg) if k not in ("epochs", "patience", "threads")
-                   and state["config"]["train"].get(k) != asdict(tcfg)[k]}
+                   and state["config"]["train"].get(k, getattr(HMCTrainConfig, k, None)) != asdict(tcfg)[k]}
         if old != new or changed:
             raise ValueError(f"{ckpt}: --resume with different settings ({sorted(changed) or 'model/data'}); "
                              "use a new --out or the same settings")
