@@ -287,16 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # runs handed out longest first (the order of their mean time in the last full grid), so that the
 # workers of --jobs finish together instead of one running a long last job alone
-_COST_RANK = {"datasets": ("derisi_GO", "ImCLEF07D", "cellcycle_FUN", "Enron_corr"),
-              "methods": ("cascaded", "joint", "flat"), "contrastive": ("hmce", "hmc", "none")}
+_COST_RANK = {k: {v: i for i, v in enumerate(vals, 1)} for k, vals in (
+    ("datasets", ("derisi_GO", "ImCLEF07D", "cellcycle_FUN", "Enron_corr")),
+    ("methods", ("cascaded", "joint", "flat")), ("contrastive", ("hmce", "hmc", "none")))}
 
 
 def _longest_first(job: tuple) -> tuple:
     """Sort key of a grid job ``(dataset, method, contrastive, seed, ...)``: expected longest first
     (an unknown dataset before the known ones)."""
     ds, method, contrastive, seed = job[:4]
-    rank = {k: dict(zip(v, range(1, len(v) + 1))) for k, v in _COST_RANK.items()}
-    return (rank["datasets"].get(ds, 0), rank["methods"][method], rank["contrastive"][contrastive], seed)
+    return (_COST_RANK["datasets"].get(ds, 0), _COST_RANK["methods"][method],
+            _COST_RANK["contrastive"][contrastive], seed)
 
 
 def _run_all(jobs: list, n_jobs: int, show) -> list[dict]:
