@@ -118,18 +118,24 @@ TUNE_CANDIDATES = {  # validation-only selection (--tune): the settings of xhyp.
     + [{"train": {"joint_init": "random", "label_weight": w, "label_lr": 0.01}} for w in (0.03, 0.1, 0.3)]
     + [{"model": {"init_label_scale": 1e-3}, "train": {"joint_init": "pretrained", "label_weight": 0.3}},
        {"train": {"joint_init": "pretrained", "label_weight": 0.3, "pretrain_epochs": 3}}],
+    # stage 5 (--tune --stages cascaded#score joint#score --contrastive none): the label score without the label
+    # vector's norm (label_score "unit": direction times a learned per-label gain) against the dot product, with
+    # each set's present settings, and joint's pre-trained start with heavier label losses under it
+    "cascaded#score": [{}, {"model": {"label_score": "unit"}}],
+    "joint#score": [{}, {"model": {"label_score": "unit"}}]
+    + [{"model": {"label_score": "unit"}, "train": {"joint_init": "pretrained", "label_weight": w}} for w in (0.1, 0.3)],
 }
 
 
 def tune_jobs(datasets, methods, data_dir, cache: Path, contrastive_kinds=("none", "hmce"), stages=None
               ) -> list[tuple]:
     """The ``--tune`` runs: the :data:`TUNE_CANDIDATES` of ``methods`` and ``contrastive_kinds``
-    (of the keys ``stages`` only, when given) on every dataset (a key ``METHOD[+KIND]@DATASET``:
-    on that dataset only), seed 0."""
+    (of the keys ``stages`` only, when given) on every dataset (a key ``METHOD[+KIND][@DATASET][#NAME]``:
+    with ``@DATASET`` on that dataset only; ``#NAME`` only names a stage), seed 0."""
     jobs = []
     for ds in datasets:
         for key, cands in TUNE_CANDIDATES.items():
-            stage, _, only = key.partition("@")
+            stage, _, only = key.partition("#")[0].partition("@")
             method, _, contrastive = stage.partition("+")
             if method not in methods or (contrastive or "none") not in contrastive_kinds or only not in ("", ds) \
                     or (stages is not None and key not in stages):

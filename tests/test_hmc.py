@@ -437,13 +437,16 @@ def _toy(n=240, seed=0):
     return X, sp.csr_matrix(Y), h
 
 
-@pytest.mark.parametrize("method,contrastive", [("flat", "none"), ("cascaded", "hmce"), ("joint", "hmc")])
-def test_methods_learn_and_save(tmp_path, method, contrastive):
+@pytest.mark.parametrize("method,contrastive,score", [("flat", "none", "dot"), ("cascaded", "hmce", "dot"),
+                                                      ("joint", "hmc", "dot"), ("cascaded", "none", "unit"),
+                                                      ("joint", "none", "unit")])
+def test_methods_learn_and_save(tmp_path, method, contrastive, score):
     from xhyp.hmc.train import train_hmc
     from xhyp.prediction import Predictor
 
     X, Y, h = _toy()
-    r = train_hmc(X[:160], Y[:160], X[160:], Y[160:], {"method": method, "dim": 4, "hidden": 16, "dropout": 0.0},
+    r = train_hmc(X[:160], Y[:160], X[160:], Y[160:], {"method": method, "dim": 4, "hidden": 16, "dropout": 0.0,
+                                                       "label_score": score},
                   {"epochs": 30, "batch_size": 32, "lr": 1e-2, "pretrain_epochs": 300, "pair_batch": 64,
                    "lr_labels": 3e-2, "contrastive": contrastive, "patience": 30, "threads": 1}, hierarchy=h, out_dir=tmp_path / "m")
     assert r.best_val_au_prc > 0.85  # a separable toy problem (label frequencies alone: about 0.4)
@@ -453,11 +456,12 @@ def test_methods_learn_and_save(tmp_path, method, contrastive):
     for child, ps in enumerate(h.parents):
         for p in ps:
             assert np.all(P[:, p] >= P[:, child])
-    p = Predictor.load(tmp_path / "m")  # dispatches to the HMC predictor
+    p = Predictor.load(tmp_path / "m")  # dispatches to the HMC predictor (label gains restored too)
     S = p.predict(X[160:])
     assert S.shape == (80, 6) and np.allclose(S.toarray(), r.model.predict_proba(X[160:]), atol=1e-6)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["kind"] == "xhyp-hmc" and cfg["model"]["method"] == method and cfg["train"]["contrastive"] == contrastive
+    assert cfg["model"]["label_score"] == score and hasattr(r.model, "label_gain") == (score == "unit")
     assert not (tmp_path / "m" / "checkpoint.pt").exists() and (tmp_path / "m" / "hierarchy.json").is_file()
 
 
@@ -500,6 +504,42 @@ def test_label_lr_is_the_label_vectors_step(label_lr):
     assert len(fit.opt.param_groups) == (2 if label_lr else 1)
     with pytest.raises(ValueError, match="label_lr"):
         HMCTrainConfig(label_lr=-1.0)
+
+
+def test_unit_label_score_float64_reference():
+    """``label_score="unit"``: logits ``g_l h . e_l / |e_l| + b_l`` (float64, against numpy), unchanged
+    when a label vector is rescaled, and the gains learn (also beside cascaded's fixed vectors)."""
+    from xhyp.hmc.models import HMCModel, HMCModelConfig
+
+    torch.manual_seed(0)
+    cfg = HMCModelConfig(method="joint", n_features=7, n_labels=5, dim=4, hidden=6, dropout=0.0, label_score="unit")
+    m = HMCModel(cfg).double()
+    with torch.no_grad():
+        m.label_vectors.mul_(torch.tensor([1e-6, 0.1, 1.0, 30.0, 1e4], dtype=torch.float64).unsqueeze(1))
+        m.label_gain.copy_(torch.tensor([0.5, 1.0, -2.0, 3.0, 0.1], dtype=torch.float64))
+        m.bias.copy_(torch.randn(5, dtype=torch.float64))
+    x = torch.randn(9, 7, dtype=torch.float64)
+    logits, h = m(x)
+    E, g, b, H = (t.detach().numpy() for t in (m.label_vectors, m.label_gain, m.bias, h))
+    ref = g * (H @ E.T) / np.linalg.norm(E, axis=1) + b
+    assert np.allclose(logits.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        m.label_vectors.mul_(torch.tensor([7.0, 0.01, 3.0, 1.0, 2e-3], dtype=torch.float64).unsqueeze(1))
+    assert torch.allclose(m(x)[0], logits, rtol=1e-12, atol=1e-12)  # direction only
+    dot = HMCModel(HMCModelConfig(method="joint", n_features=7, n_labels=5, dim=4, hidden=6, dropout=0.0)).double()
+    dot.load_state_dict({k: v for k, v in m.state_dict().items() if k != "label_gain"})
+    assert not hasattr(dot, "label_gain") and torch.allclose(dot(x)[0], x.new_tensor(H) @ m.label_vectors.T + m.bias)
+    with pytest.raises(ValueError, match="label_score"):
+        HMCModelConfig(n_features=2, n_labels=2, label_score="cosine")
+    from xhyp.hmc.train import HMCTrainConfig, _Fit
+
+    X, Y, h = _toy(n=64)
+    mc = HMCModelConfig(method="cascaded", n_features=6, n_labels=6, dim=4, hidden=8, dropout=0.0, label_score="unit")
+    fit = _Fit(mc, HMCTrainConfig(batch_size=64, lr=1e-2, pretrain_epochs=1), X, Y, h, None, np.random.default_rng(0))
+    E0 = fit.model.label_vectors.detach().clone()
+    fit.epoch()
+    assert torch.equal(fit.model.label_vectors.detach(), E0)
+    assert (fit.model.label_gain.detach() - 1.0).abs().min() > 1e-3  # every gain took an Adam step
 
 
 def test_resume_matches_uninterrupted(tmp_path):
@@ -573,6 +613,8 @@ def test_cli_train_predict_evaluate_ensemble(tmp_path, monkeypatch, capsys):
         loading.load_dataset("toy_hmc", "test", tmp_path)[0]).toarray() for i in range(2)) / 2
     assert np.allclose(sp.load_npz(tmp_path / "pe.npz").toarray(), mean, atol=1e-6)
     assert main(["run", "--method", "flat", *d, "--out", str(tmp_path / "r"), *common]) == 0
+    assert main(["train", "--method", "joint", *d, "--out", str(tmp_path / "u"), *common, "--label-score", "unit"]) == 0
+    assert json.loads((tmp_path / "u" / "config.json").read_text())["model"]["label_score"] == "unit"
     assert "au_prc" in json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
     capsys.readouterr()
     assert main(["train", "--method", "flat", *d, "--out", str(tmp_path / "x"), "--knn", "5"]) == 2
@@ -714,13 +756,18 @@ def test_settings_and_tuning_helpers(tmp_path):
     assert settings_for("something_else") == (COMMON["model"], COMMON["train"])
     jobs = H.tune_jobs(["Enron_corr"], ["joint"], None, tmp_path)
     assert {(j[1], j[2]) for j in jobs} == {("joint", "none"), ("joint", "hmce")}
-    assert all(j[-1] is True for j in jobs) and not H.tune_jobs(["Enron_corr"], ["cascaded"], None, tmp_path)
+    casc = H.tune_jobs(["Enron_corr"], ["cascaded"], None, tmp_path)  # only stage 5 (#score) tunes cascaded there
+    assert all(j[-1] is True for j in jobs) and [(j[5], j[6]) for j in casc] == \
+        [(c.get("model", {}), c.get("train", {})) for c in H.TUNE_CANDIDATES["cascaded#score"]]
+    s5 = H.tune_jobs(["Enron_corr"], ["joint", "cascaded"], None, tmp_path, ("none",), ["joint#score"])
+    assert len(s5) == len(H.TUNE_CANDIDATES["joint#score"]) and {j[1] for j in s5} == {"joint"}
     go = H.tune_jobs(["Enron_corr", "derisi_GO"], ["joint", "cascaded"], None, tmp_path, ("none",),
                      ["cascaded@derisi_GO", "joint@derisi_GO"])  # stage 4: derisi_GO only, only those keys
     assert {j[0] for j in go} == {"derisi_GO"} and [j[1] for j in go].count("cascaded") == 1
     assert len(go) == 1 + len(H.TUNE_CANDIDATES["joint@derisi_GO"])
     assert len(H.tune_jobs(["derisi_GO"], ["joint"], None, tmp_path, ("none",))) == \
-        len(H.TUNE_CANDIDATES["joint"]) + len(H.TUNE_CANDIDATES["joint@derisi_GO"])
+        len(H.TUNE_CANDIDATES["joint"]) + len(H.TUNE_CANDIDATES["joint@derisi_GO"]) + \
+        len(H.TUNE_CANDIDATES["joint#score"])
     s = {"A": {"joint": {"none": {"au_prc": [0.5, 0, 3], "map": [0.2, 0, 3]},
                          "hmce": {"au_prc": [0.49, 0, 3], "map": [0.3, 0, 3]}}}}
     eff = H.contrastive_effect(s)["A"]["joint"]

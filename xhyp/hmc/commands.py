@@ -50,6 +50,9 @@ _HMC_FLAGS = {  # flag dest -> (type, HMC config section, help)
     "weight_decay": (float, "train", "Adam weight decay of the classifier (default 1e-5)"),
     "label_lr": (float, "train", "Adam learning rate of the label vectors while the classifier trains "
                                  "(default 0 = --lr)"),
+    "label_score": (str, "model", "how a label vector scores a document: dot (h . e_l, HiddeN's code) or unit "
+                                  "(g_l h . e_l / |e_l|, a learned per-label gain; the label's norm out of the "
+                                  "score) (default: the dataset's setting, else dot)"),
     "dropout": (float, "model", "dropout after every hidden layer (C-HMCNN: 0.7; default 0.7)"),
     "layers": (int, "model", "hidden layers of the MLP projector (default 2)"),
     "coherent": (_bool, "model", "hierarchy-coherent output (C-HMCNN's MCM) and max-constraint loss: true or "

@@ -3,7 +3,9 @@
 All three share the document encoder (the "projector": linear, or an MLP with ``layers`` hidden
 ReLU layers of width ``hidden``, each followed by dropout, as C-HMCNN's feed-forward network,
 Giunchiglia & Lukasiewicz 2020) mapping ``(B, F)`` features to a ``(B, n)`` representation
-``h``. Label scores are logits ``s_l = h . e_l + b_l``, one ``(n,)`` vector ``e_l`` per label:
+``h``. Label scores are logits ``s_l = h . e_l + b_l``, one ``(n,)`` vector ``e_l`` per label
+(or, with ``label_score="unit"``, ``s_l = g_l h . e_l / |e_l| + b_l``: the direction of ``e_l``
+and a learned per-label gain ``g_l``, see :class:`HMCModelConfig`):
 
 * ``flat``: the ``e_l`` are free (an output layer), trained by the classification loss only;
 * ``cascaded``: the ``e_l`` are first learned from label co-occurrence alone with the Poincaré
@@ -36,9 +38,10 @@ from xhyp.config import PROJECTORS, ConfigBase, check_choice
 
 from .losses import MaxConstraintPlan, max_constraint
 
-__all__ = ["HMC_METHODS", "HMCModelConfig", "HMCModel", "to_tensor", "to_poincare", "descendant_pairs"]
+__all__ = ["HMC_METHODS", "LABEL_SCORES", "HMCModelConfig", "HMCModel", "to_tensor", "to_poincare", "descendant_pairs"]
 
 HMC_METHODS = ("flat", "cascaded", "joint")
+LABEL_SCORES = ("dot", "unit")
 
 
 @dataclass
@@ -61,6 +64,11 @@ class HMCModelConfig(ConfigBase):
             and ``joint`` ``sqrt(3 / n)`` (unit-variance scores for a unit-variance ``h``, as an
             output layer), ``cascaded`` 1e-3 (Nickel & Kiela's start near the origin, before the
             label-embedding pre-training).
+        label_score: how a label vector scores a representation: ``"dot"`` ``s_l = h . e_l + b_l``
+            (HiddeN's code); ``"unit"`` ``s_l = g_l (h . e_l / |e_l|) + b_l`` with a learned
+            per-label gain ``g_l`` (parameter ``label_gain``, starts at 1): the score uses only the
+            label vector's direction, so the norm that the Poincaré label loss gives a label (large
+            for rare labels, whose points lie near the boundary) does not set its score's scale.
     """
 
     n_features: int
@@ -74,9 +82,11 @@ class HMCModelConfig(ConfigBase):
     input_dropout: float = 0.0
     coherent: bool = True
     init_label_scale: float = 0.0
+    label_score: str = "dot"
 
     def __post_init__(self):
         check_choice("method", self.method, HMC_METHODS)
+        check_choice("label_score", self.label_score, LABEL_SCORES)
         check_choice("projector", self.projector, PROJECTORS)
         if min(self.n_features, self.n_labels, self.dim, self.hidden, self.layers) < 1:
             raise ValueError(f"n_features, n_labels, dim, hidden and layers must be positive: {self}")
@@ -133,6 +143,8 @@ class HMCModel(nn.Module):
         scale = c.init_label_scale or (1e-3 if c.method == "cascaded" else float(np.sqrt(3.0 / c.dim)))
         self.label_vectors = nn.Parameter(torch.empty(c.n_labels, c.dim).uniform_(-scale, scale),
                                           requires_grad=c.method != "cascaded")
+        if c.label_score == "unit":
+            self.label_gain = nn.Parameter(torch.ones(c.n_labels))
         closure = descendant_pairs(hierarchy) if (hierarchy is not None and c.coherent) else np.zeros((2, 0), np.int64)
         if hierarchy is not None and len(hierarchy) != c.n_labels:
             raise ValueError(f"hierarchy has {len(hierarchy)} nodes but the model {c.n_labels} labels")
@@ -155,7 +167,16 @@ class HMCModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, F)`` features -> ``(raw logits (B, L), representations (B, n))`` (before MCM)."""
         h = self.represent(x)
-        return h @ self.label_vectors.T + self.bias, h
+        return h @ self.score_vectors().T + self.bias, h
+
+    def score_vectors(self) -> torch.Tensor:
+        """``(L, n)`` the vectors whose dot product with ``h`` gives the logits (before the
+        biases): the label vectors (``label_score="dot"``), or their directions times the learned
+        gains (``"unit"``: ``g_l e_l / |e_l|``, a zero vector left at zero)."""
+        e = self.label_vectors
+        if self.config.label_score == "dot":
+            return e
+        return e * (self.label_gain / e.norm(dim=1).clamp_min(1e-12)).unsqueeze(1)
 
     def mcm_plan(self, device=None) -> MaxConstraintPlan:
         """The :class:`xhyp.hmc.losses.MaxConstraintPlan` of the closure (built once), with its
