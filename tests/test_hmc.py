@@ -594,11 +594,15 @@ def test_cli_train_predict_evaluate_ensemble(tmp_path, monkeypatch, capsys):
     from xhyp.cli import main
 
     _tiny_registry(tmp_path, monkeypatch)
+    from xhyp.hmc import settings
+
+    monkeypatch.setitem(settings.DATASET_SETTINGS, "toy_hmc", {"cascaded": {"model": {"label_score": "unit"}}})
     d = ["--dataset", "toy_hmc", "--data-dir", str(tmp_path)]
     common = ["--epochs", "3", "--dim", "4", "--hidden", "8", "--no-progress", "--pretrain-epochs", "2", "--threads", "1"]
     assert main(["train", "--method", "cascaded", *d, "--out", str(tmp_path / "m"), *common,
                  "--contrastive", "hmce"]) == 0
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["contrastive"] == "hmce"
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["train"]["contrastive"] == "hmce" and cfg["model"]["label_score"] == "unit"  # the set's cascaded setting
     assert main(["predict", "--model", str(tmp_path / "m"), *d, "--out", str(tmp_path / "p.npz")]) == 0
     assert sp.load_npz(tmp_path / "p.npz").shape == (20, 6)
     assert main(["evaluate", "--pred", str(tmp_path / "p.npz"), *d, "--out", str(tmp_path / "e.json")]) == 0
@@ -607,6 +611,7 @@ def test_cli_train_predict_evaluate_ensemble(tmp_path, monkeypatch, capsys):
     assert {"au_prc", "micro_f1", "macro_f1", "P@1"} <= set(e) and e["threshold"] == pytest.approx(thr)
     assert main(["ensemble", "--method", "joint", *d, "--out", str(tmp_path / "ens"), "-M", "2", *common]) == 0
     assert main(["predict", "--model", str(tmp_path / "ens"), *d, "--out", str(tmp_path / "pe.npz")]) == 0
+    assert json.loads((tmp_path / "ens" / "learner_00" / "config.json").read_text())["model"]["label_score"] == "dot"
     from xhyp.hmc.train import HMCPredictor
 
     mean = sum(HMCPredictor.load(tmp_path / "ens" / f"learner_0{i}").predict(
@@ -754,6 +759,12 @@ def test_settings_and_tuning_helpers(tmp_path):
     m, t = settings_for("cellcycle_FUN")
     assert t["refit"] is True and m["coherent"] is True and "hidden" in m
     assert settings_for("something_else") == (COMMON["model"], COMMON["train"])
+    # per-method entries apply to that method only (the label score, tuning stage 5)
+    assert settings_for("derisi_GO", "cascaded")[0]["label_score"] == "unit"
+    assert "label_score" not in settings_for("derisi_GO", "flat")[0] and settings_for("derisi_GO", "flat") == \
+        settings_for("derisi_GO")
+    assert H._settings("ImCLEF07D", "joint", "none", 1, {}, {})[0]["label_score"] == "unit"
+    assert H._settings("ImCLEF07D", "joint", "none", 1, {"label_score": "dot"}, {})[0]["label_score"] == "dot"
     jobs = H.tune_jobs(["Enron_corr"], ["joint"], None, tmp_path)
     assert {(j[1], j[2]) for j in jobs} == {("joint", "none"), ("joint", "hmce")}
     casc = H.tune_jobs(["Enron_corr"], ["cascaded"], None, tmp_path)  # only stage 5 (#score) tunes cascaded there
@@ -767,7 +778,7 @@ def test_settings_and_tuning_helpers(tmp_path):
     assert len(go) == 1 + len(H.TUNE_CANDIDATES["joint@derisi_GO"])
     assert len(H.tune_jobs(["derisi_GO"], ["joint"], None, tmp_path, ("none",))) == \
         len(H.TUNE_CANDIDATES["joint"]) + len(H.TUNE_CANDIDATES["joint@derisi_GO"]) + \
-        len(H.TUNE_CANDIDATES["joint#score"])
+        len(H.TUNE_CANDIDATES["joint#score"]) + len(H.TUNE_CANDIDATES["joint@derisi_GO#score"])
     s = {"A": {"joint": {"none": {"au_prc": [0.5, 0, 3], "map": [0.2, 0, 3]},
                          "hmce": {"au_prc": [0.49, 0, 3], "map": [0.3, 0, 3]}}}}
     eff = H.contrastive_effect(s)["A"]["joint"]

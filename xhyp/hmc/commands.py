@@ -112,7 +112,7 @@ def train_hmc_model(out_dir, dataset: str, data_dir=None, model: dict | None = N
         raise ValueError("the HMC methods need --dataset (a registry HMC dataset: cellcycle_FUN, derisi_GO, "
                          "Enron_corr, ImCLEF07D, rcv1); --file is for the XMC model")
     d = load_hmc(dataset, data_dir)
-    m0, t0 = settings_for(dataset)
+    m0, t0 = settings_for(dataset, (model or {}).get("method"))
     train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, {**m0, **(model or {})}, {**t0, **(train_cfg or {})},
               hierarchy=d.hierarchy, eval_labels=d.eval_labels, out_dir=out_dir, resume=resume, progress=progress,
               extra_config={"dataset": dataset})

@@ -11,6 +11,10 @@ layers and dropout 0.7, representation and label-vector dimension 128, Adam (wei
 1e-5), batch 64, the max-constraint module and loss, early stopping on the validation AU(PRC)
 (patience 10, at most 100 epochs), then a refit on the training and validation examples for the
 best number of epochs (C-HMCNN's final training).
+
+A dataset's entry may also hold per-method settings (``"cascaded"``, ``"joint"``: ``{"model": ...,
+"train": ...}``), applied on top for that method only: the label score (``label_score``, stage 5
+of the tuning) is chosen per set and method.
 """
 from __future__ import annotations
 
@@ -22,18 +26,25 @@ COMMON = {"model": {"dim": 128, "projector": "mlp", "layers": 2, "dropout": 0.7,
 
 DATASET_SETTINGS = {
     "cellcycle_FUN": {"model": {"hidden": 512, "layers": 2}, "train": {"joint_init": "pretrained", "label_weight": 0.01,
-                                                                           "contrastive_weight": 0.01}},
+                                                                           "contrastive_weight": 0.01},
+                      "cascaded": {"model": {"label_score": "unit"}}},
     "derisi_GO": {"model": {"hidden": 512, "layers": 1}, "train": {"joint_init": "random", "label_weight": 0.003,
-                                                                       "contrastive_weight": 0.01}},
+                                                                       "contrastive_weight": 0.01},
+                  "cascaded": {"model": {"label_score": "unit"}}},
     "Enron_corr": {"model": {"hidden": 512, "layers": 1}, "train": {"joint_init": "random", "label_weight": 0.03,
-                                                                        "contrastive_weight": 0.01}},
+                                                                        "contrastive_weight": 0.01},
+                   "cascaded": {"model": {"label_score": "unit"}}},
     "ImCLEF07D": {"model": {"hidden": 512, "layers": 2}, "train": {"joint_init": "pretrained", "label_weight": 0.003,
-                                                                       "contrastive_weight": 0.01}},
+                                                                       "contrastive_weight": 0.01},
+                  "joint": {"model": {"label_score": "unit"}}},
 }
 
 
-def settings_for(dataset: str | None) -> tuple[dict, dict]:
+def settings_for(dataset: str | None, method: str | None = None) -> tuple[dict, dict]:
     """``(model fields, training fields)`` for ``dataset``: :data:`COMMON` updated with the
-    dataset's entry of :data:`DATASET_SETTINGS` (only :data:`COMMON` for another dataset)."""
-    d = DATASET_SETTINGS.get(dataset or "", {"model": {}, "train": {}})
-    return {**COMMON["model"], **d["model"]}, {**COMMON["train"], **d["train"]}
+    dataset's entry of :data:`DATASET_SETTINGS`, then with that entry's settings for ``method``
+    when it has some (only :data:`COMMON` for another dataset)."""
+    d = DATASET_SETTINGS.get(dataset or "", {})
+    by_method = d.get(method or "", {})
+    return ({**COMMON["model"], **d.get("model", {}), **by_method.get("model", {})},
+            {**COMMON["train"], **d.get("train", {}), **by_method.get("train", {})})
