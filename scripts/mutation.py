@@ -147,7 +147,7 @@ MUTANTS = [
            "model.pt not written at each new best epoch"),
     Mutant("T29", LO, "perm = shuffle_rng.permutation(n_tr)\n", "perm = np.arange(n_tr)\n",
            "no shuffling between epochs"),
-    Mutant("T30", LO, "train_step(model, opts, b.to(device), tcfg.alpha, sparse_labels, world)",
+    Mutant("T30", LO, "train_step(model, opts, b.to(device), alpha, sparse_labels, world)",
            "train_step(model, opts, b.to(device), 1.0, sparse_labels, world)", "training ignores alpha"),
     Mutant("T31", LO, "sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,",
            'sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), "uniform", gen,',
