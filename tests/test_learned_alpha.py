@@ -79,8 +79,10 @@ def test_learned_scale_rejects_bad_values_and_config_checks():
     assert config_from_pairs(["learn_alpha=true", "lr_alpha=0.03"], C.TrainConfig) == {"learn_alpha": True,
                                                                                          "lr_alpha": 0.03}
     assert config_from_pairs(["learn_alpha=False"], C.TrainConfig) == {"learn_alpha": False}
-    with pytest.raises(ValueError, match="true or false"):
+    with pytest.raises(ValueError, match="learn-alpha: invalid parse_bool value: 'maybe'"):
         config_from_pairs(["learn_alpha=maybe"], C.TrainConfig)
+    with pytest.raises(ValueError, match="true or false"):
+        C.parse_bool("maybe")
 
 
 def test_train_step_moves_log_alpha_and_keeps_other_updates_of_the_fixed_scale():

@@ -15,7 +15,7 @@ import sys
 from dataclasses import MISSING, fields
 
 # torch-free: `xhyp --help` starts fast
-from .config import ANN_CODES, INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig
+from .config import ANN_CODES, INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig, parse_bool
 
 _SKIP = {"n_features", "n_labels"}
 
@@ -59,20 +59,6 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str, skip=()) -
         text = re.sub(r":\w+:`([^`]*)`", r"\1", docs.get(f.name, "")).replace("``", "").replace("%", "%%")
         g.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=parse_bool if typ is bool else typ, default=None,
                        metavar=typ.__name__.upper(), help=f"{text} (default: {default})".strip())
-
-
-def parse_bool(text: str) -> bool:
-    """A boolean flag's value: ``true/yes/on/1`` or ``false/no/off/0`` (any case).
-
-    Raises:
-        argparse.ArgumentTypeError: any other text (argparse names the flag in its message).
-    """
-    t = str(text).strip().lower()
-    if t in ("true", "yes", "on", "1"):
-        return True
-    if t in ("false", "no", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def config_from_pairs(pairs, cls) -> dict:

@@ -69,6 +69,21 @@ def parse_grid(text: str, kind=float, name: str = "grid") -> list:
     return vals
 
 
+def parse_bool(text: str) -> bool:
+    """A boolean flag's value: ``true/yes/on/1`` or ``false/no/off/0`` (any case), the type of the
+    ``bool`` fields' flags (``--learn-alpha``, the HMC ``--refit`` / ``--coherent``).
+
+    Raises:
+        ValueError: any other text.
+    """
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def check_choice(name: str, value, allowed) -> None:
     """Refuse an option value that is not one of its names.
 
@@ -150,8 +165,8 @@ class TrainConfig(ConfigBase):
         batch_size: examples per step (each contributes all its positive labels).
         negatives: sampled negative labels per (example, positive) pair.
         sampling: ``"uniform"`` or ``"frequency"`` (label frequency^0.75, as word2vec).
-        alpha: softmax scale on distances (with ``learn_alpha``: its initial value).
-        learn_alpha: train the softmax scale too (:class:`xhyp.embedding.model.LearnedScale`,
+        alpha: softmax scale on distances.
+        learn_alpha: train the softmax scale too, from ``alpha`` (:class:`xhyp.embedding.model.LearnedScale`,
             ``alpha = exp(log_alpha)``, a learned temperature); the value of the best epoch is
             stored as ``config.json["predict"]["alpha"]`` (the ``"distance"`` vote's scale).
         lr_alpha: Adam step size of ``log_alpha`` with ``learn_alpha`` (scaled like ``lr``).
