@@ -156,7 +156,9 @@ for _lra in (0.003, 0.01, 0.03):
              _DEF, learn_alpha=True, lr_alpha=_lra)
     _variant(f"default-learnalpha{_lra}-euclid", f"learned softmax scale (from 5, step {_lra}), Euclidean geometry",
              f"default-learnalpha{_lra}", model={"geometry": "euclidean"})
-for _lra, _a in ((0.01, 2), (0.01, 10), (0.003, 2)):
+_variant("rerank-learnalpha0.01", "the alpha-30 re-ranker (label step 3e-3) with a learned softmax scale (step 0.01)",
+         learn_alpha=True, lr_alpha=0.01)
+for _lra, _a in ((0.01, 2), (0.01, 10), (0.01, 30), (0.003, 2)):
     _variant(f"default-learnalpha{_lra}-from{_a}", f"learned softmax scale from {_a} (step {_lra})",
              f"default-learnalpha{_lra}", alpha=float(_a))
 
