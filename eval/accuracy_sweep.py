@@ -27,7 +27,8 @@ propensities from the training labels, ``A, B`` from the registry), training sec
 learners), the after-training step's seconds and the scorers' weights (learner 0), with more than
 one learner also the mean of the single learners (``(mean of single learners)``), and for learner 0 the Spearman correlation of label frequency with the label
 embedding's distance to the origin (``rho``; negative: frequent labels nearer the centre) and the
-median label norm.
+median label norm, and with a learned softmax scale (``learn_alpha``) its value at the best epoch
+(first three learners).
 
 Example::
 
@@ -144,6 +145,22 @@ for _tol in (0.01, 0.1):
     for _t in (0.05, 0.1):  # the bounds together (s200-p0.05-tol0.1: the library's defaults)
         _refit(f"{_A5}-s200-p{_t}-tol{_tol}", f"shortlists of 200 labels, weights below {_t} pruned, tolerance {_tol}",
                _A5, rerank_shortlist=200, rerank_prune=_t, rerank_tol=_tol)
+
+# a learned softmax scale (TrainConfig.learn_alpha) on top of the current defaults (the bounded
+# re-ranker: rerank-a5-lrl0.1-s200-p0.1-tol0.01), and the same defaults in Euclidean space
+_DEF = f"{_A5}-s200-p0.1-tol0.01"
+_variant("default-euclid", "the current defaults (alpha 5, label step 0.1, bounded re-ranker), Euclidean geometry",
+         _DEF, model={"geometry": "euclidean"})
+for _lra in (0.003, 0.01, 0.03):
+    _variant(f"default-learnalpha{_lra}", f"the current defaults with a learned softmax scale (from 5, step {_lra})",
+             _DEF, learn_alpha=True, lr_alpha=_lra)
+    _variant(f"default-learnalpha{_lra}-euclid", f"learned softmax scale (from 5, step {_lra}), Euclidean geometry",
+             f"default-learnalpha{_lra}", model={"geometry": "euclidean"})
+_variant("rerank-learnalpha0.01", "the alpha-30 re-ranker (label step 3e-3) with a learned softmax scale (step 0.01)",
+         learn_alpha=True, lr_alpha=0.01)
+for _lra, _a in ((0.01, 2), (0.01, 10), (0.01, 30), (0.003, 2)):
+    _variant(f"default-learnalpha{_lra}-from{_a}", f"learned softmax scale from {_a} (step {_lra})",
+             f"default-learnalpha{_lra}", alpha=float(_a))
 
 
 def variant_config(name: str) -> dict:
@@ -391,6 +408,8 @@ def sweep(datasets, variants, learners, split: str, cache: Path, data_dir, holdo
                                  "scorer_nnz": infos[0]["predict_settings"].get("scorer_nnz"),
                                  "rho": infos[0]["rho"], "rho_centred": infos[0].get("rho_centred"),
                                  "label_norm_median": infos[0]["label_norm_q10_50_90"][1],
+                                 "label_norm_q10_50_90": infos[0]["label_norm_q10_50_90"],
+                                 "learned_alpha": [i["predict_settings"].get("alpha") for i in infos[:m]][:3],
                                  "example_norm_median": infos[0].get("example_norm_median"),
                                  "k": [i["predict_settings"].get("k") for i in infos[:m]][:3],
                                  "rerank_weight": [i["predict_settings"].get("rerank_weight") for i in infos[:m]][:3]})
@@ -404,12 +423,13 @@ def markdown(rows: list[dict]) -> str:
         table = [[r["method"], r["learners"], *(f"{100 * r[m]:.2f}" for m in METRICS), r["train_seconds"],
                   _fmt(r.get("after_seconds"), ".1f"), _fmt(r.get("scorer_nnz"), ","),
                   *(_fmt(r.get(n), f) for n, f in (("rho", "+.2f"), ("rho_centred", "+.2f"),
-                                                   ("label_norm_median", ".3f"), ("example_norm_median", ".3f")))]
+                                                   ("label_norm_median", ".3f"), ("example_norm_median", ".3f"))),
+                  "/".join(f"{a:.2f}" for a in r.get("learned_alpha") or [] if a is not None)]
                  for r in rows if (r["split"], r["dataset"]) == (split, ds)]
         lines += md_table(f"**{ds}, {split}** (P@k and PSP@k in %)",
                           ["method", "learners", *METRICS, "train (s)", "scorers (s)", "weights", "rho", "rho centred",
                            "label norm",
-                           "example norm"], table)
+                           "example norm", "learned alpha"], table)
     return "\n".join(lines)
 
 

@@ -21,14 +21,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out_dir, mode):
+def _worker(rank, world, port, out_dir, mode, extra=None):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     X, Y = toy_data(seed=6)
     try:
-        res = train(X, Y, {"dim": 6}, dict(CFG, negative_mode=mode, distributed="on"),
+        res = train(X, Y, {"dim": 6}, dict(CFG, negative_mode=mode, distributed="on", **(extra or {})),
                     out_dir=os.path.join(out_dir, "model"), progress=False)
-        torch.save({k: v.detach().clone() for k, v in res.model.state_dict().items()},
+        torch.save({**{k: v.detach().clone() for k, v in res.model.state_dict().items()},
+                    "alphas": torch.tensor([h.get("alpha", 0.0) for h in res.history])},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -36,16 +37,20 @@ def _worker(rank, world, port, out_dir, mode):
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
 @pytest.mark.parametrize("mode", ["batch"])  # per-pair sharding: test_batch_shards_partition_the_batch
-def test_two_processes_match_each_other_and_one_process(tmp_path, mode):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), mode), nprocs=2, join=True)
+@pytest.mark.parametrize("extra", [{}, {"learn_alpha": True, "lr_alpha": 0.05}])  # a learned softmax scale too
+def test_two_processes_match_each_other_and_one_process(tmp_path, mode, extra):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), mode, extra), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in r0:  # identical on both processes
         assert torch.equal(r0[k], r1[k]), k
     X, Y = toy_data(seed=6)
-    single = train(X, Y, {"dim": 6}, dict(CFG, negative_mode=mode, distributed="off"), progress=False)
+    single = train(X, Y, {"dim": 6}, dict(CFG, negative_mode=mode, distributed="off", **extra), progress=False)
     for k, v in single.model.state_dict().items():  # equal to one process on the same global batches
         torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-6)
+    alphas = torch.tensor([h.get("alpha", 0.0) for h in single.history])
+    torch.testing.assert_close(r0["alphas"], alphas, rtol=1e-4, atol=0.0)  # the scale's gradient summed too
+    assert (alphas != 5.0).all() if extra else (alphas == 0.0).all()
     assert not np.allclose(r0["labels"].numpy(), 0)
     # only rank 0 wrote the model directory, and it is complete
     assert (tmp_path / "model" / "model.pt").exists() and (tmp_path / "model" / "train_emb.pt").exists()

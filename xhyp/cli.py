@@ -15,7 +15,7 @@ import sys
 from dataclasses import MISSING, fields
 
 # torch-free: `xhyp --help` starts fast
-from .config import ANN_CODES, INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig
+from .config import ANN_CODES, INDEX_KINDS, WEIGHTINGS, ModelConfig, TrainConfig, parse_bool
 
 _SKIP = {"n_features", "n_labels"}
 
@@ -57,7 +57,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str, skip=()) -
         default = f.default if f.default is not MISSING else None
         typ = type(default) if default is not None else str
         text = re.sub(r":\w+:`([^`]*)`", r"\1", docs.get(f.name, "")).replace("``", "").replace("%", "%%")
-        g.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=typ, default=None,
+        g.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=parse_bool if typ is bool else typ, default=None,
                        metavar=typ.__name__.upper(), help=f"{text} (default: {default})".strip())
 
 

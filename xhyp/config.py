@@ -69,6 +69,21 @@ def parse_grid(text: str, kind=float, name: str = "grid") -> list:
     return vals
 
 
+def parse_bool(text: str) -> bool:
+    """A boolean flag's value: ``true/yes/on/1`` or ``false/no/off/0`` (any case), the type of the
+    ``bool`` fields' flags (``--learn-alpha``, the HMC ``--refit`` / ``--coherent``).
+
+    Raises:
+        ValueError: any other text.
+    """
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def check_choice(name: str, value, allowed) -> None:
     """Refuse an option value that is not one of its names.
 
@@ -151,6 +166,10 @@ class TrainConfig(ConfigBase):
         negatives: sampled negative labels per (example, positive) pair.
         sampling: ``"uniform"`` or ``"frequency"`` (label frequency^0.75, as word2vec).
         alpha: softmax scale on distances.
+        learn_alpha: train the softmax scale too, from ``alpha`` (:class:`xhyp.embedding.model.LearnedScale`,
+            ``alpha = exp(log_alpha)``, a learned temperature); the value of the best epoch is
+            stored as ``config.json["predict"]["alpha"]`` (the ``"distance"`` vote's scale).
+        lr_alpha: Adam step size of ``log_alpha`` with ``learn_alpha`` (scaled like ``lr``).
         lr: Adam step size of the projector.
         lr_labels: step size of the label embeddings (Riemannian Adam or the paper's rule).
         optimizer: ``"radam"`` (geoopt RiemannianAdam) or ``"paper"`` (:class:`xhyp.training.optim.PaperAdam`).
@@ -215,6 +234,8 @@ class TrainConfig(ConfigBase):
     negatives: int = 50
     sampling: str = "uniform"
     alpha: float = 5.0
+    learn_alpha: bool = False
+    lr_alpha: float = 0.01
     lr: float = 3e-3
     lr_labels: float = 0.1
     optimizer: str = "radam"
@@ -279,9 +300,12 @@ class TrainConfig(ConfigBase):
         if min(self.rerank_shortlist, self.rerank_negatives, self.rerank_prune) < 0 or not self.rerank_tol > 0:
             raise ValueError(f"rerank_shortlist, rerank_negatives and rerank_prune must be >= 0 and rerank_tol > 0: {self}")
         check_finite_fields(self)
-        if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3:
-            raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels in (0, 1e3] (got alpha={self.alpha}, "
-                             f"lr={self.lr}, lr_labels={self.lr_labels}): larger values overflow float32")
+        if self.alpha > 1e6 or not 0 < self.lr <= 1e3 or not 0 < self.lr_labels <= 1e3 or not 0 < self.lr_alpha <= 1e3:
+            raise ValueError(f"alpha must be <= 1e6 and lr, lr_labels, lr_alpha in (0, 1e3] (got alpha={self.alpha}, "
+                             f"lr={self.lr}, lr_labels={self.lr_labels}, lr_alpha={self.lr_alpha}): larger values "
+                             f"overflow float32")
+        if not isinstance(self.learn_alpha, bool):
+            raise ValueError(f"learn_alpha must be true or false, got {self.learn_alpha!r}")
 
 
 @dataclass
@@ -297,7 +321,8 @@ class PredictConfig(ConfigBase):
         k: neighbours voting for each query (``None``: the ``k`` chosen after training, else the
             model's ``knn``).
         weighting: ``"count"`` or ``"distance"`` (``None``: the model's ``weighting``).
-        alpha: softmax scale of the ``"distance"`` weighting (``None``: the model's ``alpha``).
+        alpha: softmax scale of the ``"distance"`` weighting (``None``: the learned scale of a model
+            trained with ``learn_alpha``, else the model's ``alpha``).
         top_k: labels kept per query.
         index: kNN backend (one of :data:`INDEX_KINDS`, see :func:`xhyp.knn.index.make_index`).
         index_params: extra index constructor arguments (e.g. ``{"nprobe": 8}``).
@@ -354,7 +379,7 @@ class PredictConfig(ConfigBase):
             return mine if mine is not None else default if chosen.get(key) is None else chosen[key]
 
         return PredictConfig(k=int(pick(self.k, "k", tc.knn)), weighting=self.weighting or tc.weighting,
-                             alpha=tc.alpha if self.alpha is None else self.alpha, top_k=self.top_k,
+                             alpha=float(pick(self.alpha, "alpha", tc.alpha)), top_k=self.top_k,
                              index=self.index, index_params=self.index_params, batch_size=self.batch_size,
                              device=self.device, rerank_weight=float(pick(self.rerank_weight, "rerank_weight", 0.0)),
                              rerank_knn=int(pick(self.rerank_knn, "rerank_knn", tc.rerank_knn)),

@@ -22,7 +22,7 @@ from torch import nn
 from . import manifold
 from ..config import GEOMETRIES, PROJECTORS, ModelConfig  # noqa: F401 (re-exported)
 
-__all__ = ["GEOMETRIES", "PROJECTORS", "ModelConfig", "HyperbolicXMC", "csr_to_bag"]
+__all__ = ["GEOMETRIES", "PROJECTORS", "ModelConfig", "HyperbolicXMC", "LearnedScale", "csr_to_bag"]
 
 
 def csr_to_bag(X: sp.csr_matrix, device: torch.device | str = "cpu"):
@@ -221,3 +221,38 @@ class HyperbolicXMC(nn.Module):
             raise md.ModelDirError(d / "model.pt", "does not fit config.json's model: "
                                    + str(exc).replace("\n", " ")[:200]) from None
         return model
+
+
+class LearnedScale(nn.Module):
+    """The softmax scale ``alpha`` of the loss as a trainable scalar (``TrainConfig.learn_alpha``).
+
+    Log-parametrised, ``alpha = exp(log_alpha)``, so it stays positive and its optimiser's steps
+    are relative: an Adam step of ``lr_alpha`` changes ``alpha`` by a factor of about
+    ``exp(lr_alpha)`` whatever its size. The scale multiplies every logit ``-alpha d(r, W_l)`` of
+    the sampled softmax (:func:`xhyp.training.loss.batch_loss`; Gerald & Baskiotis 2019, section
+    2.3, with ``alpha`` a parameter instead of a constant, as the learned temperature of
+    contrastive losses, e.g. CLIP's ``logit_scale``, Radford et al. 2021).
+
+    Args:
+        alpha: initial scale (> 0), ``TrainConfig.alpha``.
+
+    Attributes:
+        log_alpha: ``()`` float32 parameter, ``log(alpha)``.
+
+    Raises:
+        ValueError: ``alpha`` is not a finite positive number.
+    """
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        if not 0.0 < float(alpha) < float("inf"):
+            raise ValueError(f"the softmax scale must be finite and > 0, got {alpha}")
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(float(alpha)), dtype=torch.float32))
+
+    def forward(self) -> torch.Tensor:
+        """``alpha = exp(log_alpha)``: a ``()`` float32 tensor on the parameter's device (with a
+        gradient path to ``log_alpha``)."""
+        return self.log_alpha.exp()
+
+    def __float__(self) -> float:
+        return float(self.log_alpha.detach().exp())

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ..config import parse_bool
+
 __all__ = ["add_hmc_args", "hmc_settings", "run_hmc_verb", "train_hmc_model", "hmc_member_dirs", "hmc_predict",
            "hmc_metrics", "THRESHOLD_SUFFIX"]
 
@@ -25,14 +27,6 @@ _TRAIN_TO_MODEL = ("input_dropout",)  # XMC training flags that set an HMC model
 _SHARED_TRAIN = ("epochs", "batch_size", "lr", "lr_labels", "negatives", "patience", "seed", "threads", "contrastive",
                  "contrastive_weight", "temperature")
 
-
-def _bool(text: str) -> bool:
-    t = str(text).strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
 
 _HMC_FLAGS = {  # flag dest -> (type, HMC config section, help)
     "label_weight": (float, "train", "joint: weight of the Poincaré label loss (HiddeN: 0.1; default 0.1)"),
@@ -45,7 +39,7 @@ _HMC_FLAGS = {  # flag dest -> (type, HMC config section, help)
                                  "--batch-size (default 512; 0 = one pass over the pairs per epoch)"),
     "label_negatives": (str, "train", "negatives of the label loss: graded (labels co-occurring less often with "
                                       "the anchor, HiddeN's code) or disjoint (never co-occurring) (default graded)"),
-    "refit": (_bool, "train", "after early stopping, retrain on train + validation for the best number of "
+    "refit": (parse_bool, "train", "after early stopping, retrain on train + validation for the best number of "
                               "epochs (C-HMCNN's final training): true or false"),
     "weight_decay": (float, "train", "Adam weight decay of the classifier (default 1e-5)"),
     "label_lr": (float, "train", "Adam learning rate of the label vectors while the classifier trains "
@@ -55,7 +49,7 @@ _HMC_FLAGS = {  # flag dest -> (type, HMC config section, help)
                                   "score) (default: the dataset's setting, else dot)"),
     "dropout": (float, "model", "dropout after every hidden layer (C-HMCNN: 0.7; default 0.7)"),
     "layers": (int, "model", "hidden layers of the MLP projector (default 2)"),
-    "coherent": (_bool, "model", "hierarchy-coherent output (C-HMCNN's MCM) and max-constraint loss: true or "
+    "coherent": (parse_bool, "model", "hierarchy-coherent output (C-HMCNN's MCM) and max-constraint loss: true or "
                                  "false (default true; no effect without a hierarchy)"),
 }
 

@@ -30,6 +30,7 @@ torch, geoopt and the kNN modules are imported inside the functions that use the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +211,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
 
     from .. import __version__
     from ..embedding.features import FeaturePipeline
-    from ..embedding.model import HyperbolicXMC
+    from ..embedding.model import HyperbolicXMC, LearnedScale
     from . import distributed as dist_utils
     from .optim import make_optimizers
 
@@ -238,7 +239,9 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     model = HyperbolicXMC(mcfg).to(device)
     if world > 1:
         dist_utils.broadcast_parameters(model)
-    opts = make_optimizers(model, tcfg)
+    scale = LearnedScale(tcfg.alpha).to(device) if tcfg.learn_alpha else None  # a learned temperature
+    opts = make_optimizers(model, tcfg, scale)
+    alpha = scale if scale is not None else tcfg.alpha
     gen = torch.Generator().manual_seed(tcfg.seed)
     sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,
                               unique=tcfg.negative_draw == "unique")
@@ -248,7 +251,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     out = Path(out_dir) if out_dir is not None else None
     write = out is not None and rank == 0
     history, best, best_epoch, bad, start_epoch = [], -1.0, -1, 0, 0
-    best_state = None
+    best_state, best_alpha = None, tcfg.alpha
     if resume:
         if out is None or not (out / "checkpoint.pt").exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {out}/checkpoint.pt")
@@ -262,6 +265,9 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
                              f"({[ck['config']['train'].get(k) for k in changed]}); a resumed run may only "
                              f"change {sorted(RESUMABLE_KEYS)}")
         model.load_state_dict(ck["model"])
+        if scale is not None:
+            scale.load_state_dict(ck["scale"])
+            best_alpha = ck["best_alpha"]
         for o, s in zip(opts, ck["optimizers"]):
             o.load_state_dict(s)
         gen.set_state(ck["generator"])
@@ -305,7 +311,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
                    leave=False, unit="batch")
         with contextlib.closing(prefetched(make_batches, tcfg.prefetch)) as batches:
             for b in batches:
-                buf.append(train_step(model, opts, b.to(device), tcfg.alpha, sparse_labels, world))
+                buf.append(train_step(model, opts, b.to(device), alpha, sparse_labels, world))
                 steps += 1
                 n_pairs += b.n_pairs
                 if len(buf) >= check_every:
@@ -327,20 +333,22 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
                                      f"training stopped; the model directory keeps the last good epoch ({best_epoch})")
         rec = {"epoch": epoch + 1, "loss": total / max(steps, 1), "train_seconds": round(train_time, 3),
                "pairs": n_pairs, "pairs_per_second": round(n_pairs / max(train_time, 1e-9), 1)}
+        if scale is not None:
+            rec["alpha"] = float(scale)
         if len(va_idx) > 0:
             db = _embed_rows(model, Xp, db_rows, device)
             q = _embed_rows(model, Xp, q_rows, device)
-            scores = knn_scores(db, Y_db, q, tcfg.knn, tcfg.weighting, tcfg.alpha, mcfg.geometry, device=device)
+            scores = knn_scores(db, Y_db, q, tcfg.knn, tcfg.weighting, float(alpha), mcfg.geometry, device=device)
             p1 = precision_at_1(scores, Y_q)
             rec["val_p1"] = p1
             rec["val_seconds"] = round(time.time() - t0 - train_time, 3)
             if p1 > best:
-                best, best_epoch, bad = p1, epoch + 1, 0
+                best, best_epoch, bad, best_alpha = p1, epoch + 1, 0, float(alpha)
                 best_state = {k: v.detach().clone().cpu() for k, v in state.items()}
             else:
                 bad += 1
         else:
-            best_epoch = epoch + 1
+            best_epoch, best_alpha = epoch + 1, float(alpha)
             best_state = {k: v.detach().clone().cpu() for k, v in state.items()}
         rec["seconds"] = round(time.time() - t0, 3)
         history.append(rec)
@@ -354,7 +362,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
                 "epoch": epoch, "model": state, "optimizers": [o.state_dict() for o in opts],
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                 "best": best, "best_epoch": best_epoch, "bad": bad, "best_state": best_state,
-                "config": config,
+                "config": config, "best_alpha": best_alpha,
+                **({"scale": scale.state_dict()} if scale is not None else {}),
             }, out / "checkpoint.pt")
             atomic_save_json(history, out / "history.json")
             if best_epoch == epoch + 1:
@@ -372,7 +381,10 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     if tcfg.rerank != "none" or tcfg.knn_grid.strip():  # shortlist scorers and prediction settings
         from .prediction_fit import fit_prediction
 
-        config["predict"], scorer = fit_prediction(model, Xp, Y, tr_idx, va_idx, emb, tcfg, device=device)
+        config["predict"], scorer = fit_prediction(model, Xp, Y, tr_idx, va_idx, emb,
+                                                   dataclasses.replace(tcfg, alpha=best_alpha), device=device)
+    if scale is not None:  # the learned scale of the best epoch: the "distance" vote's default alpha
+        config.setdefault("predict", {})["alpha"] = best_alpha
     if write:
         if scorer is not None:
             scorer.save(out / config["predict"]["reranker"])

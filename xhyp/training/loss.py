@@ -49,7 +49,8 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_
 
     Args:
         model: the model. r: ``(B, n)`` embeddings of the batch's examples. batch: see :class:`Batch`.
-        alpha: softmax scale. sparse: gather label rows with a row-sparse gradient.
+        alpha: softmax scale, a number or a ``()`` tensor (a learned scale).
+        sparse: gather label rows with a row-sparse gradient.
         label_rows: ``labels[batch.lab_uniq]`` as a leaf: the label rows are gathered from it
             with ``batch.lab_inv`` (see :func:`train_step`).
 
@@ -94,8 +95,12 @@ def _softmax_loss(model, r, batch: Batch, alpha: float, sparse: bool, label_rows
     return (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.n_pairs
 
 
-def train_step(model, opts, b: Batch, alpha: float, sparse: bool, world: int = 1):
+def train_step(model, opts, b: Batch, alpha, sparse: bool, world: int = 1):
     """One optimiser step on a prepared batch (on the model's device); returns the detached loss.
+
+    ``alpha`` is the softmax scale: a number, or a :class:`xhyp.embedding.model.LearnedScale`
+    (``TrainConfig.learn_alpha``), whose ``exp(log_alpha)`` enters the loss and whose optimiser
+    is one of ``opts`` (:func:`xhyp.training.optim.make_optimizers`).
 
     With ``sparse`` and a batch prepared with ``row_blocks``, the projector rows of the batch's
     unique features and the label rows of its unique labels are gathered once into two small
@@ -107,6 +112,9 @@ def train_step(model, opts, b: Batch, alpha: float, sparse: bool, world: int = 1
     """
     import torch
 
+    scale = alpha if isinstance(alpha, torch.nn.Module) else None
+    if scale is not None:
+        alpha = scale()
     if sparse and b.feat_uniq is not None:
         bag_w, labels = model.bag.weight, model.labels
         Wf = bag_w.detach().index_select(0, b.feat_uniq).requires_grad_()
@@ -131,6 +139,8 @@ def train_step(model, opts, b: Batch, alpha: float, sparse: bool, world: int = 1
         from . import distributed as dist_utils
 
         dist_utils.all_reduce_gradients(model)
+        if scale is not None:
+            dist_utils.all_reduce_gradients(scale)
     for o in opts:
         o.step()
     return loss.detach()

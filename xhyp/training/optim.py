@@ -334,9 +334,11 @@ class LazyAdam(_LazyRows):
         return True
 
 
-def make_optimizers(model, cfg) -> list:
+def make_optimizers(model, cfg, scale=None) -> list:
     """The optimisers of a :class:`~xhyp.embedding.model.HyperbolicXMC` for a
-    :class:`~xhyp.config.TrainConfig` (step sizes from :func:`scaled_lr`).
+    :class:`~xhyp.config.TrainConfig` (step sizes from :func:`scaled_lr`), and of a learned
+    softmax scale (``scale``: a :class:`~xhyp.embedding.model.LearnedScale`, Adam with step
+    ``lr_alpha``; ``None``: a fixed ``alpha``, no optimiser).
 
     The projector's first layer: :class:`LazyAdam` (``label_update="sparse"``) or torch's
     SparseAdam; the MLP layer: Adam; the label embeddings: :class:`SparseRiemannianAdam` /
@@ -367,4 +369,6 @@ def make_optimizers(model, cfg) -> list:
     else:
         opts.append(LazyAdam([model.labels], lr=lr_labels) if sparse
                     else torch.optim.Adam([model.labels], lr=lr_labels))
+    if scale is not None:
+        opts.append(torch.optim.Adam(scale.parameters(), lr=scaled_lr(cfg.lr_alpha, cfg.batch_size, cfg.lr_scaling)))
     return opts
