@@ -68,7 +68,9 @@ class HMCModelConfig(ConfigBase):
             (HiddeN's code); ``"unit"`` ``s_l = g_l (h . e_l / |e_l|) + b_l`` with a learned
             per-label gain ``g_l`` (parameter ``label_gain``, starts at 1): the score uses only the
             label vector's direction, so the norm that the Poincaré label loss gives a label (large
-            for rare labels, whose points lie near the boundary) does not set its score's scale.
+            for rare labels, whose points lie near the boundary) does not set its score's scale
+            (the weight normalisation of Salimans & Kingma 2016, eq. 2, ``w = g v / |v|``, with
+            the direction ``v`` the label's embedding).
     """
 
     n_features: int
