@@ -170,6 +170,12 @@ class TrainConfig(ConfigBase):
             ``alpha = exp(log_alpha)``, a learned temperature); the value of the best epoch is
             stored as ``config.json["predict"]["alpha"]`` (the ``"distance"`` vote's scale).
         lr_alpha: Adam step size of ``log_alpha`` with ``learn_alpha`` (scaled like ``lr``).
+        radial_weight: weight of a radial term added to the sampled-softmax loss: ``radial_weight``
+            times the mean over the batch's (example, positive label) pairs of ``d(0, w_pos)``
+            (Poincaré: ``2 artanh |w_pos|``; Euclidean: ``|w_pos|``), which pulls every label towards
+            the origin once per training pair, i.e. in proportion to its frequency ("frequent labels
+            near the centre", Nickel & Kiela 2017, Gerald & Baskiotis 2019;
+            :func:`xhyp.training.loss.batch_loss`). 0 (the default): no term, training unchanged.
         lr: Adam step size of the projector.
         lr_labels: step size of the label embeddings (Riemannian Adam or the paper's rule).
         optimizer: ``"radam"`` (geoopt RiemannianAdam) or ``"paper"`` (:class:`xhyp.training.optim.PaperAdam`).
@@ -236,6 +242,7 @@ class TrainConfig(ConfigBase):
     alpha: float = 5.0
     learn_alpha: bool = False
     lr_alpha: float = 0.01
+    radial_weight: float = 0.0
     lr: float = 3e-3
     lr_labels: float = 0.1
     optimizer: str = "radam"
@@ -278,6 +285,8 @@ class TrainConfig(ConfigBase):
                               ("distributed", DISTRIBUTED_MODES), ("negative_draw", NEGATIVE_DRAWS),
                               ("rerank", RERANKERS), ("contrastive", CONTRASTIVE_KINDS)):
             check_choice(name, getattr(self, name), allowed)
+        if self.radial_weight < 0:
+            raise ValueError(f"radial_weight must be >= 0, got {self.radial_weight}")
         if self.contrastive_weight < 0 or not self.temperature > 0:
             raise ValueError(f"contrastive_weight must be >= 0 and temperature > 0: {self}")
         if not 0.0 <= self.input_dropout < 1.0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,7 @@ class Batch:
         pair_w: ``(B, B)`` float32 label-overlap (Jaccard) weights of the batch's examples when the
             contrastive term is on (``TrainConfig.contrastive``), else ``None``.
         contrastive_weight, temperature: that term's weight and temperature.
+        radial_weight: weight of the loss's radial term (``TrainConfig.radial_weight``; 0: none).
     """
 
     idx: object
@@ -115,6 +117,7 @@ class Batch:
     pair_w: object = None
     contrastive_weight: float = 0.0
     temperature: float = 0.1
+    radial_weight: float = 0.0
 
     _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv",
                 "pair_w")
@@ -125,8 +128,8 @@ class Batch:
             return self
         mv = {k: (getattr(self, k).to(device, non_blocking=True) if getattr(self, k) is not None else None)
               for k in self._TENSORS}
-        return Batch(**mv, n_pairs=self.n_pairs, contrastive_weight=self.contrastive_weight,
-                     temperature=self.temperature)
+        # the numbers (n_pairs, the terms' weights) as they are; the CPU-only CsrBag is dropped
+        return dataclasses.replace(self, **mv, csr=None)
 
 
 def pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str, k: int):
@@ -207,7 +210,7 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
             neg, is_pos = neg[pa:pb], is_pos[pa:pb]
         else:
             is_pos = is_pos[lo:hi]
-    batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs)
+    batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs, radial_weight=cfg.radial_weight)
     if cfg.contrastive != "none" and cfg.contrastive_weight > 0:  # single process only (see train)
         from ..hmc.losses import overlap_weights
 
