@@ -165,7 +165,7 @@ for _lra, _a in ((0.01, 2), (0.01, 10), (0.01, 30), (0.003, 2)):
 
 # a radial term in the loss (TrainConfig.radial_weight): each (example, positive) pair pulls its label
 # towards the origin, on top of the current defaults
-for _rw in (0.003, 0.01, 0.03, 0.1, 0.3):
+for _rw in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0):
     _variant(f"default-radial{_rw}", f"the current defaults with the radial term, weight {_rw}", _DEF, radial_weight=_rw)
 
 
