@@ -167,6 +167,9 @@ for _lra, _a in ((0.01, 2), (0.01, 10), (0.01, 30), (0.003, 2)):
 # towards the origin, on top of the current defaults
 for _rw in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0):
     _variant(f"default-radial{_rw}", f"the current defaults with the radial term, weight {_rw}", _DEF, radial_weight=_rw)
+for _rw in (0.1, 0.3, 1.0):  # each pair's share grows with its label's count (radial_power 1: a pull ~ count^2)
+    _variant(f"default-radialf{_rw}", f"the current defaults with the frequency-weighted radial term (weight {_rw}, "
+             "power 1)", _DEF, radial_weight=_rw, radial_power=1.0)
 
 
 def variant_config(name: str) -> dict:

@@ -186,3 +186,58 @@ def test_radial_weight_flag_and_checks():
     for bad in (-0.1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="radial_weight"):
             C.TrainConfig(radial_weight=bad)
+
+
+def test_radial_pair_scale_normalises_over_the_training_pairs():
+    c = np.array([10.0, 5.0, 1.0, 0.0, 4.0])
+    for power in (-1.0, 0.0, 1.0, 2.0):
+        u = B.radial_pair_scale(c, power).numpy()
+        assert (u * c).sum() == pytest.approx(c.sum(), rel=1e-12)  # mean 1 over the pairs
+        assert u[3] == 0.0
+        np.testing.assert_allclose(u[[0, 1, 2, 4]] / u[2], c[[0, 1, 2, 4]] ** power, rtol=1e-12)
+    for bad in (np.zeros(3), np.array([1.0, -1.0])):
+        with pytest.raises(ValueError, match="label counts"):
+            B.radial_pair_scale(bad, 1.0)
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair"])
+@pytest.mark.parametrize("path", ["dense", "rows"])
+def test_radial_pair_weights_match_a_float64_reference(mode, path):
+    """With radial_power the term is w * sum_p u(l_p) d(0, W_pos(p)) / n_pairs (float64 reference,
+    labels near the boundary included); prepare_batch gathers u at the pairs' labels."""
+    weight, geometry = 0.4, "poincare"
+    m = HyperbolicXMC(ModelConfig(n_features=60, n_labels=L, dim=DIM)).double()
+    with torch.no_grad():
+        m.labels.copy_(_labels(geometry))
+    r = _ball_points(24, DIM, seed=3) * 0.99
+    X, Y = toy_data(seed=1)
+    u = B.radial_pair_scale(np.asarray(Y.sum(0)).ravel(), 1.0)
+    cfg = C.TrainConfig(negative_mode=mode, negatives=6, shared_negatives=6, input_dropout=0.0, radial_weight=weight,
+                        radial_power=1.0)
+    g = torch.Generator().manual_seed(1)
+    b1 = B.prepare_batch(X.astype(np.float32).tocsr(), Y.astype(np.float32).tocsr(), np.arange(24),
+                         B.NegativeSampler(np.ones(L), "uniform", g), cfg, g, row_blocks=path == "rows", radial_scale=u)
+    torch.testing.assert_close(b1.radial_pair_w, u[b1.pos], rtol=0, atol=0)
+    b0 = _batch(mode, 0.0, path == "rows")
+    assert torch.equal(b0.pos, b1.pos) and b0.radial_pair_w is None
+    l0, g0 = _loss_and_label_grad(m, r, b0, path)
+    l1, g1 = _loss_and_label_grad(m, r, b1, path)
+    W = m.labels.detach().as_subclass(torch.Tensor)
+    want = weight * (u[b1.pos] * _ref_dist0(W[b1.pos], geometry)).sum() / b1.n_pairs
+    count = torch.bincount(b1.pos, minlength=L).double()
+    want_g = weight * (count * u)[:, None] * _ref_grad0(W, geometry) / b1.n_pairs
+    assert (l1 - l0).item() == pytest.approx(want.item(), rel=1e-9)
+    torch.testing.assert_close(g1 - g0, want_g, rtol=1e-7, atol=1e-9 * float(want_g.abs().max()))
+
+
+def test_radial_power_reaches_training_and_does_nothing_without_a_weight():
+    X, Y = toy_data(seed=4)
+    a = _train(X, Y)
+    b = _train(X, Y, radial_power=1.0)  # no radial_weight: no term
+    c = _train(X, Y, radial_weight=0.05)
+    d = _train(X, Y, radial_weight=0.05, radial_power=1.0)
+    for (k, v1), v2 in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    assert not torch.equal(c.model.labels.detach(), d.model.labels.detach())
+    with pytest.raises(ValueError, match="radial_power"):
+        C.TrainConfig(radial_power=5.0)

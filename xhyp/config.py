@@ -176,6 +176,10 @@ class TrainConfig(ConfigBase):
             the origin once per training pair, i.e. in proportion to its frequency ("frequent labels
             near the centre", Nickel & Kiela 2017, Gerald & Baskiotis 2019;
             :func:`xhyp.training.loss.batch_loss`). 0 (the default): no term, training unchanged.
+        radial_power: with ``radial_weight``, each pair's share of the radial term is
+            ``c_l^radial_power`` (``c_l``: the training count of its label), normalised to a mean of 1
+            over the training pairs (:func:`xhyp.training.batches.radial_pair_scale`); a label's pull
+            then grows like ``c_l^(1 + radial_power)``. 0 (the default): every pair weighs 1.
         lr: Adam step size of the projector.
         lr_labels: step size of the label embeddings (Riemannian Adam or the paper's rule).
         optimizer: ``"radam"`` (geoopt RiemannianAdam) or ``"paper"`` (:class:`xhyp.training.optim.PaperAdam`).
@@ -243,6 +247,7 @@ class TrainConfig(ConfigBase):
     learn_alpha: bool = False
     lr_alpha: float = 0.01
     radial_weight: float = 0.0
+    radial_power: float = 0.0
     lr: float = 3e-3
     lr_labels: float = 0.1
     optimizer: str = "radam"
@@ -285,8 +290,9 @@ class TrainConfig(ConfigBase):
                               ("distributed", DISTRIBUTED_MODES), ("negative_draw", NEGATIVE_DRAWS),
                               ("rerank", RERANKERS), ("contrastive", CONTRASTIVE_KINDS)):
             check_choice(name, getattr(self, name), allowed)
-        if self.radial_weight < 0:
-            raise ValueError(f"radial_weight must be >= 0, got {self.radial_weight}")
+        if self.radial_weight < 0 or not -4.0 <= self.radial_power <= 4.0:
+            raise ValueError(f"radial_weight must be >= 0 and radial_power in [-4, 4], got {self.radial_weight}, "
+                             f"{self.radial_power}")
         if self.contrastive_weight < 0 or not self.temperature > 0:
             raise ValueError(f"contrastive_weight must be >= 0 and temperature > 0: {self}")
         if not 0.0 <= self.input_dropout < 1.0:

@@ -49,7 +49,9 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_
     ``d(0, w)`` is :func:`xhyp.embedding.manifold.dist0_float64` (``2 artanh |w|``; Euclidean
     ``|w|``) in float64, taken from the same gathered label rows as the softmax (so it also
     reaches ``label_rows``). In the Poincaré ball its Riemannian gradient has unit norm whatever
-    ``|w|``: a constant pull of ``radial_weight / batch.n_pairs`` hyperbolic units per pair.
+    ``|w|``: a constant pull of ``radial_weight / batch.n_pairs`` hyperbolic units per pair. With
+    ``batch.radial_pair_w`` (``TrainConfig.radial_power``) pair ``p``'s distance is multiplied by
+    ``radial_pair_w[p]``.
 
     With ``batch.pair_w`` set (``TrainConfig.contrastive``), ``batch.contrastive_weight`` times
     the label-overlap weighted supervised contrastive loss of ``r``
@@ -105,6 +107,8 @@ def _softmax_loss(model, r, batch: Batch, alpha: float, sparse: bool, label_rows
         loss = (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.n_pairs
     if batch.radial_weight > 0:  # from the same gathered rows: the gradient reaches label_rows too
         d0 = manifold.dist0_float64(W_pos, model.config.geometry)
+        if batch.radial_pair_w is not None:  # TrainConfig.radial_power
+            d0 = d0 * batch.radial_pair_w
         loss = loss + (batch.radial_weight * d0.sum() / batch.n_pairs).to(loss.dtype)
     return loss
 
