@@ -241,3 +241,16 @@ def test_radial_power_reaches_training_and_does_nothing_without_a_weight():
     assert not torch.equal(c.model.labels.detach(), d.model.labels.detach())
     with pytest.raises(ValueError, match="radial_power"):
         C.TrainConfig(radial_power=5.0)
+
+
+def test_a_configuration_saved_before_the_radial_options_is_the_same_run():
+    """config_changes: a file without radial_weight / radial_power (or learn_alpha / lr_alpha)
+    compares as having their defaults (what it was trained with), not as another configuration."""
+    new = {"model": {"dim": 5}, "train": C.TrainConfig().to_dict()}
+    old = {"model": {"dim": 5}, "train": {k: v for k, v in new["train"].items()
+                                          if k not in ("radial_weight", "radial_power", "learn_alpha", "lr_alpha")}}
+    assert C.config_changes(old, new) == []
+    assert C.config_changes(old, {**new, "train": dict(new["train"], radial_weight=0.1)}) == ["radial_weight"]
+    assert C.config_changes({**old, "train": dict(old["train"], alpha=4.0)}, new) == ["alpha"]
+    del old["train"]["rerank"]  # any other key missing from an old file still counts as a change
+    assert C.config_changes(old, new) == ["rerank"]

@@ -46,6 +46,10 @@ RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 """Training options that change how fast a run goes, not what it learns (never compared)."""
 RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
 """Training options a resumed run may change: how long and where it runs, not what it optimises."""
+ABSENT_MEANS_DEFAULT = ("learn_alpha", "lr_alpha", "radial_weight", "radial_power")
+"""Training options added after models were saved whose default is the behaviour from before them:
+a saved configuration without one of them (an older file) compares as having its default
+(:func:`config_changes`)."""
 AFTER_TRAINING_KEYS = ("knn_grid", "rerank", "rerank_knn", "rerank_c", "rerank_weights", "rerank_shortlist",
                        "rerank_negatives", "rerank_prune", "rerank_tol")
 """Training options that act only after the epochs (:mod:`xhyp.training.prediction_fit`: the
@@ -432,7 +436,8 @@ def config_changes(old: dict, new: dict, may_change=RUNTIME_KEYS) -> list[str]:
     completing an ensemble (:data:`RUNTIME_KEYS`). Both are ``config.json``-style dicts
     ``{"model": {...}, "train": {...}, "data": {...}}``; a section missing from ``old`` (older
     files) is not compared, nor a training key that ``new`` does not have (an option of an older
-    version).
+    version); a key of :data:`ABSENT_MEANS_DEFAULT` missing from ``old`` compares as its
+    :class:`TrainConfig` default.
 
     Args:
         old: the configuration found on disk. new: the configuration asked for.
@@ -446,5 +451,6 @@ def config_changes(old: dict, new: dict, may_change=RUNTIME_KEYS) -> list[str]:
            and old[s] != new[s]]
     if old.get("train") is not None:
         t_old, t_new = old["train"], new.get("train", {})
-        out += sorted(k for k in t_new if k not in may_change and t_old.get(k) != t_new[k])
+        absent = {f.name: f.default for f in fields(TrainConfig) if f.name in ABSENT_MEANS_DEFAULT}
+        out += sorted(k for k in t_new if k not in may_change and t_old.get(k, absent.get(k)) != t_new[k])
     return out
