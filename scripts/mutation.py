@@ -168,6 +168,8 @@ MUTANTS = [
            "radial term (per-pair negatives) pulls the first negative, not the positive", ["tests/test_radial.py"]),
     Mutant("T38", BA, "n_pairs, radial_weight=cfg.radial_weight)", "n_pairs)", "radial_weight ignored by training",
            ["tests/test_radial.py"]),
+    Mutant("T39", LS, "d0 = d0 * batch.radial_pair_w", "d0 = d0", "radial_power's pair weights ignored",
+           ["tests/test_radial.py"]),
     # -- xhyp/training/optim.py -----------------------------------------------------------------------------
     Mutant("O01", OP, "m_hat = m / (1 - b1 ** t)", "m_hat = m", "no bias correction of m"),
     Mutant("O02", OP, "v_hat = v / (1 - b2 ** t)", "v_hat = v / (1 - b1 ** t)",
