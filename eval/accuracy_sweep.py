@@ -25,9 +25,10 @@ settings) on the same split, so every figure has its peers beside it.
 Reported per (data set, variant, ensemble size): P@1/3/5 and PSP@1/3/5 (Jain et al. 2016
 propensities from the training labels, ``A, B`` from the registry), training seconds (sum over
 learners), the after-training step's seconds and the scorers' weights (learner 0), with more than
-one learner also the mean of the single learners (``(mean of single learners)``), and for learner 0 the Spearman correlation of label frequency with the label
-embedding's distance to the origin (``rho``; negative: frequent labels nearer the centre) and the
-median label norm, and with a learned softmax scale (``learn_alpha``) its value at the best epoch
+one learner also the mean of the single learners (``(mean of single learners)``, with each
+learner's ``rho`` and the mean label-norm percentiles), and for learner 0 the Spearman
+correlation of label frequency with the label embedding's distance to the origin (``rho``;
+negative: frequent labels nearer the centre) and the median label norm, and with a learned softmax scale (``learn_alpha``) its value at the best epoch
 (first three learners).
 
 Example::
@@ -161,6 +162,14 @@ _variant("rerank-learnalpha0.01", "the alpha-30 re-ranker (label step 3e-3) with
 for _lra, _a in ((0.01, 2), (0.01, 10), (0.01, 30), (0.003, 2)):
     _variant(f"default-learnalpha{_lra}-from{_a}", f"learned softmax scale from {_a} (step {_lra})",
              f"default-learnalpha{_lra}", alpha=float(_a))
+
+# a radial term in the loss (TrainConfig.radial_weight): each (example, positive) pair pulls its label
+# towards the origin, on top of the current defaults
+for _rw in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0):
+    _variant(f"default-radial{_rw}", f"the current defaults with the radial term, weight {_rw}", _DEF, radial_weight=_rw)
+for _rw in (0.1, 0.3, 1.0):  # each pair's share grows with its label's count (radial_power 1: a pull ~ count^2)
+    _variant(f"default-radialf{_rw}", f"the current defaults with the frequency-weighted radial term (weight {_rw}, "
+             "power 1)", _DEF, radial_weight=_rw, radial_power=1.0)
 
 
 def variant_config(name: str) -> dict:
@@ -307,7 +316,7 @@ def run_variant(base: Path, dataset: str, data, variant: str, cfg: dict, n_learn
         for i, summ in enumerate(ens["learners"][:n_learners]):
             S, S_vote, r = refit_learner(b_dir / learner_name(i), cell_dir(base, variant, cfg) / learner_name(i), data,
                                          cfg["train"])
-            info = learner_info(b_dir / learner_name(i), summ, i == 0, Y_fit)
+            info = learner_info(b_dir / learner_name(i), summ, True, Y_fit)
             bp = info["predict_settings"]  # the base learner's after-training step, replaced by the refit
             info.update(predict_settings=r["predict_settings"], after_seconds=r["fit_seconds"],
                         train_seconds=round(summ["train_seconds"] - bp.get("fit_seconds", 0.0)
@@ -319,7 +328,7 @@ def run_variant(base: Path, dataset: str, data, variant: str, cfg: dict, n_learn
     for i, summ in enumerate(ens["learners"][:n_learners]):
         ld = d / learner_name(i)
         S, t_pred = member_test_scores(ld, X_eval, TOP_K, name="eval_scores")
-        info = learner_info(ld, summ, i == 0, Y_fit)
+        info = learner_info(ld, summ, True, Y_fit)
         S_vote = (member_test_scores(ld, X_eval, TOP_K, name="eval_scores_vote", rerank_weight=0.0)[0]
                   if info["predict_settings"].get("reranker") else S)
         if t_pred:
@@ -399,7 +408,12 @@ def sweep(datasets, variants, learners, split: str, cache: Path, data_dir, holdo
                                  "train_seconds": round(float(np.mean([i["train_seconds"] for i in infos])), 1),
                                  "after_seconds": round(float(np.mean([i["after_seconds"] for i in infos])), 1),
                                  "scorer_nnz": int(np.mean([i["predict_settings"].get("scorer_nnz") or 0
-                                                            for i in infos]))})
+                                                            for i in infos])),
+                                 "rho": float(np.mean([i["rho"] for i in infos])),
+                                 "rho_each": [i["rho"] for i in infos],
+                                 "label_norm_q10_50_90": np.mean([i["label_norm_q10_50_90"] for i in infos],
+                                                                 0).tolist(),
+                                 "label_norm_median": float(np.mean([i["label_norm_q10_50_90"][1] for i in infos]))})
                 for m, metrics in pm.items():
                     rows.append({"dataset": ds, "split": split, "method": v + (" (vote only)" if vote_only else ""),
                                  "learners": m, **metrics,

@@ -155,8 +155,8 @@ MUTANTS = [
     # the trainer's non-default paths: per-pair negatives, dense label update
     Mutant("T32", LS, '(-alpha * d[:, 1:]).masked_fill(batch.is_pos, float("-inf"))', "(-alpha * d[:, 1:])",
            "sampled positives not masked out of the softmax (per-pair negatives)"),
-    Mutant("T33", LS, "return (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.n_pairs",
-           "return (torch.logsumexp(logits, 1) - logits[:, 1]).sum() / batch.n_pairs",
+    Mutant("T33", LS, "loss = (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.n_pairs",
+           "loss = (torch.logsumexp(logits, 1) - logits[:, 1]).sum() / batch.n_pairs",
            "loss target: a negative, not the positive (per-pair negatives)"),
     Mutant("T34", OP, "geoopt.optim.RiemannianAdam([model.labels], lr=lr_labels)",
            "geoopt.optim.RiemannianAdam([model.labels], lr=lr)", "Riemannian Adam (dense) uses lr, not lr_labels"),
@@ -164,6 +164,12 @@ MUTANTS = [
            "else torch.optim.Adam([model.labels], lr=lr))", "Euclidean labels (dense) use lr"),
     Mutant("T36", BA, "k = cfg.shared_negatives if cfg.negative_mode == \"batch\" else cfg.negatives",
            "k = cfg.negatives", "shared_negatives ignored (batch negatives drawn `negatives` at a time)"),
+    Mutant("T37", LS, "W_pos = Wc[:, 0]", "W_pos = Wc[:, 1]",
+           "radial term (per-pair negatives) pulls the first negative, not the positive", ["tests/test_radial.py"]),
+    Mutant("T38", BA, "n_pairs, radial_weight=cfg.radial_weight)", "n_pairs)", "radial_weight ignored by training",
+           ["tests/test_radial.py"]),
+    Mutant("T39", LS, "d0 = d0 * batch.radial_pair_w", "d0 = d0", "radial_power's pair weights ignored",
+           ["tests/test_radial.py"]),
     # -- xhyp/training/optim.py -----------------------------------------------------------------------------
     Mutant("O01", OP, "m_hat = m / (1 - b1 ** t)", "m_hat = m", "no bias correction of m"),
     Mutant("O02", OP, "v_hat = v / (1 - b2 ** t)", "v_hat = v / (1 - b1 ** t)",

@@ -46,6 +46,10 @@ RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 """Training options that change how fast a run goes, not what it learns (never compared)."""
 RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
 """Training options a resumed run may change: how long and where it runs, not what it optimises."""
+ABSENT_MEANS_DEFAULT = ("learn_alpha", "lr_alpha", "radial_weight", "radial_power")
+"""Training options added after models were saved whose default is the behaviour from before them:
+a saved configuration without one of them (an older file) compares as having its default
+(:func:`config_changes`)."""
 AFTER_TRAINING_KEYS = ("knn_grid", "rerank", "rerank_knn", "rerank_c", "rerank_weights", "rerank_shortlist",
                        "rerank_negatives", "rerank_prune", "rerank_tol")
 """Training options that act only after the epochs (:mod:`xhyp.training.prediction_fit`: the
@@ -170,6 +174,16 @@ class TrainConfig(ConfigBase):
             ``alpha = exp(log_alpha)``, a learned temperature); the value of the best epoch is
             stored as ``config.json["predict"]["alpha"]`` (the ``"distance"`` vote's scale).
         lr_alpha: Adam step size of ``log_alpha`` with ``learn_alpha`` (scaled like ``lr``).
+        radial_weight: weight of a radial term added to the sampled-softmax loss: ``radial_weight``
+            times the mean over the batch's (example, positive label) pairs of ``d(0, w_pos)``
+            (Poincaré: ``2 artanh |w_pos|``; Euclidean: ``|w_pos|``), which pulls every label towards
+            the origin once per training pair, i.e. in proportion to its frequency ("frequent labels
+            near the centre", Nickel & Kiela 2017, Gerald & Baskiotis 2019;
+            :func:`xhyp.training.loss.batch_loss`). 0 (the default): no term, training unchanged.
+        radial_power: with ``radial_weight``, each pair's share of the radial term is
+            ``c_l^radial_power`` (``c_l``: the training count of its label), normalised to a mean of 1
+            over the training pairs (:func:`xhyp.training.batches.radial_pair_scale`); a label's pull
+            then grows like ``c_l^(1 + radial_power)``. 0 (the default): every pair weighs 1.
         lr: Adam step size of the projector.
         lr_labels: step size of the label embeddings (Riemannian Adam or the paper's rule).
         optimizer: ``"radam"`` (geoopt RiemannianAdam) or ``"paper"`` (:class:`xhyp.training.optim.PaperAdam`).
@@ -236,6 +250,8 @@ class TrainConfig(ConfigBase):
     alpha: float = 5.0
     learn_alpha: bool = False
     lr_alpha: float = 0.01
+    radial_weight: float = 0.0
+    radial_power: float = 0.0
     lr: float = 3e-3
     lr_labels: float = 0.1
     optimizer: str = "radam"
@@ -278,6 +294,9 @@ class TrainConfig(ConfigBase):
                               ("distributed", DISTRIBUTED_MODES), ("negative_draw", NEGATIVE_DRAWS),
                               ("rerank", RERANKERS), ("contrastive", CONTRASTIVE_KINDS)):
             check_choice(name, getattr(self, name), allowed)
+        if self.radial_weight < 0 or not -4.0 <= self.radial_power <= 4.0:
+            raise ValueError(f"radial_weight must be >= 0 and radial_power in [-4, 4], got {self.radial_weight}, "
+                             f"{self.radial_power}")
         if self.contrastive_weight < 0 or not self.temperature > 0:
             raise ValueError(f"contrastive_weight must be >= 0 and temperature > 0: {self}")
         if not 0.0 <= self.input_dropout < 1.0:
@@ -417,7 +436,8 @@ def config_changes(old: dict, new: dict, may_change=RUNTIME_KEYS) -> list[str]:
     completing an ensemble (:data:`RUNTIME_KEYS`). Both are ``config.json``-style dicts
     ``{"model": {...}, "train": {...}, "data": {...}}``; a section missing from ``old`` (older
     files) is not compared, nor a training key that ``new`` does not have (an option of an older
-    version).
+    version); a key of :data:`ABSENT_MEANS_DEFAULT` missing from ``old`` compares as its
+    :class:`TrainConfig` default.
 
     Args:
         old: the configuration found on disk. new: the configuration asked for.
@@ -431,5 +451,6 @@ def config_changes(old: dict, new: dict, may_change=RUNTIME_KEYS) -> list[str]:
            and old[s] != new[s]]
     if old.get("train") is not None:
         t_old, t_new = old["train"], new.get("train", {})
-        out += sorted(k for k in t_new if k not in may_change and t_old.get(k) != t_new[k])
+        absent = {f.name: f.default for f in fields(TrainConfig) if f.name in ABSENT_MEANS_DEFAULT}
+        out += sorted(k for k in t_new if k not in may_change and t_old.get(k, absent.get(k)) != t_new[k])
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,9 @@ class Batch:
         pair_w: ``(B, B)`` float32 label-overlap (Jaccard) weights of the batch's examples when the
             contrastive term is on (``TrainConfig.contrastive``), else ``None``.
         contrastive_weight, temperature: that term's weight and temperature.
+        radial_weight: weight of the loss's radial term (``TrainConfig.radial_weight``; 0: none).
+        radial_pair_w: ``(P,)`` float64 share of each pair in that term (``TrainConfig.radial_power``,
+            :func:`radial_pair_scale` of the pair's label), or ``None`` (every pair 1).
     """
 
     idx: object
@@ -115,9 +119,11 @@ class Batch:
     pair_w: object = None
     contrastive_weight: float = 0.0
     temperature: float = 0.1
+    radial_weight: float = 0.0
+    radial_pair_w: object = None
 
     _TENSORS = ("idx", "off", "w", "ex", "pos", "neg", "is_pos", "feat_uniq", "feat_inv", "lab_uniq", "lab_inv",
-                "pair_w")
+                "pair_w", "radial_pair_w")
 
     def to(self, device) -> "Batch":
         """Copy to ``device`` (non-blocking from pinned memory)."""
@@ -125,8 +131,33 @@ class Batch:
             return self
         mv = {k: (getattr(self, k).to(device, non_blocking=True) if getattr(self, k) is not None else None)
               for k in self._TENSORS}
-        return Batch(**mv, n_pairs=self.n_pairs, contrastive_weight=self.contrastive_weight,
-                     temperature=self.temperature)
+        # the numbers (n_pairs, the terms' weights) as they are; the CPU-only CsrBag is dropped
+        return dataclasses.replace(self, **mv, csr=None)
+
+
+def radial_pair_scale(label_freq: np.ndarray, power: float):
+    """Per-label share ``u_l`` of a pair in the loss's radial term (``TrainConfig.radial_power``):
+    ``u_l = c_l^power / (sum_l c_l^(power + 1) / sum_l c_l)``, so that the mean of ``u`` over the
+    training pairs (label ``l`` counted ``c_l`` times) is 1 and a label's total pull is
+    ``c_l u_l``, proportional to ``c_l^(1 + power)``. Labels with ``c_l = 0`` get 0.
+
+    Args:
+        label_freq: ``(L,)`` training counts ``c_l`` (>= 0). power: the exponent.
+
+    Returns:
+        ``(L,)`` float64 CPU tensor (all ones for ``power = 0`` on labels that occur).
+
+    Raises:
+        ValueError: a negative count, or no label with a positive count.
+    """
+    import torch
+
+    c = np.asarray(label_freq, dtype=np.float64)
+    if (c < 0).any() or not (c > 0).any():
+        raise ValueError("radial_pair_scale: label counts must be >= 0 with at least one positive")
+    u = np.zeros_like(c)
+    u[c > 0] = np.power(c[c > 0], power)
+    return torch.from_numpy(u / ((u * c).sum() / c.sum()))
 
 
 def pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str, k: int):
@@ -164,7 +195,7 @@ def pairs_and_negatives(Yb: sp.csr_matrix, sampler: NegativeSampler, mode: str, 
 
 def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler: NegativeSampler,
                   cfg: TrainConfig, gen, rank: int = 0, world: int = 1, pin: bool = False,
-                  row_blocks: bool = False, csr: bool = False) -> Batch:
+                  row_blocks: bool = False, csr: bool = False, radial_scale=None) -> Batch:
     """Slice, drop out and sample one batch (no Python work per example).
 
     Random draws (the dropout mask, then the negatives, from ``gen`` and ``sampler``) are made
@@ -180,6 +211,8 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
         rank, world: this process's shard. pin: pin the tensors (for CUDA transfers).
         row_blocks: also compute the unique features and labels (``feat_*``, ``lab_*``).
         csr: with ``row_blocks``, also build ``csr`` (for a CPU model).
+        radial_scale: ``(L,)`` float64 :func:`radial_pair_scale` (``TrainConfig.radial_power``), or
+            ``None``; gives ``radial_pair_w`` when ``cfg.radial_weight > 0``.
 
     Returns:
         a :class:`Batch` on the CPU.
@@ -207,7 +240,9 @@ def prepare_batch(X: sp.csr_matrix, Y: sp.csr_matrix, rows: np.ndarray, sampler:
             neg, is_pos = neg[pa:pb], is_pos[pa:pb]
         else:
             is_pos = is_pos[lo:hi]
-    batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs)
+    batch = Batch(idx, indptr[:-1].contiguous(), w, ex, pos, neg, is_pos, n_pairs, radial_weight=cfg.radial_weight)
+    if radial_scale is not None and cfg.radial_weight > 0:
+        batch.radial_pair_w = radial_scale[pos]
     if cfg.contrastive != "none" and cfg.contrastive_weight > 0:  # single process only (see train)
         from ..hmc.losses import overlap_weights
 

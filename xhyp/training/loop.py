@@ -43,7 +43,7 @@ from ..config import (RESUMABLE_KEYS, ModelConfig, TrainConfig, config_changes, 
 from ..modeldir import model_dir_writer
 from ..utils import (atomic_save_json, atomic_save_sparse, atomic_torch_save, find_non_finite, resolve_device,
                      seed_everything)
-from .batches import NegativeSampler, prefetched, prepare_batch
+from .batches import NegativeSampler, prefetched, prepare_batch, radial_pair_scale
 from .loss import train_step
 
 
@@ -245,6 +245,8 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     gen = torch.Generator().manual_seed(tcfg.seed)
     sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,
                               unique=tcfg.negative_draw == "unique")
+    radial_scale = (radial_pair_scale(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.radial_power)
+                    if tcfg.radial_power != 0 else None)  # the radial term's per-label share of a pair
     config = {"model": mcfg.to_dict(), "train": tcfg.to_dict(), "data": data_fingerprint(X, Y),
               **(extra_config or {}), "xhyp_version": __version__}
 
@@ -304,7 +306,7 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
             for s in starts:
                 rows = tr_idx[np.sort(perm[s:s + tcfg.batch_size])]
                 yield prepare_batch(Xp, Y, rows, sampler, tcfg, gen, rank, world, pin, row_blocks=sparse_labels,
-                                    csr=device.type == "cpu")
+                                    csr=device.type == "cpu", radial_scale=radial_scale)
 
         total, steps, n_pairs, buf = 0.0, 0, 0, []
         bar = tqdm(total=len(starts), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress or rank != 0,

@@ -42,6 +42,17 @@ def batch_loss(model, r, batch: Batch, alpha: float, sparse: bool = True, label_
     ``O(B k + P)``, not ``O(P k)``), per-pair ones :meth:`HyperbolicXMC.distance`; positives
     always use :meth:`HyperbolicXMC.distance` (exact for close pairs).
 
+    With ``batch.radial_weight`` ``> 0`` (``TrainConfig.radial_weight``), the radial term
+    ``radial_weight * sum_p d(0, W_pos(p)) / batch.n_pairs`` is added: each pair pulls its
+    positive label towards the origin, so a label is pulled in proportion to its frequency
+    ("frequent labels near the centre": Nickel & Kiela 2017, section 4; Gerald & Baskiotis 2019).
+    ``d(0, w)`` is :func:`xhyp.embedding.manifold.dist0_float64` (``2 artanh |w|``; Euclidean
+    ``|w|``) in float64, taken from the same gathered label rows as the softmax (so it also
+    reaches ``label_rows``). In the Poincaré ball its Riemannian gradient has unit norm whatever
+    ``|w|``: a constant pull of ``radial_weight / batch.n_pairs`` hyperbolic units per pair. With
+    ``batch.radial_pair_w`` (``TrainConfig.radial_power``) pair ``p``'s distance is multiplied by
+    ``radial_pair_w[p]``.
+
     With ``batch.pair_w`` set (``TrainConfig.contrastive``), ``batch.contrastive_weight`` times
     the label-overlap weighted supervised contrastive loss of ``r``
     (:func:`xhyp.hmc.losses.weighted_supcon_loss`, HiMulCon without a hierarchy, Zhang et al.
@@ -76,7 +87,8 @@ def _softmax_loss(model, r, batch: Batch, alpha: float, sparse: bool, label_rows
     if batch.neg.dim() == 1:  # shared by the batch
         Wc = label_rows[batch.lab_inv] if label_rows is not None else \
             _gather_labels(model, torch.cat([batch.pos, batch.neg]), sparse)
-        d_pos = model.distance(r[batch.ex], Wc[:P])
+        W_pos = Wc[:P]
+        d_pos = model.distance(r[batch.ex], W_pos)
         # masked: a huge finite value, not -inf, so that an example with every negative masked
         # (all its labels drawn) gets lse ~ -1e30 and a zero, finite gradient
         neg_logits = (-alpha * manifold.pairwise_dist_float64(r, Wc[P:], model.config.geometry)).masked_fill(batch.is_pos, -1e30)
@@ -84,15 +96,21 @@ def _softmax_loss(model, r, batch: Batch, alpha: float, sparse: bool, label_rows
         # log(e^pos + sum_j e^neg_j) = logaddexp(pos, lse_j neg_j), never a (P, k) table
         pos_logits = -alpha * d_pos
         lse_neg = torch.logsumexp(neg_logits, 1)[batch.ex]
-        return (torch.logaddexp(pos_logits, lse_neg) - pos_logits).sum() / batch.n_pairs
+        loss = (torch.logaddexp(pos_logits, lse_neg) - pos_logits).sum() / batch.n_pairs
     else:
         Wc = label_rows[batch.lab_inv] if label_rows is not None else \
             _gather_labels(model, torch.cat([batch.pos[:, None], batch.neg], 1), sparse)
+        W_pos = Wc[:, 0]
         d = model.distance(r[batch.ex][:, None, :], Wc)
-        d_pos = d[:, 0]
         neg_logits = (-alpha * d[:, 1:]).masked_fill(batch.is_pos, float("-inf"))
-    logits = torch.cat([(-alpha * d_pos)[:, None], neg_logits], 1)
-    return (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.n_pairs
+        logits = torch.cat([(-alpha * d[:, 0])[:, None], neg_logits], 1)
+        loss = (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.n_pairs
+    if batch.radial_weight > 0:  # from the same gathered rows: the gradient reaches label_rows too
+        d0 = manifold.dist0_float64(W_pos, model.config.geometry)
+        if batch.radial_pair_w is not None:  # TrainConfig.radial_power
+            d0 = d0 * batch.radial_pair_w
+        loss = loss + (batch.radial_weight * d0.sum() / batch.n_pairs).to(loss.dtype)
+    return loss
 
 
 def train_step(model, opts, b: Batch, alpha, sparse: bool, world: int = 1):
