@@ -149,8 +149,8 @@ MUTANTS = [
            "no shuffling between epochs"),
     Mutant("T30", LO, "train_step(model, opts, b.to(device), alpha, sparse_labels, world)",
            "train_step(model, opts, b.to(device), 1.0, sparse_labels, world)", "training ignores alpha"),
-    Mutant("T31", LO, "sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,",
-           'sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), "uniform", gen,',
+    Mutant("T31", LO, "sampler = NegativeSampler(label_counts, tcfg.sampling, gen,",
+           'sampler = NegativeSampler(label_counts, "uniform", gen,',
            "the sampling option is ignored"),
     # the trainer's non-default paths: per-pair negatives, dense label update
     Mutant("T32", LS, '(-alpha * d[:, 1:]).masked_fill(batch.is_pos, float("-inf"))', "(-alpha * d[:, 1:])",

@@ -243,9 +243,9 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     opts = make_optimizers(model, tcfg, scale)
     alpha = scale if scale is not None else tcfg.alpha
     gen = torch.Generator().manual_seed(tcfg.seed)
-    sampler = NegativeSampler(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.sampling, gen,
-                              unique=tcfg.negative_draw == "unique")
-    radial_scale = (radial_pair_scale(np.asarray(Y[tr_idx].sum(0)).ravel(), tcfg.radial_power)
+    label_counts = np.asarray(Y[tr_idx].sum(0)).ravel()  # (L,) training examples per label
+    sampler = NegativeSampler(label_counts, tcfg.sampling, gen, unique=tcfg.negative_draw == "unique")
+    radial_scale = (radial_pair_scale(label_counts, tcfg.radial_power)
                     if tcfg.radial_power != 0 else None)  # the radial term's per-label share of a pair
     config = {"model": mcfg.to_dict(), "train": tcfg.to_dict(), "data": data_fingerprint(X, Y),
               **(extra_config or {}), "xhyp_version": __version__}
