@@ -234,21 +234,20 @@ def cell_dir(base: Path, variant: str, cfg: dict) -> Path:
     return base / f"{variant}-{digest}"
 
 
-def learner_info(ld: Path, summ: dict, with_stats: bool, Y_fit) -> dict:
-    """Timings, the settings chosen after training and (``with_stats``) :func:`label_space_stats`
-    of a learner directory (the statistics cached in ``label_space.json`` beside it)."""
+def learner_info(ld: Path, summ: dict, Y_fit) -> dict:
+    """Timings, the settings chosen after training and :func:`label_space_stats` of a learner
+    directory (the statistics cached in ``label_space.json`` beside it)."""
     from xhyp.prediction import Predictor
 
     pc = {k: v for k, v in (json.loads((ld / "config.json").read_text()).get("predict") or {}).items()
           if k != "selection"}
     info = {"train_seconds": summ["train_seconds"], "best_epoch": summ["best_epoch"], "predict_settings": pc,
             "after_seconds": round(pc.get("fit_seconds", 0.0) + pc.get("select_seconds", 0.0), 2)}
-    if with_stats:
-        stats_f = ld / "label_space.json"
-        if not stats_f.is_file():
-            p = Predictor.load(ld)
-            atomic_save_json(label_space_stats(p.model, p.train_emb, Y_fit), stats_f)
-        info.update(json.loads(stats_f.read_text()))
+    stats_f = ld / "label_space.json"
+    if not stats_f.is_file():
+        p = Predictor.load(ld)
+        atomic_save_json(label_space_stats(p.model, p.train_emb, Y_fit), stats_f)
+    info.update(json.loads(stats_f.read_text()))
     return info
 
 
@@ -316,7 +315,7 @@ def run_variant(base: Path, dataset: str, data, variant: str, cfg: dict, n_learn
         for i, summ in enumerate(ens["learners"][:n_learners]):
             S, S_vote, r = refit_learner(b_dir / learner_name(i), cell_dir(base, variant, cfg) / learner_name(i), data,
                                          cfg["train"])
-            info = learner_info(b_dir / learner_name(i), summ, True, Y_fit)
+            info = learner_info(b_dir / learner_name(i), summ, Y_fit)
             bp = info["predict_settings"]  # the base learner's after-training step, replaced by the refit
             info.update(predict_settings=r["predict_settings"], after_seconds=r["fit_seconds"],
                         train_seconds=round(summ["train_seconds"] - bp.get("fit_seconds", 0.0)
@@ -328,7 +327,7 @@ def run_variant(base: Path, dataset: str, data, variant: str, cfg: dict, n_learn
     for i, summ in enumerate(ens["learners"][:n_learners]):
         ld = d / learner_name(i)
         S, t_pred = member_test_scores(ld, X_eval, TOP_K, name="eval_scores")
-        info = learner_info(ld, summ, True, Y_fit)
+        info = learner_info(ld, summ, Y_fit)
         S_vote = (member_test_scores(ld, X_eval, TOP_K, name="eval_scores_vote", rerank_weight=0.0)[0]
                   if info["predict_settings"].get("reranker") else S)
         if t_pred:
