@@ -4,9 +4,11 @@ Each (shape, trainer) runs in its own subprocess (so its peak RSS is its own) on
 shaped like a registry dataset (:func:`xhyp.datasets.synthetic.make_like`), one epoch, dim 50:
 
 * ``baseline``: the previous trainer's path (per-pair negatives, dense geoopt RiemannianAdam
-  on every label row each step, batches prepared inline, validation on all examples),
+  on every label row each step, batches prepared inline, validation on all examples, no radial term),
 * ``new``: the current defaults (shared negatives, row-sparse label optimiser, prefetch thread,
-  capped validation).
+  capped validation, the frequency-weighted radial term of the loss),
+* ``new-noradial``: ``new`` without the radial term (``radial_weight=0``: the defaults before it),
+  to time what the term costs.
 
 Both stop after the embedding is trained: the shortlist re-ranker that the defaults fit after
 training (``rerank="linear"``, :mod:`xhyp.knn.rerank`) is switched off here (``rerank="none"``,
@@ -36,8 +38,9 @@ import time
 
 TRAINERS = {
     "baseline": {"negative_mode": "pair", "label_update": "dense", "prefetch": 0, "lr_scaling": "none",
-                 "val_max_queries": 0, "val_max_database": 0},
+                 "val_max_queries": 0, "val_max_database": 0, "radial_weight": 0.0},
     "new": {},
+    "new-noradial": {"radial_weight": 0.0},
 }
 
 

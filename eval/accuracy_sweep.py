@@ -66,7 +66,8 @@ TOP_K = 100
 
 # the defaults before this sweep: kNN vote with k = 20, no re-ranker (pinned so the variants below
 # keep their meaning whatever the library defaults are)
-_PAPER = {"alpha": 30.0, "lr_labels": 0.003, "knn": 20, "knn_grid": "", "rerank": "none"}
+_PAPER = {"alpha": 30.0, "lr_labels": 0.003, "knn": 20, "knn_grid": "", "rerank": "none", "radial_weight": 0.0,
+          "radial_power": 0.0}
 _RERANK = dict(_PAPER, knn_grid="5,10,20,30,50", rerank="linear", rerank_knn=50, rerank_c=1.0,
                rerank_weights="0,0.5,1,2,4,8", rerank_shortlist=0, rerank_negatives=0, rerank_prune=0.0,
                rerank_tol=1e-4)
@@ -170,6 +171,8 @@ for _rw in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0):
 for _rw in (0.1, 0.3, 1.0):  # each pair's share grows with its label's count (radial_power 1: a pull ~ count^2)
     _variant(f"default-radialf{_rw}", f"the current defaults with the frequency-weighted radial term (weight {_rw}, "
              "power 1)", _DEF, radial_weight=_rw, radial_power=1.0)
+_variant("default-radialf0.3-euclid", "the frequency-weighted radial term (weight 0.3, power 1), Euclidean geometry",
+         "default-radialf0.3", model={"geometry": "euclidean"})
 
 
 def variant_config(name: str) -> dict:

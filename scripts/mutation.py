@@ -170,6 +170,9 @@ MUTANTS = [
            ["tests/test_radial.py"]),
     Mutant("T39", LS, "d0 = d0 * batch.radial_pair_w", "d0 = d0", "radial_power's pair weights ignored",
            ["tests/test_radial.py"]),
+    Mutant("T40", CF, "t_old.get(k, ABSENT_MEANS.get(k))", "t_old.get(k, getattr(TrainConfig(), k, None))",
+           "an option missing from an older saved configuration compares as today's default",
+           ["tests/test_radial.py"]),
     # -- xhyp/training/optim.py -----------------------------------------------------------------------------
     Mutant("O01", OP, "m_hat = m / (1 - b1 ** t)", "m_hat = m", "no bias correction of m"),
     Mutant("O02", OP, "v_hat = v / (1 - b2 ** t)", "v_hat = v / (1 - b1 ** t)",

@@ -30,7 +30,8 @@ def _poincare_dist64(x, y):
 def _batch(seed, L=12, mode="batch"):
     X, Y = toy_data(seed=seed)
     X, Y = X.astype(np.float32).tocsr(), Y.astype(np.float32).tocsr()
-    cfg = C.TrainConfig(negative_mode=mode, negatives=6, shared_negatives=6, input_dropout=0.0)
+    cfg = C.TrainConfig(negative_mode=mode, negatives=6, shared_negatives=6, input_dropout=0.0,
+                        radial_weight=0.0)  # the softmax alone (the radial term: tests/test_radial.py)
     g = torch.Generator().manual_seed(seed)
     return B.prepare_batch(X, Y, np.arange(24), B.NegativeSampler(np.ones(L), "uniform", g), cfg, g)
 

@@ -322,7 +322,8 @@ def test_old_trainer_path_matches_legacy_loss_stream():
     """negative_mode="pair" + label_update="dense" draws the same numbers in the same order as
     the previous trainer: the per-pair loss of the first batch equals sampled_softmax_loss."""
     X, Y = toy_data(seed=4)
-    cfg = C.TrainConfig(negative_mode="pair", label_update="dense", input_dropout=0.0, negatives=7)
+    cfg = C.TrainConfig(negative_mode="pair", label_update="dense", input_dropout=0.0, negatives=7,
+                        radial_weight=0.0)  # the legacy loss had no radial term
     gen = torch.Generator().manual_seed(0)
     sampler = B.NegativeSampler(np.ones(12), "uniform", gen)
     rows = np.arange(16)

@@ -46,10 +46,11 @@ RUNTIME_KEYS = ("threads", "device", "prefetch", "distributed")
 """Training options that change how fast a run goes, not what it learns (never compared)."""
 RESUMABLE_KEYS = ("epochs", "patience", *RUNTIME_KEYS)
 """Training options a resumed run may change: how long and where it runs, not what it optimises."""
-ABSENT_MEANS_DEFAULT = ("learn_alpha", "lr_alpha", "radial_weight", "radial_power")
-"""Training options added after models were saved whose default is the behaviour from before them:
-a saved configuration without one of them (an older file) compares as having its default
-(:func:`config_changes`)."""
+ABSENT_MEANS = {"learn_alpha": False, "lr_alpha": 0.01, "radial_weight": 0.0, "radial_power": 0.0}
+"""Training options added after models were saved, each with the value that gives the behaviour from
+before it existed: a saved configuration without one of them (an older file) compares as having
+that value (:func:`config_changes`), whatever the option's current default (``radial_weight`` and
+``radial_power`` became 0.3 and 1 later: an older model directory was trained without the term)."""
 AFTER_TRAINING_KEYS = ("knn_grid", "rerank", "rerank_knn", "rerank_c", "rerank_weights", "rerank_shortlist",
                        "rerank_negatives", "rerank_prune", "rerank_tol")
 """Training options that act only after the epochs (:mod:`xhyp.training.prediction_fit`: the
@@ -179,11 +180,13 @@ class TrainConfig(ConfigBase):
             (Poincaré: ``2 artanh |w_pos|``; Euclidean: ``|w_pos|``), which pulls every label towards
             the origin once per training pair, i.e. in proportion to its frequency ("frequent labels
             near the centre", Nickel & Kiela 2017, Gerald & Baskiotis 2019;
-            :func:`xhyp.training.loss.batch_loss`). 0 (the default): no term, training unchanged.
+            :func:`xhyp.training.loss.batch_loss`). Default 0.3 (with ``radial_power`` 1: chosen on a
+            held-out part of Bibtex and Delicious, docs/accuracy.md); 0: no term is built.
         radial_power: with ``radial_weight``, each pair's share of the radial term is
             ``c_l^radial_power`` (``c_l``: the training count of its label), normalised to a mean of 1
             over the training pairs (:func:`xhyp.training.batches.radial_pair_scale`); a label's pull
-            then grows like ``c_l^(1 + radial_power)``. 0 (the default): every pair weighs 1.
+            then grows like ``c_l^(1 + radial_power)``. Default 1 (a pull ~ ``c_l^2``); 0: every pair
+            weighs 1.
         lr: Adam step size of the projector.
         lr_labels: step size of the label embeddings (Riemannian Adam or the paper's rule).
         optimizer: ``"radam"`` (geoopt RiemannianAdam) or ``"paper"`` (:class:`xhyp.training.optim.PaperAdam`).
@@ -250,8 +253,8 @@ class TrainConfig(ConfigBase):
     alpha: float = 5.0
     learn_alpha: bool = False
     lr_alpha: float = 0.01
-    radial_weight: float = 0.0
-    radial_power: float = 0.0
+    radial_weight: float = 0.3
+    radial_power: float = 1.0
     lr: float = 3e-3
     lr_labels: float = 0.1
     optimizer: str = "radam"
@@ -436,8 +439,8 @@ def config_changes(old: dict, new: dict, may_change=RUNTIME_KEYS) -> list[str]:
     completing an ensemble (:data:`RUNTIME_KEYS`). Both are ``config.json``-style dicts
     ``{"model": {...}, "train": {...}, "data": {...}}``; a section missing from ``old`` (older
     files) is not compared, nor a training key that ``new`` does not have (an option of an older
-    version); a key of :data:`ABSENT_MEANS_DEFAULT` missing from ``old`` compares as its
-    :class:`TrainConfig` default.
+    version); a key of :data:`ABSENT_MEANS` missing from ``old`` compares as the value it stands
+    for there (the behaviour before the option existed).
 
     Args:
         old: the configuration found on disk. new: the configuration asked for.
@@ -451,6 +454,5 @@ def config_changes(old: dict, new: dict, may_change=RUNTIME_KEYS) -> list[str]:
            and old[s] != new[s]]
     if old.get("train") is not None:
         t_old, t_new = old["train"], new.get("train", {})
-        absent = {f.name: f.default for f in fields(TrainConfig) if f.name in ABSENT_MEANS_DEFAULT}
-        out += sorted(k for k in t_new if k not in may_change and t_old.get(k, absent.get(k)) != t_new[k])
+        out += sorted(k for k in t_new if k not in may_change and t_old.get(k, ABSENT_MEANS.get(k)) != t_new[k])
     return out
