@@ -21,7 +21,8 @@ Example::
 
     nice -n 5 python -m xhyp.eval.hmc_table --data-dir ../shared/data --out docs/results/hmc --jobs 2
 
-Each run is cached as ``OUT/runs/DATASET_METHOD_CONTRASTIVE_sSEED.json`` (a rerun skips it;
+Each run is cached as ``OUT/runs/DATASET_METHOD_CONTRASTIVE_sSEED.json`` (a rerun skips it
+when it was trained with the same settings, and trains it again otherwise;
 ``--tune``: ``OUT/runs/tune/...``); writes ``OUT/hmc_table.md`` and ``OUT/hmc_table.json``
 (``--tune``: ``OUT/hmc_tuning.*``).
 """
@@ -52,6 +53,14 @@ def _settings(dataset: str, method: str, contrastive: str, seed: int, model_cfg:
                                                   "threads": 1}
 
 
+def same_settings(rec: dict, model_cfg: dict, train_cfg: dict) -> bool:
+    """Whether a cached run record was trained with these settings (its ``model`` and ``train``
+    entries, compared as JSON: the run cache is keyed by data set, method, contrastive kind and seed
+    only, so a change of :mod:`xhyp.hmc.settings` or of ``--model`` / ``--train`` must not reuse it)."""
+    norm = lambda v: json.loads(json.dumps(v, sort_keys=True))  # noqa: E731 (tuples -> lists, as on disk)
+    return norm(rec.get("model")) == norm(model_cfg) and norm(rec.get("train")) == norm(train_cfg)
+
+
 def _faithfulness(model, method: str, hierarchy) -> dict:
     from xhyp.metrics import hierarchy_reconstruction, norm_depth_spearman
 
@@ -70,8 +79,15 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
     tag = "" if not tune else "_" + json.dumps({"m": model_cfg, "t": train_cfg}, sort_keys=True).translate(
         str.maketrans("", "", ' {}"')).replace(":", "=").replace(",", "_")
     path = cache / f"{dataset}_{method}_{contrastive}_s{seed}{tag}.json"
+    mcfg, tcfg = _settings(dataset, method, contrastive, seed, model_cfg, train_cfg)
+    if tune:
+        tcfg["refit"] = False
     if path.is_file():
-        return json.loads(path.read_text())
+        rec = json.loads(path.read_text())
+        if same_settings(rec, mcfg, tcfg):
+            return rec
+        print(f"[hmc_table] {path}: cached with other settings (xhyp.hmc.settings changed?); training it again",
+              flush=True)
     import torch
 
     from xhyp.metrics import hmc_evaluate
@@ -81,9 +97,6 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
 
     torch.set_num_threads(1)
     d = load_hmc(dataset, data_dir)
-    mcfg, tcfg = _settings(dataset, method, contrastive, seed, model_cfg, train_cfg)
-    if tune:
-        tcfg["refit"] = False
     load0 = loadavg()[0]
     t0, c0 = time.time(), time.process_time()
     r = train_hmc(d.X_train, d.Y_train, d.X_val, d.Y_val, mcfg, tcfg, hierarchy=d.hierarchy,
@@ -356,9 +369,10 @@ def main(argv=None) -> int:
     jobs = [(ds, m, c, s, args.data_dir, model_cfg, train_cfg, cache) for ds in args.datasets for m in args.methods
             for c in args.contrastive for s in args.seeds]
     jobs.sort(key=_longest_first)
-    if args.summarise_only:
-        records = [json.loads((cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").read_text()) for j in jobs
-                   if (cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").is_file()]
+    if args.summarise_only:  # the cached runs of this grid, trained with its current settings
+        records = [r for j in jobs if (cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").is_file()
+                   for r in [json.loads((cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").read_text())]
+                   if same_settings(r, *_settings(*j[:4], model_cfg, train_cfg))]
     else:
         records = _run_all(jobs, args.jobs, _show)
     order = {k: {v: i for i, v in enumerate(vals)} for k, vals in

@@ -121,3 +121,31 @@ def test_refit_variant_equals_training_it(setup, monkeypatch):
     assert rows["v-rr-bounded", 1]["scorer_nnz"] == res.scorer.coef.nnz
     with pytest.raises(ValueError, match="change the embedding"):
         S._refit("bad", "", "v-rr", alpha=3.0)
+
+
+def test_paired_differences_seed_by_seed(setup):
+    """--paired A B: per metric, the mean over seeds of A's single learner minus B's of the same seed,
+    its standard error and the seeds A is ahead on, from the learners' own metrics (by hand here)."""
+    d, out = setup
+    run(d, out, "--paired", "v-rr", "v-vote")
+    data = json.loads((out / "accuracy_sweep.json").read_text())
+    (p,) = data["paired"]
+    X, Y = load_split("toy", "train", data_dir=d)
+    fit, held = holdout_split(X.shape[0], 0.2, 0)
+    ip = inv_propensity(Y[fit])
+    base = out / "cache" / "holdout0.2_seed0" / "toy"
+    m = {v: [evaluate(Y[held], sp.load_npz(S.cell_dir(base, v, S.variant_config(v)) / f"learner_{i:02d}" / "eval_scores.npz"),
+                      ks=(1, 3, 5), inv_prop=ip) for i in (0, 1)] for v in ("v-rr", "v-vote")}
+    assert (p["a"], p["b"], p["n"], p["dataset"]) == ("v-rr", "v-vote", 2, "toy")
+    for k in ("P@1", "PSP@5"):
+        diff = np.array([m["v-rr"][i][k] - m["v-vote"][i][k] for i in (0, 1)])
+        assert p[k]["mean"] == pytest.approx(diff.mean())
+        assert p[k]["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(2))
+        assert p[k]["wins"] == int((diff > 0).sum())
+    assert "**paired by seed**" in (out / "accuracy_sweep.md").read_text()
+    # a row with one seed has no error; variants outside --variants are refused
+    one = S.paired_differences([{"split": "s", "dataset": "x", "method": f"{v} (mean of single learners)",
+                                 "each": {k: [0.5 + (v == "a") * 0.1] for k in S.METRICS}} for v in "ab"], "a", "b")
+    assert one[0]["n"] == 1 and one[0]["P@1"]["mean"] == pytest.approx(0.1) and np.isnan(one[0]["P@1"]["se"])
+    with pytest.raises(SystemExit, match="--paired"):
+        run(d, out, "--paired", "v-rr", "nope")

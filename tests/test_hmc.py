@@ -795,3 +795,26 @@ def test_hmc_table_hands_out_the_longest_runs_first():
     assert jobs[:3] == [("new_set", "cascaded", "hmce", 0), ("new_set", "cascaded", "hmce", 1),
                         ("new_set", "cascaded", "none", 0)]
     assert jobs[-1] == ("Enron_corr", "flat", "none", 1)
+
+
+def test_hmc_table_run_cache_is_reused_only_with_the_same_settings(tmp_path, monkeypatch, capsys):
+    """A cached run record trained with other settings (xhyp.hmc.settings or --model/--train
+    changed since) is trained again, not reused; one with the same settings is returned as is."""
+    import xhyp.datasets.hmc as DH
+    from xhyp.eval import hmc_table as H
+
+    m, t = H._settings("Enron_corr", "joint", "none", 0, {}, {})
+    rec = {"dataset": "Enron_corr", "method": "joint", "contrastive": "none", "seed": 0, "model": m, "train": t,
+           "val_au_prc": 0.5}
+    (tmp_path / "Enron_corr_joint_none_s0.json").write_text(json.dumps(rec))
+
+    def would_train(*a, **k):
+        raise RuntimeError("would train")
+
+    monkeypatch.setattr(DH, "load_hmc", would_train)
+    assert H.run_one("Enron_corr", "joint", "none", 0, None, {}, {}, tmp_path) == json.loads(json.dumps(rec))
+    with pytest.raises(RuntimeError, match="would train"):  # another --model setting: not the cached run
+        H.run_one("Enron_corr", "joint", "none", 0, None, {"hidden": 7}, {}, tmp_path)
+    assert "cached with other settings" in capsys.readouterr().out
+    stale = dict(rec, model=dict(m, label_score="dot" if m.get("label_score") != "dot" else "unit"))
+    assert not H.same_settings(stale, m, t) and H.same_settings(json.loads(json.dumps(rec)), m, t)
