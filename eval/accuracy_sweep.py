@@ -176,6 +176,8 @@ _variant("default-radialf0.3-euclid", "the frequency-weighted radial term (weigh
 for _rw, _rp in ((0.1, 0.5), (0.3, 0.5), (1.0, 0.5), (0.03, 2.0), (0.1, 2.0)):  # other shapes of the pull ~ count^(1+P)
     _variant(f"default-radialf{_rw}-p{_rp}", f"the radial term with weight {_rw}, power {_rp}", _DEF, radial_weight=_rw,
              radial_power=_rp)
+_variant("default-radialf0.3-p0.5-euclid", "the radial term with weight 0.3, power 0.5, Euclidean geometry",
+         "default-radialf0.3-p0.5", model={"geometry": "euclidean"})
 for _d in (5, 10):  # the geometries at low dimension (the paper's Table 4 regime)
     _variant(f"default-radialf0.3-dim{_d}", f"the frequency-weighted radial term, dimension {_d}", "default-radialf0.3",
              model={"dim": _d})

@@ -126,9 +126,9 @@ def _train(X, Y, **cfg):
 
 def test_radial_weight_zero_builds_no_term_and_the_default_is_the_weighted_term(tmp_path, monkeypatch):
     """radial_weight 0 builds no term (the distance to the origin is never computed) and trains the
-    same model bit for bit whatever radial_power; the default (0.3, power 1: chosen on held-out
+    same model bit for bit whatever radial_power; the default (0.3, power 0.5: chosen on held-out
     data, docs/accuracy.md) trains another model; the weights are saved with the model."""
-    assert (C.TrainConfig().radial_weight, C.TrainConfig().radial_power) == (0.3, 1.0)
+    assert (C.TrainConfig().radial_weight, C.TrainConfig().radial_power) == (0.3, 0.5)
     X, Y = toy_data(seed=4)
     d = T.train(X, Y, {"dim": 5}, {"epochs": 2, "val_fraction": 0.1, "seed": 3, "rerank": "none", "knn_grid": "",
                                    "prefetch": 0}, out_dir=tmp_path / "d", progress=False)
@@ -147,7 +147,7 @@ def test_radial_weight_zero_builds_no_term_and_the_default_is_the_weighted_term(
     assert not torch.equal(a.model.labels.detach(), c.model.labels.detach())
     assert not torch.equal(a.model.labels.detach(), d.model.labels.detach())
     saved = json.loads((tmp_path / "d" / "config.json").read_text())["train"]
-    assert (saved["radial_weight"], saved["radial_power"]) == (0.3, 1.0)
+    assert (saved["radial_weight"], saved["radial_power"]) == (0.3, 0.5)
 
 
 def test_batch_keeps_the_radial_weight_when_moved():
@@ -257,7 +257,7 @@ def test_a_configuration_saved_before_the_radial_options_is_the_same_run():
     """config_changes: a file without radial_weight / radial_power (or learn_alpha / lr_alpha)
     compares as the behaviour from before those options (no radial term, fixed alpha), not as
     their current defaults: resumed with radial_weight 0 it is the same run, with today's
-    defaults (0.3, power 1) another one."""
+    defaults (0.3, power 0.5) another one."""
     assert set(C.ABSENT_MEANS) <= {f.name for f in C.fields(C.TrainConfig)}
     before = C.TrainConfig(radial_weight=0.0, radial_power=0.0).to_dict()
     new = {"model": {"dim": 5}, "train": before}

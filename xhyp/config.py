@@ -50,7 +50,7 @@ ABSENT_MEANS = {"learn_alpha": False, "lr_alpha": 0.01, "radial_weight": 0.0, "r
 """Training options added after models were saved, each with the value that gives the behaviour from
 before it existed: a saved configuration without one of them (an older file) compares as having
 that value (:func:`config_changes`), whatever the option's current default (``radial_weight`` and
-``radial_power`` became 0.3 and 1 later: an older model directory was trained without the term)."""
+``radial_power`` became 0.3 and 0.5 later: an older model directory was trained without the term)."""
 AFTER_TRAINING_KEYS = ("knn_grid", "rerank", "rerank_knn", "rerank_c", "rerank_weights", "rerank_shortlist",
                        "rerank_negatives", "rerank_prune", "rerank_tol")
 """Training options that act only after the epochs (:mod:`xhyp.training.prediction_fit`: the
@@ -180,13 +180,13 @@ class TrainConfig(ConfigBase):
             (Poincaré: ``2 artanh |w_pos|``; Euclidean: ``|w_pos|``), which pulls every label towards
             the origin once per training pair, i.e. in proportion to its frequency ("frequent labels
             near the centre", Nickel & Kiela 2017, Gerald & Baskiotis 2019;
-            :func:`xhyp.training.loss.batch_loss`). Default 0.3 (with ``radial_power`` 1: chosen on a
+            :func:`xhyp.training.loss.batch_loss`). Default 0.3 (with ``radial_power`` 0.5: chosen on a
             held-out part of Bibtex and Delicious, docs/accuracy.md); 0: no term is built.
         radial_power: with ``radial_weight``, each pair's share of the radial term is
             ``c_l^radial_power`` (``c_l``: the training count of its label), normalised to a mean of 1
             over the training pairs (:func:`xhyp.training.batches.radial_pair_scale`); a label's pull
-            then grows like ``c_l^(1 + radial_power)``. Default 1 (a pull ~ ``c_l^2``); 0: every pair
-            weighs 1.
+            then grows like ``c_l^(1 + radial_power)``. Default 0.5 (a pull ~ ``c_l^1.5``); 0: every
+            pair weighs 1.
         lr: Adam step size of the projector.
         lr_labels: step size of the label embeddings (Riemannian Adam or the paper's rule).
         optimizer: ``"radam"`` (geoopt RiemannianAdam) or ``"paper"`` (:class:`xhyp.training.optim.PaperAdam`).
@@ -254,7 +254,7 @@ class TrainConfig(ConfigBase):
     learn_alpha: bool = False
     lr_alpha: float = 0.01
     radial_weight: float = 0.3
-    radial_power: float = 1.0
+    radial_power: float = 0.5
     lr: float = 3e-3
     lr_labels: float = 0.1
     optimizer: str = "radam"
