@@ -31,6 +31,10 @@ correlation of label frequency with the label embedding's distance to the origin
 negative: frequent labels nearer the centre) and the median label norm, and with a learned softmax scale (``learn_alpha``) its value at the best epoch
 (first three learners).
 
+``--paired A B`` (repeatable) compares two of the variants seed by seed: each seed's single learner
+of ``A`` against the same seed's of ``B`` (mean difference, its standard error, seeds ahead;
+:func:`paired_differences`), a table of its own in the Markdown and ``"paired"`` in the JSON.
+
 Example::
 
     python -m xhyp.eval.accuracy_sweep --datasets bibtex delicious --data-dir ../shared/data \\
