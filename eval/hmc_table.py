@@ -61,6 +61,22 @@ def same_settings(rec: dict, model_cfg: dict, train_cfg: dict) -> bool:
     return norm(rec.get("model")) == norm(model_cfg) and norm(rec.get("train")) == norm(train_cfg)
 
 
+def cached_records(jobs, cache: Path, model_cfg: dict, train_cfg: dict) -> tuple[list[dict], int]:
+    """The cached run records of the grid's ``jobs`` (``(dataset, method, contrastive, seed, ...)``
+    tuples) that were trained with the settings they would get now (:func:`same_settings`), and
+    how many cached ones were left out for other settings (``--summarise-only``)."""
+    records, stale = [], 0
+    for j in jobs:
+        f = cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json"
+        if f.is_file():
+            r = json.loads(f.read_text())
+            if same_settings(r, *_settings(*j[:4], model_cfg, train_cfg)):
+                records.append(r)
+            else:
+                stale += 1
+    return records, stale
+
+
 def _faithfulness(model, method: str, hierarchy) -> dict:
     from xhyp.metrics import hierarchy_reconstruction, norm_depth_spearman
 
@@ -369,10 +385,10 @@ def main(argv=None) -> int:
     jobs = [(ds, m, c, s, args.data_dir, model_cfg, train_cfg, cache) for ds in args.datasets for m in args.methods
             for c in args.contrastive for s in args.seeds]
     jobs.sort(key=_longest_first)
-    if args.summarise_only:  # the cached runs of this grid, trained with its current settings
-        records = [r for j in jobs if (cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").is_file()
-                   for r in [json.loads((cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json").read_text())]
-                   if same_settings(r, *_settings(*j[:4], model_cfg, train_cfg))]
+    if args.summarise_only:
+        records, stale = cached_records(jobs, cache, model_cfg, train_cfg)
+        if stale:
+            print(f"[hmc_table] left out {stale} cached runs trained with other settings", flush=True)
     else:
         records = _run_all(jobs, args.jobs, _show)
     order = {k: {v: i for i, v in enumerate(vals)} for k, vals in

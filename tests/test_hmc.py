@@ -818,3 +818,9 @@ def test_hmc_table_run_cache_is_reused_only_with_the_same_settings(tmp_path, mon
     assert "cached with other settings" in capsys.readouterr().out
     stale = dict(rec, model=dict(m, label_score="dot" if m.get("label_score") != "dot" else "unit"))
     assert not H.same_settings(stale, m, t) and H.same_settings(json.loads(json.dumps(rec)), m, t)
+    # --summarise-only tabulates only the cached runs with the current settings
+    t1 = H._settings("Enron_corr", "joint", "none", 1, {}, {})[1]  # seed 1's settings, another label score
+    (tmp_path / "Enron_corr_joint_none_s1.json").write_text(json.dumps(dict(stale, seed=1, train=t1)))
+    jobs = [("Enron_corr", "joint", "none", s) for s in (0, 1, 2)]
+    records, n_stale = H.cached_records(jobs, tmp_path, {}, {})
+    assert [r["seed"] for r in records] == [0] and n_stale == 1
