@@ -269,3 +269,24 @@ def test_a_configuration_saved_before_the_radial_options_is_the_same_run():
     assert C.config_changes({**old, "train": dict(old["train"], alpha=4.0)}, new) == ["alpha"]
     del old["train"]["rerank"]  # any other key missing from an old file still counts as a change
     assert C.config_changes(old, new) == ["rerank"]
+
+
+def test_resuming_a_checkpoint_from_before_the_radial_options(tmp_path):
+    """A checkpoint written before radial_weight / radial_power existed was trained without the
+    term: resuming it with today's defaults is refused with the flags that resume it as it was
+    trained, and with them it resumes."""
+    X, Y = toy_data(seed=4)
+    old = {"epochs": 1, "val_fraction": 0.1, "seed": 3, "rerank": "none", "knn_grid": "", "prefetch": 0,
+           "radial_weight": 0.0, "radial_power": 0.0}
+    m = tmp_path / "m"
+    T.train(X, Y, {"dim": 5}, old, out_dir=m, progress=False)
+    ck = torch.load(m / "checkpoint.pt", weights_only=False)
+    for k in ("radial_weight", "radial_power"):
+        del ck["config"]["train"][k]  # as an older version wrote it
+    torch.save(ck, m / "checkpoint.pt")
+    now = {k: v for k, v in old.items() if not k.startswith("radial")}
+    with pytest.raises(ValueError, match=r"other settings of \['radial_power', 'radial_weight'\].*"
+                                         r"pass --radial-power 0.0 --radial-weight 0.0"):
+        T.train(X, Y, {"dim": 5}, dict(now, epochs=2), out_dir=m, resume=True, progress=False)
+    res = T.train(X, Y, {"dim": 5}, dict(old, epochs=2), out_dir=m, resume=True, progress=False)
+    assert len(res.history) == 2

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..config import (RESUMABLE_KEYS, ModelConfig, TrainConfig, config_changes, data_fingerprint,
-                      normalise_configs)
+from ..config import (ABSENT_MEANS, RESUMABLE_KEYS, ModelConfig, TrainConfig, config_changes,
+                      data_fingerprint, normalise_configs)
 from ..modeldir import model_dir_writer
 from ..utils import (atomic_save_json, atomic_save_sparse, atomic_torch_save, find_non_finite, resolve_device,
                      seed_everything)
@@ -263,9 +263,11 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
             raise ValueError(f"{out}/checkpoint.pt was written for other data or another model "
                              f"configuration: {ck['config']['data']} / {ck['config']['model']}")
         if changed:
+            saved = {k: ck["config"]["train"].get(k, ABSENT_MEANS.get(k)) for k in changed}
             raise ValueError(f"{out}/checkpoint.pt was trained with other settings of {changed} "
-                             f"({[ck['config']['train'].get(k) for k in changed]}); a resumed run may only "
-                             f"change {sorted(RESUMABLE_KEYS)}")
+                             f"({list(saved.values())}); a resumed run may only change {sorted(RESUMABLE_KEYS)}; "
+                             "to resume it as it was trained, pass "
+                             + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in saved.items() if v is not None))
         model.load_state_dict(ck["model"])
         if scale is not None:
             scale.load_state_dict(ck["scale"])
