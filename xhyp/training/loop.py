@@ -245,8 +245,9 @@ def train(X: sp.csr_matrix, Y: sp.csr_matrix, model_config: ModelConfig | dict |
     gen = torch.Generator().manual_seed(tcfg.seed)
     label_counts = np.asarray(Y[tr_idx].sum(0)).ravel()  # (L,) training examples per label
     sampler = NegativeSampler(label_counts, tcfg.sampling, gen, unique=tcfg.negative_draw == "unique")
+    # the radial term's per-label share of a pair: not computed without the term, nor when every pair weighs 1
     radial_scale = (radial_pair_scale(label_counts, tcfg.radial_power)
-                    if tcfg.radial_power != 0 else None)  # the radial term's per-label share of a pair
+                    if tcfg.radial_weight > 0 and tcfg.radial_power != 0 else None)
     config = {"model": mcfg.to_dict(), "train": tcfg.to_dict(), "data": data_fingerprint(X, Y),
               **(extra_config or {}), "xhyp_version": __version__}
 
