@@ -53,6 +53,11 @@ def _settings(dataset: str, method: str, contrastive: str, seed: int, model_cfg:
                                                   "threads": 1}
 
 
+def run_path(cache: Path, dataset: str, method: str, contrastive: str, seed: int, tag: str = "") -> Path:
+    """The run cache's file of one run: ``CACHE/DATASET_METHOD_CONTRASTIVE_sSEED[TAG].json``."""
+    return cache / f"{dataset}_{method}_{contrastive}_s{seed}{tag}.json"
+
+
 def same_settings(rec: dict, model_cfg: dict, train_cfg: dict) -> bool:
     """Whether a cached run record was trained with these settings (its ``model`` and ``train``
     entries, compared as JSON: the run cache is keyed by data set, method, contrastive kind and seed
@@ -67,7 +72,7 @@ def cached_records(jobs, cache: Path, model_cfg: dict, train_cfg: dict) -> tuple
     how many cached ones were left out for other settings (``--summarise-only``)."""
     records, stale = [], 0
     for j in jobs:
-        f = cache / f"{j[0]}_{j[1]}_{j[2]}_s{j[3]}.json"
+        f = run_path(cache, *j[:4])
         if f.is_file():
             r = json.loads(f.read_text())
             if same_settings(r, *_settings(*j[:4], model_cfg, train_cfg)):
@@ -94,7 +99,7 @@ def run_one(dataset: str, method: str, contrastive: str, seed: int, data_dir, mo
     trained without refit and only its validation AU(PRC) (and faithfulness) is recorded."""
     tag = "" if not tune else "_" + json.dumps({"m": model_cfg, "t": train_cfg}, sort_keys=True).translate(
         str.maketrans("", "", ' {}"')).replace(":", "=").replace(",", "_")
-    path = cache / f"{dataset}_{method}_{contrastive}_s{seed}{tag}.json"
+    path = run_path(cache, dataset, method, contrastive, seed, tag)
     mcfg, tcfg = _settings(dataset, method, contrastive, seed, model_cfg, train_cfg)
     if tune:
         tcfg["refit"] = False
